@@ -1,0 +1,223 @@
+"""The agent's configuration: a TOML file read into typed, strict pydantic models.
+
+Every model forbids unknown keys so that a typo is an error rather than a silently ignored
+setting, and `load_config` turns pydantic's errors into one line per fault naming the key path
+and the bad value.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.errors import ConfigError
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+
+Ident = Annotated[str, Field(pattern=ID_PATTERN, description="An id matching " + ID_PATTERN)]
+Point = Annotated[
+    tuple[Annotated[float, Field(ge=0.0, le=1.0)], Annotated[float, Field(ge=0.0, le=1.0)]],
+    Field(description="A point [x, y] normalised to 0..1 of the frame"),
+]
+Polygon = Annotated[
+    list[Point], Field(min_length=3, max_length=64, description="A polygon of 3 to 64 normalised points")
+]
+
+
+class Strict(BaseModel):
+    """Base of all config models: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GatewayConfig(Strict):
+    district: Ident = Field(description="District this gateway belongs to, e.g. gangnam")
+    id: Ident = Field(description="Gateway id, unique within the district")
+    data_dir: Path = Field(
+        default=Path("/var/lib/edge-agent"), description="Directory holding all the agent's state"
+    )
+    topic_prefix: str = Field(
+        default="cctv/v1",
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+        description="Topic prefix before {district}/{gateway}",
+    )
+    name: str = Field(default="", max_length=128, description="Human-readable gateway name")
+    telemetry_interval_s: float = Field(
+        default=30.0, ge=1.0, le=3600.0, description="Seconds between telemetry messages"
+    )
+    admin_agencies: list[Ident] = Field(
+        default_factory=lambda: ["admin"], description="Agencies allowed to change settings"
+    )
+
+
+class TlsConfig(Strict):
+    ca_file: Path | None = Field(default=None, description="CA bundle to verify the broker")
+    cert_file: Path | None = Field(default=None, description="Client certificate (PEM)")
+    key_file: Path | None = Field(default=None, description="Client private key (PEM)")
+    insecure: bool = Field(default=False, description="Skip hostname verification (testing only)")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class MqttConfig(Strict):
+    host: str = Field(default="127.0.0.1", min_length=1, description="Broker host name or address")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port")
+    protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version")
+    client_id: str | None = Field(
+        default=None, max_length=128, description="Client id; default edge-{district}-{gateway}"
+    )
+    username: str | None = Field(default=None, description="Username for the broker")
+    password: str | None = Field(default=None, description="Password (prefer password_file)")
+    password_file: Path | None = Field(default=None, description="File whose first line is the password")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds")
+    reconnect_min_s: float = Field(default=0.5, gt=0, le=60, description="First reconnect delay")
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=600, description="Longest reconnect delay")
+    tls: TlsConfig | None = Field(default=None, description="TLS settings; absent means plain TCP")
+
+    @model_validator(mode="after")
+    def _checks(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+    def resolved_password(self) -> str | None:
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text(encoding="utf-8").splitlines()[0]
+            except (OSError, IndexError) as exc:
+                raise ConfigError("mqtt.password_file", [f"cannot read {self.password_file}: {exc}"]) from None
+        return self.password
+
+
+class GeoConfig(Strict):
+    lat: float = Field(ge=-90.0, le=90.0, description="Latitude, WGS84 degrees")
+    lon: float = Field(ge=-180.0, le=180.0, description="Longitude, WGS84 degrees")
+    heading_deg: float = Field(ge=0.0, lt=360.0, description="Direction the camera faces, from north")
+    fov_deg: float = Field(gt=0.0, le=360.0, description="Horizontal field of view")
+    range_m: float = Field(gt=0.0, le=10000.0, description="How far the camera usefully sees")
+
+
+class MotionSettings(Strict):
+    """Per-camera motion detection settings (runtime-adjustable)."""
+
+    enabled: bool = Field(default=True, description="Detect motion on this camera")
+    threshold: int = Field(
+        default=25, ge=1, le=255, description="Minimum brightness change of a pixel, in grey levels"
+    )
+    min_area: float = Field(
+        default=0.0008, ge=0.0, le=1.0, description="Smallest moving region, as a share of the frame"
+    )
+    end_delay_s: float = Field(
+        default=2.0, ge=0.0, le=300.0, description="Seconds without motion before an event ends"
+    )
+    min_duration_s: float = Field(
+        default=0.3, ge=0.0, le=30.0, description="Motion must persist this long before an event starts"
+    )
+    update_interval_s: float = Field(
+        default=1.0, ge=0.1, le=3600.0, description="Seconds between update phases of a running event"
+    )
+    max_event_s: float = Field(
+        default=600.0, ge=5.0, le=86400.0, description="A longer event is ended and a new one started"
+    )
+    masks: list[Polygon] = Field(
+        default_factory=list, description="Normalised polygons where motion is ignored"
+    )
+
+
+class CameraConfig(Strict):
+    id: Ident = Field(description="Camera id, unique on this gateway")
+    name: str = Field(default="", max_length=128, description="Human-readable camera name")
+    source: str = Field(
+        min_length=1,
+        description="rtsp://…, file:///path.mp4, usb:N, picamera:N or synthetic:street",
+    )
+    enabled: bool = Field(default=True, description="A disabled camera is reported and not opened")
+    detect_fps: float = Field(
+        default=10.0, gt=0.0, le=60.0, description="Frames per second analysed for motion"
+    )
+    allowed_agencies: list[Ident] = Field(
+        default_factory=list, description="Agencies that may see this camera's imagery"
+    )
+    privacy_masks: list[Polygon] = Field(
+        default_factory=list, description="Normalised polygons blanked in every image that leaves"
+    )
+    geo: GeoConfig | None = Field(default=None, description="Where the camera is and what it sees")
+    motion: MotionSettings = Field(default_factory=MotionSettings, description="Motion detection")
+
+    @field_validator("source")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        schemes = ("rtsp://", "rtsps://", "http://", "https://", "file://", "usb:", "picamera:", "synthetic:")
+        if not value.startswith(schemes):
+            raise ValueError(f"source {value!r} must start with one of {', '.join(schemes)}")
+        return value
+
+
+class AgentConfig(Strict):
+    gateway: GatewayConfig
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras wired to this gateway")
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> AgentConfig:
+        seen: set[str] = set()
+        for cam in self.cameras:
+            if cam.id in seen:
+                raise ValueError(f"camera id {cam.id!r} appears twice")
+            seen.add(cam.id)
+        return self
+
+    @property
+    def topic_root(self) -> str:
+        return f"{self.gateway.topic_prefix}/{self.gateway.district}/{self.gateway.id}"
+
+    def camera(self, camera_id: str) -> CameraConfig | None:
+        return next((c for c in self.cameras if c.id == camera_id), None)
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    """One line per fault: the key path, pydantic's message and the offending value."""
+    lines = []
+    for err in exc.errors():
+        path = ""
+        for part in err["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) or err["type"] == "missing" else f" (got {value!r:.80})"
+        lines.append(f"{path or '<root>'}: {msg}{shown}")
+    return lines
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> AgentConfig:
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_errors(exc)) from None
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and validate a TOML config file; raise ConfigError naming every problem."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(p), [f"cannot read file: {exc.strerror or exc}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(p), [f"not UTF-8 text: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(p), [f"TOML syntax error: {exc}"]) from None
+    return parse_config(data, str(p))

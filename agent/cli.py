@@ -1,0 +1,265 @@
+"""`edge-agent`: run the agent, replay footage, check a config, watch or demo a gateway."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from agent import __version__
+from agent.config import AgentConfig, CameraConfig, load_config, parse_config
+from agent.errors import AgentError, ConfigError
+
+log = logging.getLogger("agent")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def default_config(data_dir: Path, port: int = 1883) -> AgentConfig:
+    """The built-in default: one synthetic street camera and a broker on this machine."""
+    return parse_config(
+        {
+            "gateway": {"district": "demo", "id": "gw-01", "data_dir": str(data_dir), "telemetry_interval_s": 10},
+            "mqtt": {"host": "127.0.0.1", "port": port},
+            "cameras": [
+                {
+                    "id": "cam-1",
+                    "name": "Synthetic street",
+                    "source": "synthetic:street",
+                    "allowed_agencies": ["police", "fire"],
+                    "geo": {"lat": 37.5172, "lon": 127.0473, "heading_deg": 90.0, "fov_deg": 90.0, "range_m": 80.0},
+                }
+            ],
+        },
+        "<built-in default>",
+    )
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load(path: str | None) -> AgentConfig:
+    if path is None:
+        data = Path(os.environ.get("EDGE_AGENT_DATA", Path.home() / ".local/state/edge-agent"))
+        return default_config(data)
+    return load_config(path)
+
+
+# -- subcommands ---------------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(f"{exc.source}: invalid configuration", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  - {line}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"{args.file}: OK ({cfg.topic_root}, {len(cfg.cameras)} camera(s))")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.runtime import Agent
+
+    cfg = _load(args.config)
+    return Agent(cfg).run()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from agent.replay import replay
+
+    video = Path(args.video)
+    camera = CameraConfig(id="replay", source=f"file://{video.resolve()}")
+    if args.config:
+        cfg = load_config(args.config)
+        if args.camera:
+            found = cfg.camera(args.camera)
+            if found is None:
+                raise ConfigError(args.config, [f"no camera with id {args.camera!r}"])
+            camera = found
+        elif cfg.cameras:
+            camera = cfg.cameras[0]
+        camera = camera.model_copy(update={"source": f"file://{video.resolve()}"})
+    out = sys.stdout
+    for record in replay(video, camera):
+        out.write(json.dumps(record, separators=(",", ":")) + "\n")
+        out.flush()
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from agent.watch import watch
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.seconds:
+        threading.Timer(args.seconds, stop.set).start()
+    try:
+        watch(args.host, args.port, args.root, sys.stdout, stop)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start a private Mosquitto, run the agent on the built-in default and print what arrives."""
+    from agent.watch import watch
+
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if exe is None:
+        raise AgentError("mosquitto is not installed (Debian: apt-get install mosquitto)")
+    work = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
+    port = _free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n", encoding="utf-8")
+    broker = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg = default_config(work / "data", port)
+    cfg_file = work / "config.toml"
+    cfg_file.write_text(_to_toml(cfg), encoding="utf-8")
+    print(f"demo: broker on 127.0.0.1:{port}, agent config {cfg_file}", file=sys.stderr)
+    print(f"demo: showing {cfg.topic_root}/# as the platform sees it (Ctrl-C to stop)", file=sys.stderr)
+    done = threading.Event()  # the demo should end: timer, Ctrl-C or SIGTERM
+    stop_watch = threading.Event()  # the watcher should stop, after the agent said goodbye
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    agent_proc: subprocess.Popen[bytes] | None = None
+
+    def start_agent() -> None:
+        nonlocal agent_proc
+        if agent_proc is None:
+            agent_proc = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "--config", str(cfg_file), "--log-level", "warning"]
+            )
+
+    watcher = threading.Thread(
+        target=watch,
+        args=("127.0.0.1", port, cfg.topic_root, sys.stdout, stop_watch, start_agent),
+        name="demo.watch",
+    )
+    try:
+        time.sleep(0.3)
+        watcher.start()
+        done.wait(args.seconds or None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proc = agent_proc
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(6)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        time.sleep(0.5)
+        stop_watch.set()
+        watcher.join(2)
+        broker.terminate()
+        broker.wait(5)
+        shutil.rmtree(work, ignore_errors=True)
+    return EXIT_OK
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _to_toml(cfg: AgentConfig) -> str:
+    """Just enough TOML writing for configs built in code (the demo's)."""
+
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str | Path):
+            return json.dumps(str(v))
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items() if x is not None) + " }"
+        raise TypeError(type(v))
+
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    lines: list[str] = []
+    for table in ("gateway", "mqtt"):
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {value(v)}" for k, v in data[table].items()]
+        lines.append("")
+    for cam in data["cameras"]:
+        lines.append("[[cameras]]")
+        lines += [f"{k} = {value(v)}" for k, v in cam.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-agent", description="District CCTV edge agent")
+    p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", help="run the agent")
+    s.add_argument("--config", "-c", help="TOML config file (default: built-in synthetic street)")
+    s.add_argument("--log-level", default=argparse.SUPPRESS, choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("replay", help="run the motion/event pipeline over a video, print JSON lines")
+    s.add_argument("video")
+    s.add_argument("--config", "-c")
+    s.add_argument("--camera", help="camera id whose settings to use (default: the first)")
+    s.set_defaults(func=cmd_replay)
+
+    s = sub.add_parser("check-config", help="validate a config file")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("watch", help="print a gateway's messages as the platform sees them")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=1883)
+    s.add_argument("--root", default="cctv/v1/+/+", help="topic root, e.g. cctv/v1/gangnam/gw-01")
+    s.add_argument("--seconds", type=float, default=0.0)
+    s.set_defaults(func=cmd_watch)
+
+    s = sub.add_parser("demo", help="private broker + agent on the built-in default + watcher")
+    s.add_argument("--seconds", type=float, default=0.0, help="stop after this long (default: Ctrl-C)")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"{exc.source}: invalid configuration", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  - {line}", file=sys.stderr)
+        return EXIT_ERROR
+    except AgentError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,406 @@
+"""The gateway's MQTT link: one paho client, its Last Will, and a pump that never blocks callers.
+
+Callers (frame threads, command handlers, telemetry) hand messages to `publish`, which only
+appends to a queue and returns. QoS 1 messages go through the outbox, a queue that keeps
+them until the broker's PUBACK; QoS 0 messages (telemetry, live stream frames) go to a small
+bounded in-memory queue whose oldest entries are dropped, and counted, when it is full. One
+thread, `mqtt.pump`, owned by this class, moves messages from both queues into paho.
+
+paho's own network thread (`loop_start`) reconnects with capped exponential backoff; every
+successful CONNACK republishes the retained `online` status, then whatever the `on_connect`
+hooks add (camera statuses, settings), then resumes the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class OutMessage:
+    """A message waiting to be published (the outbox's row shape)."""
+
+    id: int
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+    kind: str = "event"
+    camera: str | None = None
+    properties: dict[str, str] | None = None
+
+
+class OutboxLike(Protocol):
+    """What the link needs of an outbox (agent.outbox.Outbox on disk, MemoryOutbox as fallback)."""
+
+    def put(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        kind: str = "event",
+        camera: str | None = None,
+        properties: dict[str, str] | None = None,
+    ) -> int: ...
+
+    def next_batch(self, limit: int) -> list[Any]: ...
+
+    def mark_inflight(self, ids: list[int]) -> None: ...
+
+    def ack(self, message_id: int) -> None: ...
+
+    def requeue_inflight(self) -> None: ...
+
+    def depth(self) -> int: ...
+
+
+@dataclass
+class MemoryOutbox:
+    """An outbox in memory only: used when the on-disk outbox cannot be opened at all."""
+
+    max_messages: int = 10_000
+    _rows: dict[int, OutMessage] = field(default_factory=dict)
+    _inflight: set[int] = field(default_factory=set)
+    _next_id: int = 1
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    dropped_count: int = 0
+
+    def put(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        kind: str = "event",
+        camera: str | None = None,
+        properties: dict[str, str] | None = None,
+    ) -> int:
+        with self._lock:
+            if len(self._rows) >= self.max_messages:
+                oldest = next(iter(self._rows))
+                del self._rows[oldest]
+                self._inflight.discard(oldest)
+                self.dropped_count += 1
+            mid = self._next_id
+            self._next_id += 1
+            self._rows[mid] = OutMessage(mid, topic, payload, qos, retain, kind, camera, properties)
+            return mid
+
+    def next_batch(self, limit: int) -> list[Any]:
+        with self._lock:
+            out = [m for i, m in self._rows.items() if i not in self._inflight]
+            return out[:limit]
+
+    def mark_inflight(self, ids: list[int]) -> None:
+        with self._lock:
+            self._inflight.update(ids)
+
+    def ack(self, message_id: int) -> None:
+        with self._lock:
+            self._rows.pop(message_id, None)
+            self._inflight.discard(message_id)
+
+    def requeue_inflight(self) -> None:
+        with self._lock:
+            self._inflight.clear()
+
+    def depth(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+
+@dataclass
+class LinkStats:
+    connects: int = 0
+    disconnects: int = 0
+    qos0_dropped: int = 0
+    published: int = 0
+
+
+class MqttLink:
+    """Owns the paho client and the `mqtt.pump` thread; start() and stop() are its lifecycle."""
+
+    INFLIGHT_WINDOW = 200
+    QOS0_QUEUE = 256
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        client_id: str,
+        outbox: OutboxLike,
+        will_topic: str,
+        will_payload: bytes,
+    ) -> None:
+        self.cfg = cfg
+        self.outbox = outbox
+        self.stats = LinkStats()
+        self.v5 = cfg.protocol == "5"
+        self._online: tuple[str, bytes] | None = None
+        self._connect_hooks: list[Callable[[], None]] = []
+        self._message_handlers: dict[str, Callable[[mqtt.MQTTMessage], None]] = {}
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        # _lock guards _qos0 only: callers append, the pump pops.
+        self._lock = threading.Lock()
+        self._qos0: deque[OutMessage] = deque()
+        # paho mid -> outbox id for messages handed to paho and awaiting PUBACK. Only the pump
+        # touches it: paho's thread merely appends acknowledged mids to `_acked` (deque appends
+        # are atomic), because paho calls on_publish while holding its own message lock, and
+        # taking a lock of ours there could deadlock against the pump's publish().
+        self._mids: dict[int, int] = {}
+        self._acked: deque[int] = deque()
+        self._pump: threading.Thread | None = None
+
+        proto = MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto
+        )
+        self.client.enable_logger(logging.getLogger("agent.mqtt.paho"))
+        self.client.max_inflight_messages_set(self.INFLIGHT_WINDOW)
+        self.client.max_queued_messages_set(0)
+        self.client.reconnect_delay_set(
+            min_delay=max(1, round(cfg.reconnect_min_s)), max_delay=max(1, round(cfg.reconnect_max_s))
+        )
+        if cfg.username is not None:
+            self.client.username_pw_set(cfg.username, cfg.resolved_password())
+        if cfg.tls is not None:
+            self.client.tls_set(
+                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+            )
+            self.client.tls_insecure_set(cfg.tls.insecure)
+        self.client.will_set(will_topic, will_payload, qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def set_online_message(self, topic: str, payload: bytes) -> None:
+        """The retained status published first on every (re)connect."""
+        self._online = (topic, payload)
+
+    def on_connect(self, hook: Callable[[], None]) -> None:
+        """Run `hook` (from paho's thread) after each successful CONNACK."""
+        self._connect_hooks.append(hook)
+
+    def subscribe(self, topic: str, handler: Callable[[mqtt.MQTTMessage], None]) -> None:
+        """Subscribe at QoS 1 now and after every reconnect; `handler` runs on paho's thread."""
+        self._message_handlers[topic] = handler
+        if self._connected.is_set():
+            self.client.subscribe(topic, qos=1)
+
+    def start(self) -> None:
+        # Rows that a previous process handed to a broker without a PUBACK go out again.
+        self.outbox.requeue_inflight()
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self.client.loop_start()
+        self._pump = threading.Thread(target=self._pump_loop, name="mqtt.pump", daemon=True)
+        self._pump.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stop(self, final: tuple[str, bytes] | None = None, timeout: float = 2.0) -> None:
+        """Drain briefly, publish `final` (the retained offline status) and disconnect cleanly."""
+        deadline = time.monotonic() + timeout
+        while self._connected.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                busy = bool(self._qos0) or bool(self._mids) or bool(self._acked)
+            if not busy and not self.outbox.next_batch(1):
+                break
+            self._wake.set()
+            time.sleep(0.02)
+        self._stop.set()
+        self._wake.set()
+        if self._pump is not None:
+            self._pump.join(timeout=1.0)
+        if final is not None and self._connected.is_set():
+            info = self.client.publish(final[0], final[1], qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=max(0.2, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                log.warning("could not publish the final status before disconnecting")
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        kind: str = "event",
+        camera: str | None = None,
+        properties: dict[str, str] | None = None,
+    ) -> None:
+        """Queue a message; never blocks on the network. QoS 1 is durable via the outbox."""
+        if qos >= 1:
+            self.outbox.put(
+                topic, payload, qos=1, retain=retain, kind=kind, camera=camera, properties=properties
+            )
+        else:
+            with self._lock:
+                if len(self._qos0) >= self.QOS0_QUEUE:
+                    self._qos0.popleft()
+                    self.stats.qos0_dropped += 1
+                self._qos0.append(OutMessage(0, topic, payload, 0, retain, kind, camera, properties))
+        self._wake.set()
+
+    def publish_now(
+        self, topic: str, payload: bytes, *, qos: int = 0, properties: dict[str, str] | None = None
+    ) -> None:
+        """Hand a message straight to paho (replies, stream frames): dropped when offline."""
+        if self._connected.is_set():
+            self.client.publish(topic, payload, qos=qos, properties=self._props(properties))
+
+    def _props(
+        self, user: dict[str, str] | None, correlation: bytes | None = None
+    ) -> Properties | None:
+        if not self.v5 or (not user and correlation is None):
+            return None
+        props = Properties(PacketTypes.PUBLISH)
+        if user:
+            props.UserProperty = list(user.items())
+        if correlation is not None:
+            props.CorrelationData = correlation
+        return props
+
+    def reply(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
+        """Publish a command reply, echoing MQTT 5 Correlation Data when given."""
+        if self._connected.is_set():
+            self.client.publish(topic, payload, qos=1, properties=self._props(None, correlation))
+
+    def _pump_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.1)
+            self._wake.clear()
+            if not self._connected.is_set():
+                continue
+            try:
+                self._pump_once()
+            except Exception:
+                log.exception("mqtt pump failed; retrying")
+                time.sleep(0.5)
+
+    def _pump_once(self) -> None:
+        while self._acked:
+            outbox_id = self._mids.pop(self._acked.popleft(), None)
+            if outbox_id is not None:
+                self.outbox.ack(outbox_id)
+        while True:
+            with self._lock:
+                msg = self._qos0.popleft() if self._qos0 else None
+            if msg is None:
+                break
+            self.client.publish(
+                msg.topic, msg.payload, qos=0, retain=msg.retain, properties=self._props(msg.properties)
+            )
+        room = self.INFLIGHT_WINDOW - len(self._mids)
+        if room <= 0:
+            return
+        batch = self.outbox.next_batch(room)
+        if not batch:
+            return
+        self.outbox.mark_inflight([m.id for m in batch])
+        for m in batch:
+            # paho keeps a QoS 1 message it accepted and resends it after a reconnect under
+            # the same mid, even if the link dropped just now; so every accepted mid is tracked.
+            info = self.client.publish(
+                m.topic, m.payload, qos=1, retain=m.retain, properties=self._props(m.properties)
+            )
+            self._mids[info.mid] = m.id
+            self.stats.published += 1
+        if len(batch) == room:
+            self._wake.set()
+
+    # -- paho callbacks (paho's network thread) ----------------------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        self.stats.connects += 1
+        log.info("connected to %s:%s", self.cfg.host, self.cfg.port)
+        if self._online is not None:
+            client.publish(self._online[0], self._online[1], qos=1, retain=True)
+        for topic in self._message_handlers:
+            client.subscribe(topic, qos=1)
+        for hook in self._connect_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("on-connect hook failed")
+        self._connected.set()
+        self._wake.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if self._connected.is_set():
+            self.stats.disconnects += 1
+            level = logging.INFO if self._stop.is_set() else logging.WARNING
+            log.log(level, "disconnected from broker: %s", reason_code)
+        self._connected.clear()
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._acked.append(mid)
+        self._wake.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        handler = self._message_handlers.get(message.topic)
+        if handler is None:
+            return
+        try:
+            handler(message)
+        except Exception:
+            log.exception("handler for %s failed", message.topic)
+

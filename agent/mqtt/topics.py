@@ -1,0 +1,50 @@
+"""Topic names of the contract (protocol.md, version 1), built in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topics under one gateway's root `{prefix}/{district}/{gateway}`."""
+
+    root: str
+
+    @property
+    def status(self) -> str:
+        return f"{self.root}/status"
+
+    @property
+    def telemetry(self) -> str:
+        return f"{self.root}/telemetry"
+
+    @property
+    def cmd(self) -> str:
+        return f"{self.root}/cmd"
+
+    @property
+    def config_reported(self) -> str:
+        return f"{self.root}/config/reported"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.root}/audit"
+
+    def camera_status(self, camera: str) -> str:
+        return f"{self.root}/cam/{camera}/status"
+
+    def event(self, camera: str) -> str:
+        return f"{self.root}/cam/{camera}/event"
+
+    def snapshot(self, camera: str) -> str:
+        return f"{self.root}/cam/{camera}/snapshot"
+
+    def snapshot_reply(self, camera: str, request_id: str) -> str:
+        return f"{self.root}/cam/{camera}/snapshot/{request_id}"
+
+    def stream(self, camera: str, session: str) -> str:
+        return f"{self.root}/cam/{camera}/stream/{session}"
+
+    def clip(self, clip_id: str) -> str:
+        return f"{self.root}/clips/{clip_id}"

@@ -1,0 +1,199 @@
+"""End to end: `edge-agent run` as a subprocess, the platform's view of it on a real broker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.capture.synthetic import write_scene_video
+from tests.conftest import Broker, free_port, start_mosquitto, stop_mosquitto
+from tests.platform import AgentProcess, Received, Subscriber, write_config
+
+pytestmark = pytest.mark.broker
+
+DISTRICT = "testdistrict"
+
+
+def camera_block(cam_id: str, source: str, extra: str = "") -> str:
+    return f'[[cameras]]\nid = "{cam_id}"\nsource = "{source}"\nallowed_agencies = ["police"]\n{extra}\n'
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("videos")
+    out = {}
+    for kind in ("cross", "lightswitch", "noise"):
+        out[kind] = d / f"{kind}.mp4"
+        write_scene_video(out[kind], kind, seconds=12.0, fps=10, size=(320, 180), seed=3)
+    return out
+
+
+class Run:
+    """One agent against the session broker, with a subscriber on its topic root."""
+
+    def __init__(self, tmp: Path, broker: Broker, gateway: str, cameras: str, **kw: str) -> None:
+        self.root = f"cctv/v1/{DISTRICT}/{gateway}"
+        self.sub = Subscriber(broker.host, broker.port, self.root + "/#")
+        cfg = write_config(
+            tmp / "agent.toml", district=DISTRICT, gateway=gateway, port=broker.port,
+            data_dir=tmp / "data", cameras=cameras, **kw,
+        )
+        self.agent = AgentProcess(cfg, tmp / "agent.log")
+
+    def statuses(self) -> list[dict[str, object]]:
+        return [m.json() for m in self.sub.on(self.root + "/status")]
+
+    def events(self, cam: str) -> list[dict[str, object]]:
+        return [m.json() for m in self.sub.on(f"/cam/{cam}/event")]
+
+    def close(self) -> None:
+        self.agent.close()
+        self.sub.close()
+
+
+@pytest.fixture
+def run_factory(tmp_path: Path, broker: Broker, unique_gateway: str) -> Iterator[type[Run]]:
+    runs: list[Run] = []
+
+    class _Run(Run):
+        def __init__(self, cameras: str, **kw: str) -> None:
+            super().__init__(tmp_path, broker, unique_gateway, cameras, **kw)
+            runs.append(self)
+
+    yield _Run
+    for r in runs:
+        r.close()
+
+
+def complete_events(events: list[dict[str, object]]) -> dict[str, list[str]]:
+    by_id: dict[str, list[str]] = {}
+    for e in events:
+        by_id.setdefault(str(e["event_id"]), []).append(str(e["phase"]))
+    return by_id
+
+
+def test_online_camera_status_and_a_crossing_gives_one_event(
+    run_factory: type[Run], videos: dict[str, Path], broker: Broker
+) -> None:
+    run = run_factory(camera_block("cam-1", f"file://{videos['cross']}"))
+    assert run.sub.wait_for(lambda ms: any(m.topic.endswith("/cam/cam-1/event") and m.json()["phase"] == "end"
+                                           for m in ms), 40), run.agent.log()
+    online = [s for s in run.statuses() if s["state"] == "online"]
+    assert online and online[0]["cameras"] == ["cam-1"]
+    cam_status = [m.json() for m in run.sub.on("/cam/cam-1/status")]
+    assert any(s["state"] == "ok" and s["width"] == 320 and s["height"] == 180 for s in cam_status)
+
+    events = run.events("cam-1")
+    phases = complete_events(events)
+    first_id = str(events[0]["event_id"])
+    assert events[0]["phase"] == "start"
+    assert phases[first_id][0] == "start" and phases[first_id][-1] == "end"
+    assert phases[first_id].count("end") == 1
+    end = next(e for e in events if e["event_id"] == first_id and e["phase"] == "end")
+    assert end["ended_at"] is not None and end["kind"] == "motion" and end["camera"] == "cam-1"
+    regions = end["regions"]
+    assert isinstance(regions, list) and regions
+    for x, y, w, h in regions:
+        assert 0 <= x <= 1 and 0 <= y <= 1 and 0 < w <= 1 and 0 < h <= 1
+
+    # The newest event's best frame is a retained JPEG with its event_id.
+    snaps = run.sub.on("/cam/cam-1/snapshot")
+    assert snaps and snaps[-1].payload[:2] == b"\xff\xd8"
+    assert snaps[-1].user_properties.get("event_id") in phases
+
+    # A platform that subscribes later still gets the retained status and snapshot.
+    late = Subscriber(broker.host, broker.port, run.root + "/#")
+    try:
+        assert late.wait_for(lambda ms: any(m.retain and m.topic.endswith("/snapshot") for m in ms)
+                             and any(m.retain and m.topic == run.root + "/status" for m in ms), 5)
+    finally:
+        late.close()
+
+    code, took = run.agent.terminate()
+    assert code == 0 and took < 5.0
+    assert run.sub.wait_for(lambda ms: any(m.topic == run.root + "/status" and m.json()["state"] == "offline"
+                                           for m in ms), 5)
+    last = run.statuses()[-1]
+    assert last["state"] == "offline" and last["reason"] == "shutdown"
+    # Every event that started also ended, exactly once, before the agent went away.
+    for seq in complete_events(run.events("cam-1")).values():
+        assert seq[0] == "start" and seq[-1] == "end" and seq.count("end") == 1
+
+
+@pytest.mark.parametrize("kind", ["lightswitch", "noise"])
+def test_no_event_for_light_switch_or_noise(run_factory: type[Run], videos: dict[str, Path], kind: str) -> None:
+    run = run_factory(camera_block("cam-1", f"file://{videos[kind]}"))
+    assert run.sub.wait_for(lambda ms: any(m.topic.endswith("/cam/cam-1/status") and m.json()["state"] == "ok"
+                                           for m in ms), 20), run.agent.log()
+    # Two passes of the looping 12 s video, light switches or noise all along.
+    run.sub.wait_for(lambda ms: False, 20)
+    assert run.events("cam-1") == []
+    assert run.agent.terminate()[0] == 0
+
+
+def test_sigkill_leaves_the_last_will(run_factory: type[Run], videos: dict[str, Path]) -> None:
+    run = run_factory(camera_block("cam-1", "synthetic:street"))
+    assert run.sub.wait_for(lambda ms: any(m.topic == run.root + "/status" and m.json()["state"] == "online"
+                                           for m in ms), 20), run.agent.log()
+    run.agent.kill()
+    assert run.sub.wait_for(lambda ms: any(m.topic == run.root + "/status" and m.json()["state"] == "offline"
+                                           for m in ms), 10)
+    last = run.statuses()[-1]
+    assert last == {**last, "state": "offline", "reason": "lost"}
+
+
+def test_a_failing_camera_does_not_disturb_the_other(
+    run_factory: type[Run], videos: dict[str, Path], tmp_path: Path
+) -> None:
+    run = run_factory(
+        camera_block("cam-bad", f"file://{tmp_path}/missing.mp4")
+        + camera_block("cam-ok", f"file://{videos['cross']}")
+    )
+    assert run.sub.wait_for(lambda ms: any(m.topic.endswith("/cam/cam-ok/event") for m in ms), 30), run.agent.log()
+    bad = [m.json() for m in run.sub.on("/cam/cam-bad/status")]
+    assert bad[-1]["state"] == "failed"
+    assert "missing.mp4" in str(bad[-1]["error"])
+    assert run.sub.wait_for(lambda ms: any(m.topic.endswith("/telemetry") for m in ms), 5)
+    tele: Received = run.sub.on("/telemetry")[-1]
+    body = tele.json()
+    assert body["cameras"]["cam-ok"]["fps"] > 5
+    assert body["cameras"]["cam-bad"]["reconnects"] >= 1
+    for key in ("uptime_s", "cpu_percent", "process_rss_bytes", "disk_free_bytes", "outbox_depth"):
+        assert key in body
+
+
+def test_mqtt_311_and_a_broker_that_comes_later(
+    tmp_path: Path, unique_gateway: str, videos: dict[str, Path]
+) -> None:
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "agent.toml", district=DISTRICT, gateway=unique_gateway, port=port,
+        data_dir=tmp_path / "data", cameras=camera_block("cam-1", f"file://{videos['cross']}"), protocol="3.1.1",
+    )
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    root = f"cctv/v1/{DISTRICT}/{unique_gateway}"
+    late: Broker | None = None
+    sub: Subscriber | None = None
+    try:
+        # No broker for a while: the agent keeps capturing and detecting.
+        time.sleep(6)
+        assert agent.proc.poll() is None, agent.log()
+        late = start_mosquitto(tmp_path / "late", port=port)
+        sub = Subscriber(late.host, late.port, root + "/#")
+        # Events made while the broker was away are delivered once it is there.
+        assert sub.wait_for(lambda ms: any(m.topic.endswith("/event") for m in ms), 30), agent.log()
+        assert sub.wait_for(lambda ms: any(m.topic == root + "/status" and m.json()["state"] == "online"
+                                           for m in ms), 10)
+        first = [m.json() for m in sub.on("/cam/cam-1/event")][0]
+        assert first["phase"] == "start"
+        code = agent.terminate()[0]
+        assert code == 0
+    finally:
+        agent.close()
+        if sub is not None:
+            sub.close()
+        if late is not None:
+            stop_mosquitto(late)

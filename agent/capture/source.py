@@ -23,6 +23,10 @@ class Frame:
     seq: int  # frame counter since open()
 
 
+class EndOfStream(SourceError):  # noqa: N818 - names the condition, as StopIteration does
+    """A finite source (a file read with loop=False) has delivered its last frame."""
+
+
 class FrameSource(Protocol):
     """A camera-like source. `read` blocks until the next frame, paced like a live camera."""
 

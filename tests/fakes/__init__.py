@@ -1,0 +1,1 @@
+"""Small stand-ins for hardware libraries that only exist on the target boards."""

@@ -1,0 +1,27 @@
+"""Commands from the platform: schema, validation, access control, execution and audit.
+
+The runtime builds one `Dispatcher` (with its `AuditLog` and `StreamManager`) and feeds it every
+message from `{root}/cmd`; the dispatcher reaches the rest of the agent only through `Gateway`.
+"""
+
+from agent.commands.dispatcher import Dispatcher, ReplyOut
+from agent.commands.gateway import ClipStore, ClipSummary, Gateway, HoldSummary
+from agent.commands.handlers import COMMANDS, CommandContext, CommandSpec
+from agent.commands.models import CommandError, Request
+from agent.commands.streams import StreamLimits, StreamManager
+
+__all__ = [
+    "COMMANDS",
+    "ClipStore",
+    "ClipSummary",
+    "CommandContext",
+    "CommandError",
+    "CommandSpec",
+    "Dispatcher",
+    "Gateway",
+    "HoldSummary",
+    "ReplyOut",
+    "Request",
+    "StreamLimits",
+    "StreamManager",
+]

@@ -1,0 +1,108 @@
+"""What command handlers need from the running agent, as small Protocols the runtime implements.
+
+Handlers never touch cameras, buffers or the MQTT client directly: they see a `Gateway`. That
+keeps the command code testable with an in-process stand-in and leaves threading, buffering and
+the broker link to the runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from agent.capture.source import Frame
+from agent.config import AgentConfig
+from agent.messages import CameraStatus
+
+
+class ClipSummary(Protocol):
+    """What the clip commands report about a stored clip (agent.clips.ClipInfo fits)."""
+
+    @property
+    def clip_id(self) -> str: ...
+    @property
+    def camera(self) -> str: ...
+    @property
+    def duration_s(self) -> float: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
+
+
+class HoldSummary(Protocol):
+    """What clip.hold reports (agent.clips.HoldResult fits)."""
+
+    @property
+    def clip_ids(self) -> tuple[str, ...]: ...
+
+
+class ClipStore(Protocol):
+    """The clip store as the clip.* commands use it; agent.clips.ClipStore fits all but `export`,
+    for which the runtime binds the camera's buffered frames and privacy masks.
+
+    Failures the platform should see are raised as an `AgentError` carrying a protocol error
+    code in `.code` (agent.clips.ClipError, or CommandError): the dispatcher answers with it.
+    """
+
+    def export(self, camera: str, start: float, end: float) -> ClipSummary:
+        """Cut [start, end] (epoch seconds) from what is buffered or recorded into a new clip."""
+
+    def get(self, clip_id: str) -> ClipSummary:
+        """The clip with this id; raise (code not_found) when unknown or deleted."""
+
+    def chunks(self, clip_id: str, chunk_bytes: int) -> Iterator[tuple[int, int, bytes]]:
+        """(index, count, data) for each chunk of the MP4, in order."""
+
+    def hold(self, camera: str, start: float, end: float, until: float) -> HoldSummary:
+        """Keep footage of `camera` in [start, end] from retention until `until` (evidence hold)."""
+
+
+class Gateway(Protocol):
+    """The runtime as seen by command handlers. All methods must be safe to call from any thread."""
+
+    @property
+    def config(self) -> AgentConfig:
+        """The configuration in force (reflects applied config.set changes)."""
+
+    @property
+    def topic_root(self) -> str:
+        """`{prefix}/{district}/{gateway}`."""
+
+    @property
+    def agent_version(self) -> str: ...
+
+    @property
+    def clips(self) -> ClipStore | None:
+        """The clip store, or None while the gateway has none (clip.* then answer not_found)."""
+
+    def uptime_s(self) -> float:
+        """Seconds since the agent started."""
+
+    def camera_ids(self) -> list[str]:
+        """Configured cameras, in config order."""
+
+    def camera_state(self, camera: str) -> CameraStatus | None:
+        """Current state, fps and frame size of a camera; None for an unknown camera."""
+
+    def latest_frame(self, camera: str) -> Frame | None:
+        """The newest captured frame, or None when the camera has produced none yet."""
+
+    def frame_at(self, camera: str, ts: float) -> Frame | None:
+        """The buffered frame nearest to `ts` (epoch s); None when `ts` lies outside the buffer
+        by more than one frame interval."""
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, properties: dict[str, str] | None
+    ) -> None:
+        """Queue a message for the broker without blocking; `properties` become MQTT 5 user
+        properties (dropped on 3.1.1)."""
+
+    def get_settings(self) -> dict[str, Any]:
+        """The runtime-adjustable settings, the shape of config.get's result."""
+
+    def apply_settings(self, partial: dict[str, Any]) -> dict[str, Any]:
+        """Validate `partial` merged into the current settings, apply without restart, persist,
+        publish on `config/reported`, and return the new settings. Raise `ConfigError`,
+        pydantic `ValidationError` or `ValueError` naming the fault when invalid; nothing is
+        applied then. Privacy masks must not be removable this way."""

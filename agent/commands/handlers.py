@@ -1,0 +1,290 @@
+"""One function per command, and the table (`COMMANDS`) that tells the dispatcher how to run each.
+
+A handler gets validated arguments and a `CommandContext`, returns the result as a JSON-ready
+dict, and raises `CommandError` for anything the platform should be told. Access control is
+done by the dispatcher before a handler runs, from the spec's `access` and `camera_of`; only
+`locate`, which spans cameras, filters by agency itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from agent.capture.source import Frame
+from agent.clock import iso, parse_iso
+from agent.commands import models as m
+from agent.commands.gateway import ClipStore, Gateway
+from agent.commands.models import CommandError
+from agent.commands.streams import StreamManager, encode_outgoing
+from agent.config import CameraConfig
+from agent.geo import covers
+
+SNAPSHOT_QUALITY = 85
+DEFAULT_CHUNK_BYTES = 256 * 1024
+
+
+@dataclass(slots=True)
+class CommandContext:
+    """What a handler may use; `audit_cameras` collects cameras whose imagery it exposed."""
+
+    request: m.Request
+    gateway: Gateway
+    streams: StreamManager | None
+    now: float  # epoch seconds when the request was taken up
+    subject: str | None = None  # the camera the command is about, once the dispatcher knows it
+    audit_cameras: list[str] = field(default_factory=list)
+
+    def camera(self, camera_id: str) -> CameraConfig:
+        cam = self.gateway.config.camera(camera_id)
+        if cam is None:
+            raise CommandError("not_found", f"no camera {camera_id!r} on this gateway")
+        return cam
+
+    def snapshot_topic(self, camera_id: str) -> str:
+        return f"{self.gateway.topic_root}/cam/{camera_id}/snapshot/{self.request.id}"
+
+
+Handler = Callable[[CommandContext, Any], dict[str, Any]]
+CameraOf = Callable[[CommandContext, Any], str]
+Access = Literal["any", "camera", "admin", "per_camera"]
+CameraState = Literal["ok", "connecting", "failed", "disabled"]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """How to run one command.
+
+    access: "any" (any agency), "camera" (the agency must be allowed for `camera_of`'s camera),
+    "admin" (gateway.admin_agencies), "per_camera" (the handler filters cameras itself).
+    audited: the command exposes imagery or changes state, so every attempt is audited.
+    """
+
+    name: str
+    args: type[BaseModel]
+    run: Handler
+    access: Access
+    audited: bool
+    camera_of: CameraOf | None = None
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
+def _streams(ctx: CommandContext) -> StreamManager:
+    if ctx.streams is None:
+        raise CommandError("not_found", "streaming is not available on this gateway")
+    return ctx.streams
+
+
+def _clips(ctx: CommandContext) -> ClipStore:
+    store = ctx.gateway.clips
+    if store is None:
+        raise CommandError("not_found", "this gateway keeps no clips (no clip store configured)")
+    return store
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+def ping(ctx: CommandContext, args: m.NoArgs) -> dict[str, Any]:
+    gw = ctx.gateway
+    return _dump(m.PingResult(agent_version=gw.agent_version, uptime_s=round(gw.uptime_s(), 3)))
+
+
+def describe(ctx: CommandContext, args: m.NoArgs) -> dict[str, Any]:
+    gw = ctx.gateway
+    cfg = gw.config
+    cameras = []
+    for cam in cfg.cameras:
+        status = gw.camera_state(cam.id)
+        fallback: CameraState = "connecting" if cam.enabled else "disabled"  # before the first report
+        state = status.state if status is not None else fallback
+        width, height = (status.width, status.height) if status else (None, None)
+        cameras.append(
+            m.CameraInfo(
+                id=cam.id,
+                name=cam.name,
+                state=state,
+                resolution=m.Resolution(width=width, height=height) if width and height else None,
+                fps=status.fps if status else None,
+                geo=cam.geo,
+            )
+        )
+    info = m.GatewayInfo(
+        district=cfg.gateway.district,
+        id=cfg.gateway.id,
+        name=cfg.gateway.name,
+        topic_root=gw.topic_root,
+        agent_version=gw.agent_version,
+        uptime_s=round(gw.uptime_s(), 3),
+    )
+    return _dump(m.DescribeResult(gateway=info, cameras=cameras))
+
+
+def config_get(ctx: CommandContext, args: m.NoArgs) -> dict[str, Any]:
+    return ctx.gateway.get_settings()
+
+
+def config_set(ctx: CommandContext, args: m.ConfigSetArgs) -> dict[str, Any]:
+    partial = dict(args.model_extra or {})
+    if not partial:
+        raise CommandError("bad_request", "config.set needs at least one setting in args")
+    return ctx.gateway.apply_settings(partial)  # errors are mapped by the dispatcher
+
+
+# --------------------------------------------------------------------------- imagery
+
+
+def _pick_frame(ctx: CommandContext, camera: str, at: str | None) -> Frame | None:
+    gw = ctx.gateway
+    return gw.frame_at(camera, parse_iso(at)) if at is not None else gw.latest_frame(camera)
+
+
+def _publish_snapshot(
+    ctx: CommandContext, cam: CameraConfig, frame: Frame, max_width: int | None
+) -> m.SnapshotResult:
+    jpeg = encode_outgoing(frame.image, cam.privacy_masks, max_width=max_width, quality=SNAPSHOT_QUALITY)
+    topic = ctx.snapshot_topic(cam.id)
+    ts = iso(frame.ts)
+    ctx.gateway.publish(topic, jpeg.data, 1, False, {"ts": ts, "id": ctx.request.id})
+    ctx.audit_cameras.append(cam.id)
+    return m.SnapshotResult(topic=topic, ts=ts, width=jpeg.width, height=jpeg.height, bytes=len(jpeg.data))
+
+
+def snapshot(ctx: CommandContext, args: m.SnapshotArgs) -> dict[str, Any]:
+    cam = ctx.camera(args.camera)
+    frame = _pick_frame(ctx, cam.id, args.at)
+    if frame is None:
+        if args.at is not None:
+            raise CommandError("not_found", f"no frame of camera {cam.id!r} near {args.at} is still buffered")
+        raise CommandError("not_found", f"camera {cam.id!r} has no frame yet")
+    return _dump(_publish_snapshot(ctx, cam, frame, args.max_width))
+
+
+def locate(ctx: CommandContext, args: m.LocateArgs) -> dict[str, Any]:
+    agency = ctx.request.requester.agency
+    found: list[tuple[float, float, CameraConfig]] = []
+    for cam in ctx.gateway.config.cameras:
+        if cam.geo is None or agency not in cam.allowed_agencies:
+            continue
+        g = covers(cam.geo, args.lat, args.lon)
+        if g is not None and g.distance_m <= args.radius_m:
+            found.append((g.distance_m, g.bearing_deg, cam))
+    found.sort(key=lambda hit: (hit[0], hit[2].id))
+    hits = []
+    for distance, bearing, cam in found:
+        frame = _pick_frame(ctx, cam.id, args.at)
+        topic = _publish_snapshot(ctx, cam, frame, None).topic if frame is not None else None
+        hits.append(
+            m.LocateHit(
+                camera=cam.id,
+                distance_m=round(distance, 2),
+                bearing_deg=round(bearing, 2),
+                snapshot_topic=topic,
+            )
+        )
+    return _dump(m.LocateResult(cameras=hits))
+
+
+def stream_start(ctx: CommandContext, args: m.StreamStartArgs) -> dict[str, Any]:
+    ctx.camera(args.camera)
+    info = _streams(ctx).open(
+        args.camera, fps=args.fps, max_width=args.max_width, quality=args.quality, duration_s=args.duration_s
+    )
+    ctx.audit_cameras.append(info.camera)
+    return _dump(m.StreamStartResult(session=info.session, topic=info.topic, expires_at=iso(info.expires_at)))
+
+
+def stream_renew(ctx: CommandContext, args: m.StreamRenewArgs) -> dict[str, Any]:
+    info = _streams(ctx).renew(args.session, args.duration_s)
+    return _dump(m.StreamRenewResult(expires_at=iso(info.expires_at)))
+
+
+def stream_stop(ctx: CommandContext, args: m.StreamStopArgs) -> dict[str, Any]:
+    _streams(ctx).close(args.session)
+    return _dump(m.EmptyResult())
+
+
+def _session_camera(ctx: CommandContext, args: m.StreamRenewArgs | m.StreamStopArgs) -> str:
+    camera = _streams(ctx).camera_of(args.session)
+    if camera is None:
+        raise CommandError("not_found", f"no stream session {args.session!r} (ended or never started)")
+    return camera
+
+
+# --------------------------------------------------------------------------- clips
+
+
+def clip_export(ctx: CommandContext, args: m.ClipExportArgs) -> dict[str, Any]:
+    ctx.camera(args.camera)
+    info = _clips(ctx).export(args.camera, parse_iso(args.start), parse_iso(args.end))
+    return _dump(
+        m.ClipExportResult(
+            clip_id=info.clip_id, duration_s=round(info.duration_s, 3), bytes=info.bytes, sha256=info.sha256
+        )
+    )
+
+
+def clip_fetch(ctx: CommandContext, args: m.ClipFetchArgs) -> dict[str, Any]:
+    store = _clips(ctx)
+    info = store.get(args.clip_id)
+    topic = f"{ctx.gateway.topic_root}/clips/{info.clip_id}"
+    digest = hashlib.sha256()
+    sent = count = 0
+    for index, count, data in store.chunks(info.clip_id, args.chunk_bytes or DEFAULT_CHUNK_BYTES):
+        digest.update(data)
+        sent += len(data)
+        ctx.gateway.publish(topic, data, 1, False, {"index": str(index), "count": str(count)})
+    return _dump(m.ClipFetchResult(topic=topic, count=count, bytes=sent, sha256=digest.hexdigest()))
+
+
+def clip_hold(ctx: CommandContext, args: m.ClipHoldArgs) -> dict[str, Any]:
+    ctx.camera(args.camera)
+    until = parse_iso(args.until)
+    if until <= ctx.now:
+        raise CommandError("bad_request", f"until {args.until} is in the past")
+    held = _clips(ctx).hold(args.camera, parse_iso(args.start), parse_iso(args.end), until)
+    result = m.ClipHoldResult(
+        camera=args.camera, start=args.start, end=args.end, until=args.until, clip_ids=list(held.clip_ids)
+    )
+    return _dump(result)
+
+
+def _clip_camera(ctx: CommandContext, args: m.ClipFetchArgs) -> str:
+    return _clips(ctx).get(args.clip_id).camera
+
+
+def _args_camera(ctx: CommandContext, args: Any) -> str:
+    return str(args.camera)
+
+
+def _spec(
+    name: str, run: Handler, access: Access, audited: bool, camera_of: CameraOf | None = None
+) -> CommandSpec:
+    return CommandSpec(name, m.COMMAND_MODELS[name][0], run, access, audited, camera_of)
+
+
+COMMANDS: dict[str, CommandSpec] = {
+    s.name: s
+    for s in (
+        _spec("ping", ping, "any", audited=False),
+        _spec("describe", describe, "any", audited=False),
+        _spec("snapshot", snapshot, "camera", audited=True, camera_of=_args_camera),
+        _spec("stream.start", stream_start, "camera", audited=True, camera_of=_args_camera),
+        _spec("stream.renew", stream_renew, "camera", audited=True, camera_of=_session_camera),
+        _spec("stream.stop", stream_stop, "camera", audited=True, camera_of=_session_camera),
+        _spec("clip.export", clip_export, "camera", audited=True, camera_of=_args_camera),
+        _spec("clip.fetch", clip_fetch, "camera", audited=True, camera_of=_clip_camera),
+        _spec("clip.hold", clip_hold, "camera", audited=True, camera_of=_args_camera),
+        _spec("locate", locate, "per_camera", audited=True),
+        _spec("config.get", config_get, "any", audited=False),
+        _spec("config.set", config_set, "admin", audited=True),
+    )
+}
+"""Every command of the contract, keyed by name."""

@@ -1,0 +1,351 @@
+"""The command side of the contract as pydantic models: these classes ARE the documented schema.
+
+Requests arrive on `{root}/cmd` as JSON objects (see ../shared/protocol.md, "Commands"). Every
+model is strict (no string-to-number coercion, no bools for integers) and forbids unknown keys,
+so a typo such as `"ttl": 30` is answered `bad_request` naming the key rather than ignored.
+
+Choices where the contract is silent (also written in docs/protocol.md):
+- A request `id` matches `^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$`: UUIDs, ULIDs and `req-42` pass;
+  ids that are path- or topic-like (`..`, `a/b`, `+`, `#`) are refused, because the id becomes a
+  topic level in `{root}/cam/{camera}/snapshot/{id}`.
+- `ttl_s` is at most 600 s, the idempotency window, so a request that the cache has forgotten
+  is always expired and can never run twice.
+- `reply_to` must be a plain topic: 1..256 characters, no `+`, `#` or NUL.
+- `requester.agency` is an id like every other id; `operator` is required (1..128 printable
+  characters) so that every audit record names a person; `incident` is optional.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from agent.clock import parse_iso
+from agent.config import ID_PATTERN, GeoConfig
+from agent.errors import AgentError
+
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+MAX_TTL_S = 600.0
+MAX_TOPIC_CHARS = 256
+
+ErrorCode = Literal["bad_request", "unknown_command", "not_found", "forbidden", "expired", "busy", "internal"]
+ERROR_CODES: tuple[ErrorCode, ...] = (
+    "bad_request",
+    "unknown_command",
+    "not_found",
+    "forbidden",
+    "expired",
+    "busy",
+    "internal",
+)
+Outcome = Literal[
+    "ok", "bad_request", "unknown_command", "not_found", "forbidden", "expired", "busy", "internal"
+]
+
+
+class CommandError(AgentError):
+    """A command failed in a way the platform is told about: becomes `{"ok":false,"error":…}`."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        self.code: ErrorCode = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+def _parseable_time(value: str) -> str:
+    try:
+        parse_iso(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a valid RFC 3339 time") from None
+    return value
+
+
+def _plain_topic(value: str) -> str:
+    if any(c in value for c in "+#\x00"):
+        raise ValueError("must be a plain topic without wildcards (+, #) or NUL")
+    return value
+
+
+Timestamp = Annotated[
+    str,
+    Field(pattern=RFC3339_PATTERN, description="RFC 3339 time with offset, e.g. 2026-11-24T10:00:00.123Z"),
+    AfterValidator(_parseable_time),
+]
+Ident = Annotated[str, Field(pattern=ID_PATTERN, description="A camera or agency id, " + ID_PATTERN)]
+Token = Annotated[str, Field(pattern=REQUEST_ID_PATTERN, description="An opaque id, " + REQUEST_ID_PATTERN)]
+Topic = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_TOPIC_CHARS, description="A plain MQTT topic (no wildcards)"),
+    AfterValidator(_plain_topic),
+]
+
+
+class Model(BaseModel):
+    """Base of every command model: strict types, unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+class Requester(Model):
+    """Who asks: carried into every audit record."""
+
+    agency: Ident = Field(description="Agency of the operator; checked against allowed_agencies")
+    operator: str = Field(
+        min_length=1, max_length=128, pattern=PRINTABLE_PATTERN, description="Operator id or name"
+    )
+    incident: str | None = Field(
+        default=None, max_length=128, pattern=PRINTABLE_PATTERN, description="Incident reference"
+    )
+
+
+class Request(Model):
+    """A command on `{root}/cmd`."""
+
+    id: Token = Field(description="Unique request id; a repeat within 10 minutes gets the first reply")
+    cmd: str = Field(min_length=1, max_length=64, description="Command name, e.g. snapshot")
+    args: dict[str, Any] = Field(default_factory=dict, description="Arguments of the command")
+    issued_at: Timestamp = Field(description="When the platform issued the request")
+    ttl_s: float = Field(
+        default=30.0, gt=0.0, le=MAX_TTL_S, description="Seconds after issued_at the request stays valid"
+    )
+    requester: Requester
+    reply_to: Topic | None = Field(
+        default=None, description="Reply topic for MQTT 3.1.1 clients; the MQTT 5 Response Topic wins"
+    )
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+class NoArgs(Model):
+    """The command takes no arguments."""
+
+
+class SnapshotArgs(Model):
+    camera: Ident
+    at: Timestamp | None = Field(default=None, description="Pick the nearest buffered frame to this time")
+    max_width: int | None = Field(default=None, ge=16, le=7680, description="Downscale to at most this width")
+
+
+class StreamStartArgs(Model):
+    camera: Ident
+    fps: float = Field(default=5.0, gt=0.0, le=30.0, description="Frames per second to send")
+    max_width: int = Field(default=640, ge=16, le=7680, description="Downscale to at most this width")
+    quality: int = Field(default=75, ge=1, le=100, description="JPEG quality")
+    duration_s: float = Field(default=60.0, gt=0.0, le=600.0, description="Session length before it ends")
+
+
+class StreamRenewArgs(Model):
+    session: Token
+    duration_s: float = Field(gt=0.0, le=600.0, description="New session length, counted from now")
+
+
+class StreamStopArgs(Model):
+    session: Token
+
+
+class _Span(Model):
+    camera: Ident
+    start: Timestamp
+    end: Timestamp
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Span:
+        if parse_iso(self.end) <= parse_iso(self.start):
+            raise ValueError("end must be after start")
+        return self
+
+
+class ClipExportArgs(_Span):
+    pass
+
+
+class ClipFetchArgs(Model):
+    clip_id: Token
+    chunk_bytes: int | None = Field(
+        default=None, ge=1024, le=16 * 1024 * 1024, description="Chunk size; default 256 KiB"
+    )
+
+
+class ClipHoldArgs(_Span):
+    until: Timestamp = Field(description="Keep the footage from retention until this time")
+
+    @model_validator(mode="after")
+    def _until_after_end(self) -> ClipHoldArgs:
+        if parse_iso(self.until) <= parse_iso(self.end):
+            raise ValueError("until must be after end")
+        return self
+
+
+class LocateArgs(Model):
+    lat: float = Field(ge=-90.0, le=90.0, description="Latitude, WGS84 degrees")
+    lon: float = Field(ge=-180.0, le=180.0, description="Longitude, WGS84 degrees")
+    radius_m: float = Field(default=200.0, gt=0.0, le=10_000.0, description="Search radius around the point")
+    at: Timestamp | None = Field(default=None, description="Snapshots nearest to this time")
+
+
+class ConfigSetArgs(BaseModel):
+    """A partial of config.get's result; the runtime validates it as a whole before applying."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# --------------------------------------------------------------------------- results
+
+
+class PingResult(Model):
+    agent_version: str
+    uptime_s: float
+
+
+class GatewayInfo(Model):
+    district: str
+    id: str
+    name: str
+    topic_root: str
+    agent_version: str
+    uptime_s: float
+
+
+class Resolution(Model):
+    width: int
+    height: int
+
+
+class CameraInfo(Model):
+    id: str
+    name: str
+    state: Literal["ok", "connecting", "failed", "disabled"]
+    resolution: Resolution | None = Field(description="Frame size, null before the first frame")
+    fps: float | None
+    geo: GeoConfig | None
+
+
+class DescribeResult(Model):
+    gateway: GatewayInfo
+    cameras: list[CameraInfo]
+
+
+class SnapshotResult(Model):
+    topic: str = Field(description="Where the JPEG was published once: {root}/cam/{camera}/snapshot/{id}")
+    ts: str = Field(description="Capture time of the frame")
+    width: int
+    height: int
+    bytes: int = Field(description="Size of the JPEG")
+
+
+class StreamStartResult(Model):
+    session: str
+    topic: str = Field(description="{root}/cam/{camera}/stream/{session}; QoS 0, user properties seq, ts")
+    expires_at: str
+
+
+class StreamRenewResult(Model):
+    expires_at: str
+
+
+class EmptyResult(Model):
+    pass
+
+
+class ClipExportResult(Model):
+    clip_id: str
+    duration_s: float
+    bytes: int
+    sha256: str
+
+
+class ClipFetchResult(Model):
+    topic: str = Field(description="{root}/clips/{clip_id}; QoS 1, user properties index, count")
+    count: int
+    bytes: int
+    sha256: str
+
+
+class ClipHoldResult(Model):
+    camera: str
+    start: str
+    end: str
+    until: str
+    clip_ids: list[str] = Field(description="Stored clips the hold protects now (later ones are covered too)")
+
+
+class LocateHit(Model):
+    camera: str
+    distance_m: float = Field(description="Geodesic (WGS84) distance from the camera to the point")
+    bearing_deg: float = Field(description="Initial bearing from the camera to the point, from north")
+    snapshot_topic: str | None = Field(description="Where a fresh snapshot went; null when no frame")
+
+
+class LocateResult(Model):
+    cameras: list[LocateHit] = Field(description="Cameras whose view covers the point, nearest first")
+
+
+class SettingsResult(BaseModel):
+    """The runtime-adjustable settings (shape owned by the runtime, see docs/protocol.md)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+COMMAND_MODELS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
+    "ping": (NoArgs, PingResult),
+    "describe": (NoArgs, DescribeResult),
+    "snapshot": (SnapshotArgs, SnapshotResult),
+    "stream.start": (StreamStartArgs, StreamStartResult),
+    "stream.renew": (StreamRenewArgs, StreamRenewResult),
+    "stream.stop": (StreamStopArgs, EmptyResult),
+    "clip.export": (ClipExportArgs, ClipExportResult),
+    "clip.fetch": (ClipFetchArgs, ClipFetchResult),
+    "clip.hold": (ClipHoldArgs, ClipHoldResult),
+    "locate": (LocateArgs, LocateResult),
+    "config.get": (NoArgs, SettingsResult),
+    "config.set": (ConfigSetArgs, SettingsResult),
+}
+"""Arguments and result model of every command, in the contract's order."""
+
+
+# --------------------------------------------------------------------------- replies
+
+
+class Reply(Model):
+    """`{"id":…,"ok":true,"result":{…}}`"""
+
+    id: str
+    ok: Literal[True] = True
+    result: dict[str, Any]
+
+
+class ErrorBody(Model):
+    code: ErrorCode
+    message: str
+
+
+class ErrorReply(Model):
+    """`{"id":…,"ok":false,"error":{"code":…,"message":…}}`; id is null when it could not be read."""
+
+    id: str | None
+    ok: Literal[False] = False
+    error: ErrorBody
+
+
+class AuditRecord(Model):
+    """One line of the audit log, also published on `{root}/audit`.
+
+    `prev` is the `hash` of the record before it (64 zeros for the first); `hash` is the SHA-256 of
+    the record's canonical JSON (sorted keys, no spaces, UTF-8) without the `hash` key.
+    """
+
+    ts: str
+    id: str
+    cmd: str
+    camera: str | None
+    requester: Requester
+    outcome: Outcome
+    prev: str = Field(pattern=r"^[0-9a-f]{64}$")
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$")

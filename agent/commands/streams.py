@@ -1,0 +1,335 @@
+"""Live JPEG streams to the platform, and the one pipeline every outgoing image goes through.
+
+`encode_outgoing` is that pipeline: privacy masks at full resolution (so no resize can blur
+them away), then downscale to `max_width`, then JPEG. Snapshots, locate and streams all use it.
+
+`StreamManager` owns the stream sessions and ONE worker thread (`commands.streams`) that
+publishes each session's frames at its fps on `{root}/cam/{camera}/stream/{session}`, QoS 0,
+with user properties `seq` (0, 1, … per session) and `ts` (the frame's capture time). A frame
+is sent only when the camera produced a new one since the session's last. Sessions end on their
+own at `expires_at`; `stream.renew` moves that to now + `duration_s`.
+
+Limits: at most `max_sessions` sessions, and the sum over sessions of (JPEG bytes per frame
+times fps) must stay under `max_bytes_per_s`, else `stream.start` answers `busy`. A new session's
+frame size is measured by encoding the camera's newest frame at the requested width and quality
+(that JPEG also becomes the session's first frame, so it goes out at once); afterwards each
+session's estimate follows the frames it actually sends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from agent.capture.source import Frame, Image
+from agent.clock import iso
+from agent.commands.gateway import Gateway
+from agent.commands.models import CommandError
+from agent.privacy import PolygonLike, apply_privacy_masks
+
+log = logging.getLogger(__name__)
+
+_IDLE_WAIT_S = 0.5  # longest sleep of the worker: bounds how late an expiry is noticed
+
+
+@dataclass(frozen=True, slots=True)
+class Jpeg:
+    data: bytes
+    width: int
+    height: int
+
+
+def encode_outgoing(
+    image: Image, masks: Sequence[PolygonLike], *, max_width: int | None, quality: int
+) -> Jpeg:
+    """Blank the privacy masks, downscale to at most `max_width` (never up), encode as JPEG."""
+    masked = apply_privacy_masks(image, masks)
+    height, width = masked.shape[:2]
+    if max_width is not None and width > max_width:
+        new_h = max(1, round(height * max_width / width))
+        masked = np.asarray(cv2.resize(masked, (max_width, new_h), interpolation=cv2.INTER_AREA), np.uint8)
+        width, height = max_width, new_h
+    ok, buf = cv2.imencode(".jpg", masked, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"JPEG encoding failed for a {width}x{height} image")
+    return Jpeg(buf.tobytes(), width, height)
+
+
+def estimate_jpeg_bytes(width: int, height: int, quality: int) -> int:
+    """A coarse guess of a street scene's JPEG size, used only before any frame exists."""
+    return int(width * height * (0.05 + 0.0035 * quality))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    max_sessions: int = 4
+    max_bytes_per_s: int = 1_500_000  # ~12 Mbit/s of uplink for all streams together
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    session: str
+    camera: str
+    topic: str
+    fps: float
+    expires_at: float  # epoch seconds
+    frames_sent: int
+    bytes_per_s: float  # current estimate
+
+
+@dataclass(slots=True)
+class _Session:
+    id: str
+    camera: str
+    topic: str
+    fps: float
+    rate_fps: float  # fps actually possible: min(fps, the camera's fps), for the bandwidth sum
+    max_width: int
+    quality: int
+    expires_at: float  # wall clock (epoch s), from the injected clock
+    next_due: float  # time.monotonic() of the next frame
+    frame_bytes: float  # running estimate of one JPEG's size
+    seq: int = 0
+    last_frame: tuple[float, int] | None = None  # (ts, seq) of the last frame sent
+    first: tuple[Jpeg, Frame] | None = None  # encoded at start, sent first
+    failures: int = 0
+    active: bool = True
+
+
+class StreamManager:
+    """Owns the stream sessions and their single publishing thread; `start()`/`stop()` it once."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        limits: StreamLimits | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._gw = gateway
+        self._limits = limits or StreamLimits()
+        self._clock = clock
+        # _cond's lock guards _sessions, _limits and every _Session's fields; it is never held
+        # while encoding, only around bookkeeping and the (non-blocking) publish call.
+        self._cond = threading.Condition()
+        self._sessions: dict[str, _Session] = {}
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.frames_sent = 0
+        self.bytes_sent = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="commands.streams", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End all sessions and join the worker."""
+        with self._cond:
+            self._stopping = True
+            for s in self._sessions.values():
+                s.active = False
+            self._sessions.clear()
+            self._cond.notify_all()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.error("stream worker did not stop within %.1f s", timeout)
+
+    def wake(self) -> None:
+        """Make the worker look at its sessions now (e.g. after the clock moved)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- commands --------------------------------------------------------------------------
+
+    @property
+    def limits(self) -> StreamLimits:
+        with self._cond:
+            return self._limits
+
+    def set_limits(self, limits: StreamLimits) -> None:
+        """New limits apply to the next stream.start; running sessions go on."""
+        with self._cond:
+            self._limits = limits
+
+    def open(
+        self, camera: str, *, fps: float, max_width: int, quality: int, duration_s: float
+    ) -> SessionInfo:
+        """Start a session; raise CommandError(busy) past the limits."""
+        with self._cond:
+            if self._stopping or self._thread is None:
+                raise CommandError("busy", "streaming is not running on this gateway")
+            self._reap(self._clock())
+            limits = self._limits
+            if len(self._sessions) >= limits.max_sessions:
+                raise CommandError(
+                    "busy", f"{len(self._sessions)} stream sessions are running (limit {limits.max_sessions})"
+                )
+        first = self._first_frame(camera, max_width, quality)
+        state = self._gw.camera_state(camera)
+        if first is not None:
+            frame_bytes = float(len(first[0].data))
+        elif state is not None and state.width and state.height:
+            w = min(max_width, state.width)
+            frame_bytes = float(estimate_jpeg_bytes(w, round(w * state.height / state.width), quality))
+        else:
+            frame_bytes = float(estimate_jpeg_bytes(max_width, max_width * 9 // 16, quality))
+        eff_fps = min(fps, state.fps) if state is not None and state.fps else fps
+        need = frame_bytes * eff_fps
+        now = self._clock()
+        with self._cond:
+            self._reap(now)
+            used = sum(s.frame_bytes * s.rate_fps for s in self._sessions.values())
+            limits = self._limits
+            if len(self._sessions) >= limits.max_sessions:
+                raise CommandError(
+                    "busy", f"{len(self._sessions)} stream sessions are running (limit {limits.max_sessions})"
+                )
+            if used + need > limits.max_bytes_per_s:
+                raise CommandError(
+                    "busy",
+                    f"stream would need ~{need / 1000:.0f} kB/s; {used / 1000:.0f} of "
+                    f"{limits.max_bytes_per_s / 1000:.0f} kB/s in use (lower fps, max_width or quality)",
+                )
+            sid = str(uuid.uuid4())
+            session = _Session(
+                id=sid,
+                camera=camera,
+                topic=f"{self._gw.topic_root}/cam/{camera}/stream/{sid}",
+                fps=fps,
+                rate_fps=eff_fps,
+                max_width=max_width,
+                quality=quality,
+                expires_at=now + duration_s,
+                next_due=time.monotonic(),
+                frame_bytes=frame_bytes,
+                first=first,
+            )
+            self._sessions[sid] = session
+            self._cond.notify_all()
+            return self._info(session)
+
+    def renew(self, session_id: str, duration_s: float) -> SessionInfo:
+        with self._cond:
+            now = self._clock()
+            self._reap(now)
+            s = self._sessions.get(session_id)
+            if s is None:
+                raise CommandError("not_found", f"no stream session {session_id!r} (ended or never started)")
+            s.expires_at = now + duration_s
+            self._cond.notify_all()
+            return self._info(s)
+
+    def close(self, session_id: str) -> SessionInfo:
+        with self._cond:
+            s = self._sessions.pop(session_id, None)
+            if s is None:
+                raise CommandError("not_found", f"no stream session {session_id!r} (ended or never started)")
+            s.active = False
+            self._cond.notify_all()
+            return self._info(s)
+
+    def camera_of(self, session_id: str) -> str | None:
+        with self._cond:
+            s = self._sessions.get(session_id)
+            return s.camera if s is not None and s.expires_at > self._clock() else None
+
+    def sessions(self) -> list[SessionInfo]:
+        with self._cond:
+            self._reap(self._clock())
+            return [self._info(s) for s in self._sessions.values()]
+
+    # -- worker ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        log.debug("stream worker started")
+        while True:
+            with self._cond:
+                if self._stopping:
+                    break
+                self._reap(self._clock())
+                now = time.monotonic()
+                due = [s for s in self._sessions.values() if s.next_due <= now]
+                if not due:
+                    wait = min((s.next_due - now for s in self._sessions.values()), default=_IDLE_WAIT_S)
+                    self._cond.wait(min(max(wait, 0.001), _IDLE_WAIT_S))
+                    continue
+                for s in due:
+                    period = 1.0 / s.fps
+                    s.next_due = s.next_due + period if s.next_due + period > now else now + period
+            encoded: dict[tuple[str, float, int, int, int], Jpeg] = {}
+            for s in due:
+                self._send(s, encoded)
+        log.debug("stream worker stopped")
+
+    def _send(self, s: _Session, cache: dict[tuple[str, float, int, int, int], Jpeg]) -> None:
+        if self._gw.config.camera(s.camera) is None:
+            with self._cond:
+                if self._sessions.pop(s.id, None) is not None:
+                    s.active = False
+                    log.info("stream session %s ended: camera %s was removed", s.id, s.camera)
+            return
+        try:
+            if s.first is not None:
+                jpeg, frame = s.first
+                s.first = None
+            else:
+                got = self._gw.latest_frame(s.camera)
+                if got is None or (got.ts, got.seq) == s.last_frame:
+                    return  # nothing new from the camera yet
+                frame = got
+                key = (s.camera, frame.ts, frame.seq, s.max_width, s.quality)
+                jpeg = cache.get(key) or self._encode(s.camera, frame, s.max_width, s.quality)
+                cache[key] = jpeg
+            with self._cond:
+                if not s.active:
+                    return
+                props = {"seq": str(s.seq), "ts": iso(frame.ts)}
+                self._gw.publish(s.topic, jpeg.data, 0, False, props)
+                s.seq += 1
+                s.last_frame = (frame.ts, frame.seq)
+                s.frame_bytes = 0.8 * s.frame_bytes + 0.2 * len(jpeg.data)
+                self.frames_sent += 1
+                self.bytes_sent += len(jpeg.data)
+        except Exception:
+            s.failures += 1
+            if s.failures in (1, 10, 100) or s.failures % 1000 == 0:
+                log.exception(
+                    "stream %s (camera %s): sending a frame failed (%d times)", s.id, s.camera, s.failures
+                )
+
+    def _first_frame(self, camera: str, max_width: int, quality: int) -> tuple[Jpeg, Frame] | None:
+        frame = self._gw.latest_frame(camera)
+        if frame is None:
+            return None
+        return self._encode(camera, frame, max_width, quality), frame
+
+    def _encode(self, camera: str, frame: Frame, max_width: int, quality: int) -> Jpeg:
+        cam = self._gw.config.camera(camera)
+        if cam is None:
+            raise ValueError(f"camera {camera!r} is no longer configured")
+        return encode_outgoing(frame.image, cam.privacy_masks, max_width=max_width, quality=quality)
+
+    def _reap(self, now: float) -> None:
+        """Drop expired sessions; caller holds _cond."""
+        for sid in [sid for sid, s in self._sessions.items() if s.expires_at <= now]:
+            self._sessions.pop(sid).active = False
+            log.info("stream session %s ended at its expiry", sid)
+
+    @staticmethod
+    def _info(s: _Session) -> SessionInfo:
+        return SessionInfo(s.id, s.camera, s.topic, s.fps, s.expires_at, s.seq, s.frame_bytes * s.rate_fps)

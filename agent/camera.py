@@ -150,7 +150,7 @@ class CameraWorker:
                 wait=wait_random_exponential(multiplier=0.5, max=self._backoff_max_s),
                 retry=retry_if_exception_type(SourceError),
                 stop=lambda _state: self._stop.is_set(),
-                sleep=self._stop.wait,
+                sleep=self._sleep,
                 before_sleep=self._before_retry,
                 reraise=True,
             )
@@ -162,6 +162,9 @@ class CameraWorker:
                 log.exception("camera %s: capture crashed", self.id)
                 self._set_status("failed", f"internal error: {exc}")
                 self._stop.wait(self._backoff_max_s)
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)  # a backoff sleep that stop() cuts short
 
     def _before_retry(self, state: object) -> None:
         self.stats.reconnects += 1

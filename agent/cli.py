@@ -103,6 +103,35 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from agent.schema import all_schemas, render_markdown
+
+    if args.markdown:
+        print(render_markdown())
+    else:
+        print(json.dumps(all_schemas(), indent=2))
+    return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from agent.audit import verify
+
+    path = Path(args.path)
+    if path.is_dir() or args.config:
+        base = load_config(args.config).gateway.data_dir if args.config else path
+        path = base / "audit" / "audit.log"
+    if not path.exists():
+        print(f"{path}: no audit log", file=sys.stderr)
+        return EXIT_ERROR
+    result = verify(path)
+    if result.ok:
+        torn = f", {len(result.torn_lines)} torn line(s) from power cuts" if result.torn_lines else ""
+        print(f"{path}: OK, {result.records} record(s) chained{torn}")
+        return EXIT_OK
+    print(f"{path}: BROKEN at line {result.first_bad_line}: {result.reason}", file=sys.stderr)
+    return EXIT_ERROR
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     from agent.watch import watch
 
@@ -234,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check-config", help="validate a config file")
     s.add_argument("file")
     s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of every request, reply, event and status")
+    s.add_argument("--markdown", action="store_true", help="the reference section of docs/protocol.md")
+    s.set_defaults(func=cmd_schema)
+
+    s = sub.add_parser("audit", help="the local audit log")
+    audit_sub = s.add_subparsers(dest="audit_command", required=True)
+    a = audit_sub.add_parser("verify", help="check the hash chain of the audit log")
+    a.add_argument("path", nargs="?", default="/var/lib/edge-agent", help="audit.log or a data_dir")
+    a.add_argument("--config", "-c", help="take data_dir from this config file")
+    a.set_defaults(func=cmd_audit_verify)
 
     s = sub.add_parser("watch", help="print a gateway's messages as the platform sees them")
     s.add_argument("--host", default="127.0.0.1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import signal
 import threading
 import time
@@ -16,20 +17,31 @@ from types import FrameType
 from typing import Any
 
 import cv2
+import paho.mqtt.client as mqtt
 
 from agent import __version__
+from agent.audit import AuditLog
 from agent.camera import CameraWorker
+from agent.capture.source import Frame
 from agent.clock import iso
+from agent.commands.dispatcher import Dispatcher, reply_error
+from agent.commands.gateway import ClipStore
+from agent.commands.streams import StreamLimits, StreamManager
 from agent.config import AgentConfig
 from agent.events import EventPhase
 from agent.messages import CameraStatus, GatewayStatus
 from agent.mqtt import MemoryOutbox, MqttLink, OutboxLike, Topics
+from agent.prebuffer import PreEventBuffer
+from agent.privacy import apply_privacy_masks
+from agent.settings import RuntimeSettings, SettingsStore
 from agent.systemd import notify, watchdog_interval_s
 from agent.telemetry import GatewayHealth
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_QUALITY = 85
+COMMAND_QUEUE = 256
+COMMAND_WORKERS = 2
 
 
 class Agent:
@@ -50,12 +62,31 @@ class Agent:
         self.link.set_online_message(self.topics.status, self._status("online", None))
         self.link.on_connect(self._republish_camera_status)
         self.health = GatewayHealth(self.data_dir)
-        self.cameras = {
-            cam.id: CameraWorker(cam, on_status=self._camera_status, on_phase=self._phase)
+        self.settings = SettingsStore(cfg, self.data_dir / "settings.json")
+        self.buffers = {
+            cam.id: PreEventBuffer(
+                seconds=cam.buffer.pre_event_s,
+                max_bytes=cam.buffer.max_bytes,
+                jpeg_quality=cam.buffer.jpeg_quality,
+                max_width=cam.buffer.max_width,
+                fps=cam.buffer.fps,
+            )
             for cam in cfg.cameras
         }
+        self.cameras = {
+            cam.id: CameraWorker(
+                cam, on_status=self._camera_status, on_phase=self._phase, on_frame=self._frame
+            )
+            for cam in cfg.cameras
+        }
+        self._apply_runtime(self.settings.current)
+        self.streams = StreamManager(self, limits=self._stream_limits(self.settings.current))
+        self.dispatcher = Dispatcher(self, AuditLog.in_data_dir(self.data_dir), streams=self.streams)
+        self.link.on_connect(self._report_settings)
+        self.link.subscribe(self.topics.cmd, self._on_command)
+        self._commands: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=COMMAND_QUEUE)
         self._stop = threading.Event()
-        self._telemetry_thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -90,6 +121,9 @@ class Agent:
         for worker in self.cameras.values():
             self._camera_status(worker.id, worker.status)
 
+    def _frame(self, camera: str, frame: Frame) -> None:
+        self.buffers[camera].push(frame)
+
     def _phase(self, camera: str, phase: EventPhase) -> None:
         event = phase.event
         self.link.publish(self.topics.event(camera), event.to_json(), kind="event", camera=camera)
@@ -106,13 +140,121 @@ class Agent:
                 )
 
     def _encode_snapshot(self, camera: str, phase: EventPhase) -> bytes | None:
-        from agent.privacy import apply_privacy_masks
-
         cam = self.cfg.camera(camera)
         assert phase.frame is not None
         image = apply_privacy_masks(phase.frame, cam.privacy_masks if cam else [])
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, SNAPSHOT_QUALITY])
         return bytes(buf) if ok else None
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def _on_command(self, message: mqtt.MQTTMessage) -> None:
+        """paho's thread: queue the request for a command worker, or answer busy when full."""
+        try:
+            self._commands.put_nowait(message)
+        except queue.Full:
+            topic, corr = self._reply_address(message)
+            if topic is not None:
+                self.link.reply(topic, reply_error(None, "busy", "command queue full; retry"), corr)
+
+    @staticmethod
+    def _reply_address(message: mqtt.MQTTMessage) -> tuple[str | None, bytes | None]:
+        props = message.properties
+        topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        corr = getattr(props, "CorrelationData", None) if props is not None else None
+        return topic, corr
+
+    def _command_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                message = self._commands.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            topic, corr = self._reply_address(message)
+            out = self.dispatcher.handle(bytes(message.payload), topic, corr)
+            if out is not None:
+                self.link.reply(out[0], out[1], out[2])
+
+    # -- the Gateway protocol of agent.commands ------------------------------------------------
+
+    @property
+    def config(self) -> AgentConfig:
+        return self.cfg
+
+    @property
+    def topic_root(self) -> str:
+        return self.topics.root
+
+    @property
+    def agent_version(self) -> str:
+        return __version__
+
+    @property
+    def clips(self) -> ClipStore | None:
+        return None
+
+    def uptime_s(self) -> float:
+        return time.time() - self.started_at
+
+    def camera_ids(self) -> list[str]:
+        return list(self.cameras)
+
+    def camera_state(self, camera: str) -> CameraStatus | None:
+        worker = self.cameras.get(camera)
+        if worker is None:
+            return None
+        status = worker.status
+        if status.state == "ok":
+            status = status.model_copy(update={"fps": round(worker.stats.fps, 2)})
+        return status
+
+    def latest_frame(self, camera: str) -> Frame | None:
+        worker = self.cameras.get(camera)
+        return worker.latest_frame() if worker else None
+
+    def frame_at(self, camera: str, ts: float) -> Frame | None:
+        buffer = self.buffers.get(camera)
+        if buffer is None:
+            return None
+        fps = buffer.fps or 10.0
+        kept = buffer.nearest(ts, max_gap_s=max(0.2, 1.5 / fps))
+        if kept is None:
+            return None
+        try:
+            image = kept.decode()
+        except ValueError:
+            return None
+        return Frame(image=image, ts=kept.ts, pts=0.0, seq=kept.seq)
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, properties: dict[str, str] | None
+    ) -> None:
+        kind = "clip" if "/clips/" in topic else "audit" if topic.endswith("/audit") else "snapshot"
+        self.link.publish(topic, payload, qos=qos, retain=retain, kind=kind, properties=properties)
+
+    def get_settings(self) -> dict[str, Any]:
+        return self.settings.as_dict()
+
+    def apply_settings(self, partial: dict[str, Any]) -> dict[str, Any]:
+        new = self.settings.apply(partial)
+        self._apply_runtime(new)
+        self.streams.set_limits(self._stream_limits(new))
+        self._report_settings()
+        return new.model_dump(mode="json")
+
+    def _apply_runtime(self, settings: RuntimeSettings) -> None:
+        for cam_id, cam in settings.cameras.items():
+            self.cameras[cam_id].update_motion(cam.motion)
+
+    @staticmethod
+    def _stream_limits(settings: RuntimeSettings) -> StreamLimits:
+        return StreamLimits(
+            max_sessions=settings.streams.max_sessions, max_bytes_per_s=settings.streams.max_bytes_per_s
+        )
+
+    def _report_settings(self) -> None:
+        payload = json.dumps(self.settings.as_dict(), separators=(",", ":")).encode()
+        self.link.publish(self.topics.config_reported, payload, retain=True, kind="config")
 
     # -- telemetry ---------------------------------------------------------------------------
 
@@ -161,8 +303,14 @@ class Agent:
         self.link.start()
         for worker in self.cameras.values():
             worker.start()
-        self._telemetry_thread = threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True)
-        self._telemetry_thread.start()
+        self.streams.start()
+        self._threads.append(threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True))
+        self._threads += [
+            threading.Thread(target=self._command_loop, name=f"commands.{i}", daemon=True)
+            for i in range(COMMAND_WORKERS)
+        ]
+        for t in self._threads:
+            t.start()
         self.link.wait_connected(5.0)
         notify("READY=1")
         tick = watchdog_interval_s() or 1.0
@@ -175,11 +323,14 @@ class Agent:
         notify("STOPPING=1")
         log.info("stopping")
         t0 = time.monotonic()
+        self.streams.stop(timeout=1.0)
         for worker in self.cameras.values():
             worker.request_stop()
         deadline = time.monotonic() + 1.5
         for worker in self.cameras.values():
             worker.stop(timeout=max(0.1, deadline - time.monotonic()))
+        for t in self._threads:
+            t.join(timeout=0.5)
         self.link.stop(final=(self.topics.status, self._status("offline", "shutdown")), timeout=2.0)
         log.info("stopped in %.2f s", time.monotonic() - t0)
 

@@ -288,7 +288,7 @@ class MqttLink:
     ) -> Properties | None:
         if not self.v5 or (not user and correlation is None):
             return None
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if user:
             props.UserProperty = list(user.items())
         if correlation is not None:

@@ -98,6 +98,10 @@ class CameraWorker:
             if t.is_alive():
                 log.warning("%s did not stop within %.1f s", t.name, timeout)
 
+    def alive(self) -> bool:
+        """Whether the camera's threads still run (a disabled camera has none and is fine)."""
+        return all(t.is_alive() for t in self._threads)
+
     @property
     def status(self) -> CameraStatus:
         with self._status_lock:

@@ -315,9 +315,20 @@ class Agent:
         notify("READY=1")
         tick = watchdog_interval_s() or 1.0
         while not self._stop.wait(min(tick, 1.0)):
-            notify("WATCHDOG=1")
+            if self._healthy():
+                notify("WATCHDOG=1")
         self.shutdown()
         return 0
+
+    def _healthy(self) -> bool:
+        """Whether every thread the agent owns still runs; if not, systemd's watchdog restarts us."""
+        dead = [w.id for w in self.cameras.values() if not w.alive()]
+        dead += [t.name for t in self._threads if not t.is_alive()]
+        if not self.link.alive():
+            dead.append("mqtt.pump")
+        if dead:
+            log.error("threads died: %s; withholding the watchdog ping", ", ".join(dead))
+        return not dead
 
     def shutdown(self) -> None:
         notify("STOPPING=1")

@@ -220,6 +220,10 @@ class MqttLink:
         self._pump = threading.Thread(target=self._pump_loop, name="mqtt.pump", daemon=True)
         self._pump.start()
 
+    def alive(self) -> bool:
+        """Whether the pump thread runs; paho's network thread restarts itself on errors."""
+        return self._pump is not None and self._pump.is_alive()
+
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 

@@ -133,6 +133,78 @@ class MotionSettings(Strict):
     )
 
 
+DEFAULT_OBJECT_LABELS = ["person", "car", "bus", "truck", "motorcycle", "bicycle"]
+
+
+class DetectionSettings(Strict):
+    """Per-camera object detection settings (runtime-adjustable); inference runs only on motion."""
+
+    enabled: bool = Field(default=False, description="Detect objects in this camera's motion regions")
+    labels: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=lambda: list(DEFAULT_OBJECT_LABELS),
+        min_length=1,
+        description="Object labels that raise events; names from the model's label map",
+    )
+    score_threshold: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Detections scoring below this are ignored"
+    )
+    min_box_area: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Smallest object box, as a share of the frame"
+    )
+    masks: list[Polygon] = Field(
+        default_factory=list,
+        description="Normalised polygons where objects are ignored (tested at the box's bottom centre)",
+    )
+    min_hits: int = Field(
+        default=3, ge=1, le=100, description="Detections of a track before its event starts"
+    )
+    end_delay_s: float = Field(
+        default=3.0, ge=0.0, le=300.0, description="Seconds a track may go unseen before its event ends"
+    )
+    update_interval_s: float = Field(
+        default=1.0, ge=0.1, le=3600.0, description="Seconds between update phases of a running event"
+    )
+    stationary_s: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=3600.0,
+        description="A box that hardly moves for this long is stationary and raises no new events",
+    )
+
+
+class BufferSettings(Strict):
+    """Per-camera pre-event buffer: the last seconds kept as JPEG so a clip starts before its event."""
+
+    pre_event_s: float = Field(
+        default=10.0, gt=0.0, le=120.0, description="Seconds of video kept before the present moment"
+    )
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=4 * 1024 * 1024 * 1024,
+        description="Memory budget of the buffer in bytes; it covers fewer seconds when this bites",
+    )
+    jpeg_quality: int = Field(default=75, ge=10, le=100, description="JPEG quality of buffered frames")
+    max_width: int | None = Field(
+        default=None, ge=160, le=7680, description="Frames wider than this are downscaled; null: full size"
+    )
+    fps: float | None = Field(
+        default=10.0, gt=0.0, le=60.0, description="Most frames per second kept; null keeps every frame"
+    )
+
+
+class ClipsSettings(Strict):
+    """Per-camera event clips: an MP4 per event from start - pre_roll_s to end + post_roll_s."""
+
+    enabled: bool = Field(default=True, description="Record a clip for each event of this camera")
+    pre_roll_s: float = Field(
+        default=5.0, ge=0.0, le=120.0, description="Seconds before the event's start included in its clip"
+    )
+    post_roll_s: float = Field(
+        default=5.0, ge=0.0, le=120.0, description="Seconds after the event's end included in its clip"
+    )
+
+
 class CameraConfig(Strict):
     id: Ident = Field(description="Camera id, unique on this gateway")
     name: str = Field(default="", max_length=128, description="Human-readable camera name")
@@ -152,6 +224,23 @@ class CameraConfig(Strict):
     )
     geo: GeoConfig | None = Field(default=None, description="Where the camera is and what it sees")
     motion: MotionSettings = Field(default_factory=MotionSettings, description="Motion detection")
+    buffer: BufferSettings = Field(
+        default_factory=BufferSettings, description="Pre-event buffer kept in memory for clips"
+    )
+    clips: ClipsSettings = Field(default_factory=ClipsSettings, description="Event clips")
+
+    @model_validator(mode="after")
+    def _pre_roll_fits_buffer(self) -> CameraConfig:
+        if self.clips.pre_roll_s > self.buffer.pre_event_s:
+            raise ValueError(
+                f"clips.pre_roll_s ({self.clips.pre_roll_s}) exceeds buffer.pre_event_s"
+                f" ({self.buffer.pre_event_s}): the buffer cannot hold that much pre-roll"
+            )
+        return self
+
+    detection: DetectionSettings = Field(
+        default_factory=DetectionSettings, description="Object detection on motion regions"
+    )
 
     @field_validator("source")
     @classmethod
@@ -162,10 +251,80 @@ class CameraConfig(Strict):
         return value
 
 
+class DetectorConfig(Strict):
+    """The gateway's one object detector, shared by all cameras."""
+
+    model_path: Path | None = Field(
+        default=None, description="TFLite detection model; default the vendored SSD MobileNet v1 COCO"
+    )
+    labels_path: Path | None = Field(
+        default=None, description="Label map, line N = class id N; required with model_path"
+    )
+    input_size: int | None = Field(
+        default=None, ge=32, le=2048, description="Square input side in pixels; default the model's own"
+    )
+    layout: Literal["auto", "ssd", "yolo"] = Field(
+        default="auto", description="Output layout: SSD post-processed boxes, or raw YOLO with NMS"
+    )
+    threads: int = Field(default=2, ge=1, le=16, description="Interpreter threads")
+    max_inferences_per_s: float = Field(
+        default=20.0, gt=0.0, le=1000.0, description="Gateway-wide cap on model invocations per second"
+    )
+    nms_iou: float = Field(
+        default=0.45, gt=0.0, le=1.0, description="Overlap above which YOLO boxes of a class are merged"
+    )
+
+    @model_validator(mode="after")
+    def _labels_with_model(self) -> DetectorConfig:
+        if self.model_path is not None and self.labels_path is None:
+            raise ValueError("labels_path is required when model_path is set")
+        return self
+
+
+class StreamSettings(Strict):
+    """Limits on live streams, gateway-wide (runtime-adjustable)."""
+
+    max_sessions: int = Field(default=4, ge=0, le=64, description="Concurrent stream sessions")
+    max_bytes_per_s: int = Field(
+        default=1_500_000, ge=10_000, le=1_000_000_000, description="Total stream bandwidth, bytes/s"
+    )
+
+
+class StorageConfig(Strict):
+    """Disk and memory bounds of what the agent keeps under data_dir (outbox, clips)."""
+
+    outbox_max_messages: int = Field(
+        default=100_000, ge=100, le=10_000_000, description="Most messages the outbox holds awaiting PUBACK"
+    )
+    outbox_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=64 * 1024 * 1024 * 1024,
+        description="Most bytes the outbox holds; past either bound telemetry is dropped first, events last",
+    )
+    clips_quota_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024,
+        ge=0,
+        description="Disk quota of data_dir/clips; the oldest unheld clips are deleted beyond it",
+    )
+    min_free_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description="Free space kept on data_dir's filesystem; below it clips pause, events continue",
+    )
+
+
 class AgentConfig(Strict):
     gateway: GatewayConfig
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras wired to this gateway")
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig, description="Outbox and clip storage bounds under data_dir"
+    )
+    streams: StreamSettings = Field(default_factory=StreamSettings, description="Live stream limits")
+    detector: DetectorConfig | None = Field(
+        default=None, description="Object detector settings; absent means the vendored default model"
+    )
 
     @model_validator(mode="after")
     def _unique_cameras(self) -> AgentConfig:

@@ -18,3 +18,27 @@ class ConfigError(AgentError):
 
 class SourceError(AgentError):
     """A frame source could not be opened or stopped delivering frames."""
+
+
+class DetectorUnavailableError(AgentError):
+    """Object detection is enabled but no TFLite interpreter package can be imported.
+
+    `tried` maps each interpreter module tried to why its import failed.
+    """
+
+    def __init__(self, tried: dict[str, str]) -> None:
+        self.tried = tried
+        reasons = "; ".join(f"{module}: {why}" for module, why in tried.items())
+        super().__init__(
+            "object detection is enabled but no TFLite interpreter is installed "
+            f"(pip install ai-edge-litert, or tflite-runtime on Raspberry Pi OS); tried {reasons}"
+        )
+
+
+class ModelError(AgentError):
+    """A detection model or its labels file cannot be used; `path` names the file."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")

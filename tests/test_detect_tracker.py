@@ -1,0 +1,172 @@
+"""Object tracker: detections per frame in, one event per object out."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from agent.capture.source import Frame
+from agent.clock import parse_iso
+from agent.config import DetectionSettings
+from agent.detect.tracker import ObjectTracker
+from agent.events import EventPhase
+from agent.messages import DetectedObject
+
+T0 = 1_800_000_000.0
+SETTINGS = DetectionSettings(
+    enabled=True, min_hits=3, end_delay_s=2.0, update_interval_s=1.0, stationary_s=5.0
+)
+
+
+def frame(ts: float) -> Frame:
+    return Frame(image=np.zeros((4, 4, 3), np.uint8), ts=ts, pts=ts - T0, seq=0)
+
+
+def obj(label: str, score: float, box: tuple[float, float, float, float]) -> DetectedObject:
+    return DetectedObject(label=label, score=score, box=box)
+
+
+def run_crossing(tracker: ObjectTracker) -> tuple[list[EventPhase], list[Frame]]:
+    """A person crosses left to right in 6 s at 10 Hz; every 4th frame it is called a bicycle,
+    every 7th it is missed; then nothing for 3 s."""
+    phases: list[EventPhase] = []
+    frames: list[Frame] = []
+    for i in range(60):
+        f = frame(T0 + i * 0.1)
+        frames.append(f)
+        x = 0.02 + 0.015 * i
+        score = 0.6 + 0.3 * np.sin(i / 9.0) ** 2
+        label = "bicycle" if i % 4 == 3 else "person"
+        seen = (
+            []
+            if i % 7 == 6
+            else [obj(label, round(float(score) if label == "person" else 0.55, 3), (x, 0.3, 0.06, 0.3))]
+        )
+        phases += tracker.update(seen, f)
+    for i in range(31):
+        phases += tracker.tick(T0 + 6.0 + i * 0.1)
+    return phases, frames
+
+
+def test_a_crossing_person_is_one_event_with_a_stable_id_and_label() -> None:
+    ids = itertools.count()
+    tracker = ObjectTracker("cam-1", SETTINGS, new_id=lambda: f"ev-{next(ids)}")
+    phases, _frames = run_crossing(tracker)
+    kinds = [p.event.phase for p in phases]
+    assert kinds[0] == "start"
+    assert kinds[-1] == "end"
+    assert kinds.count("start") == 1
+    assert kinds.count("end") == 1
+    assert "update" in kinds
+    assert {p.event.event_id for p in phases} == {"ev-0"}
+    assert all(p.event.kind == "object" and p.event.camera == "cam-1" for p in phases)
+    assert all(p.event.objects[0].label == "person" for p in phases)  # no flicker to bicycle
+    # Updates at most every update_interval_s.
+    stamps = [parse_iso(p.event.ts) for p in phases]
+    assert all(b - a >= SETTINGS.update_interval_s - 1e-3 for a, b in itertools.pairwise(stamps))
+    # The event starts at the first sighting and ends at the last one.
+    assert parse_iso(phases[0].event.started_at) == T0
+    end = phases[-1].event
+    assert end.ended_at is not None
+    assert abs(parse_iso(end.ended_at) - (T0 + 5.9)) < 2e-3
+    assert parse_iso(end.ts) - parse_iso(end.ended_at) > SETTINGS.end_delay_s
+    assert tracker.open_events == 0
+    assert tracker.track_count == 0
+
+
+def test_the_snapshot_is_the_best_scoring_frame_sent_when_it_improves() -> None:
+    tracker = ObjectTracker("cam-1", SETTINGS)
+    phases, frames = run_crossing(tracker)
+    sent = [p.frame for p in phases if p.frame is not None]
+    assert phases[0].frame is not None  # the start carries the best frame so far
+    assert len(sent) >= 2  # the score rises later in the crossing, so a better frame follows
+    # The last frame sent is the best-scoring one of the whole crossing.
+    scores = [0.6 + 0.3 * np.sin(i / 9.0) ** 2 if i % 4 != 3 and i % 7 != 6 else -1 for i in range(60)]
+    best = frames[int(np.argmax(scores))]
+    assert sent[-1] is best.image
+
+
+def test_smoothed_score_does_not_jump_with_one_detection() -> None:
+    tracker = ObjectTracker("cam-1", SETTINGS)
+    phases: list[EventPhase] = []
+    for i in range(30):
+        score = 0.99 if i == 20 else 0.6
+        phases += tracker.update([obj("person", score, (0.1 + 0.01 * i, 0.3, 0.1, 0.3))], frame(T0 + i * 0.1))
+    assert max(p.event.score for p in phases) < 0.75
+
+
+def test_two_objects_crossing_together_are_two_events() -> None:
+    tracker = ObjectTracker("cam-1", SETTINGS)
+    phases: list[EventPhase] = []
+    for i in range(30):
+        x = 0.1 + 0.02 * i
+        seen = [obj("person", 0.8, (x, 0.3, 0.05, 0.3)), obj("bicycle", 0.7, (x - 0.01, 0.45, 0.08, 0.2))]
+        phases += tracker.update(seen, frame(T0 + i * 0.1))
+    phases += tracker.tick(T0 + 10.0)
+    starts = [p.event for p in phases if p.event.phase == "start"]
+    ends = [p.event for p in phases if p.event.phase == "end"]
+    assert sorted(e.objects[0].label for e in starts) == ["bicycle", "person"]
+    assert {e.event_id for e in starts} == {e.event_id for e in ends}
+    assert len({e.event_id for e in starts}) == 2
+
+
+def test_a_flicker_below_min_hits_raises_nothing() -> None:
+    tracker = ObjectTracker("cam-1", SETTINGS)
+    phases = tracker.update([obj("person", 0.9, (0.4, 0.4, 0.1, 0.2))], frame(T0))
+    phases += tracker.update([obj("person", 0.9, (0.4, 0.4, 0.1, 0.2))], frame(T0 + 0.1))
+    phases += tracker.tick(T0 + 5.0)
+    assert phases == []
+
+
+def test_a_parked_car_does_not_keep_raising_events() -> None:
+    """A car drives in and parks; people walking by make the detector see it again and again."""
+    tracker = ObjectTracker("cam-1", SETTINGS)
+    rng = np.random.default_rng(3)
+    phases: list[EventPhase] = []
+    t = T0
+    for i in range(20):  # drives in over 2 s
+        t = T0 + i * 0.1
+        phases += tracker.update([obj("car", 0.8, (0.05 + 0.02 * i, 0.5, 0.2, 0.15))], frame(t))
+    parked = (0.43, 0.5, 0.2, 0.15)
+    # Parked: seen on and off for 5 minutes, whenever something moves nearby; the box jitters.
+    for burst in range(10):
+        start = t + 2.0 + burst * 30.0
+        for k in range(20):
+            jitter = rng.normal(0.0, 0.004, 4)
+            box = tuple(float(v) for v in np.array(parked) + jitter)
+            phases += tracker.update([obj("car", 0.75, box)], frame(start + k * 0.5))  # type: ignore[arg-type]
+        phases += tracker.tick(start + 20.0)  # nothing seen for a while: the track ends quietly
+    starts = [p for p in phases if p.event.phase == "start"]
+    ends = [p for p in phases if p.event.phase == "end"]
+    assert len(starts) == 1, "the parked car raised events again"
+    assert len(ends) == 1  # its arrival ended once it stood still
+    assert tracker.open_events == 0
+
+
+def test_a_parked_car_that_drives_off_is_a_new_event() -> None:
+    tracker = ObjectTracker("cam-1", SETTINGS)
+    phases: list[EventPhase] = []
+    t = T0
+    for k in range(30):  # seen parked for 15 s: stationary
+        t = T0 + k * 0.5
+        phases += tracker.update([obj("car", 0.8, (0.4, 0.5, 0.2, 0.15))], frame(t))
+    assert not any(p.event.phase == "start" for p in phases)  # never moved: no event
+    for i in range(1, 20):  # drives off to the right
+        phases += tracker.update([obj("car", 0.8, (0.4 + 0.03 * i, 0.5, 0.2, 0.15))], frame(t + i * 0.1))
+    phases += tracker.tick(t + 10.0)
+    kinds = [p.event.phase for p in phases]
+    assert kinds[0] == "start"
+    assert kinds[-1] == "end"
+    assert kinds.count("start") == 1
+
+
+def test_close_ends_open_events() -> None:
+    tracker = ObjectTracker("cam-1", SETTINGS)
+    for i in range(5):
+        tracker.update([obj("person", 0.8, (0.1 + 0.02 * i, 0.3, 0.05, 0.3))], frame(T0 + i * 0.1))
+    assert tracker.open_events == 1
+    (end,) = tracker.close(T0 + 1.0, 1.0)
+    assert end.event.phase == "end"
+    assert end.event.ended_at is not None
+    assert tracker.open_events == 0

@@ -64,7 +64,7 @@ class CameraWorker:
         self._on_frame = on_frame
         self._source_factory = source_factory
         self._backoff_max_s = backoff_max_s
-        self._pipeline = CameraPipeline(cfg)
+        self.pipeline = CameraPipeline(cfg)
         self._frames: queue.Queue[Frame] = queue.Queue(maxsize=2)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -112,7 +112,7 @@ class CameraWorker:
             return self._latest
 
     def update_motion(self, settings: MotionSettings) -> None:
-        self._pipeline.update_settings(settings)
+        self.pipeline.update_settings(settings)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -192,7 +192,7 @@ class CameraWorker:
                     first = False
                 if self._on_frame is not None:
                     self._on_frame(self.id, frame)
-                if not self._pipeline.wants(frame.pts):
+                if not self.pipeline.wants(frame.pts):
                     continue
                 try:
                     self._frames.put_nowait(frame)
@@ -235,14 +235,14 @@ class CameraWorker:
                 continue
             last = frame
             try:
-                phases = self._pipeline.process(frame)
+                phases = self.pipeline.process(frame)
             except Exception:
                 log.exception("camera %s: pipeline failed on a frame", self.id)
                 continue
             for phase in phases:
                 self._emit_phase(phase)
         now = time.time()
-        for phase in self._pipeline.close(now, last.pts if last else 0.0):
+        for phase in self.pipeline.close(now, last.pts if last else 0.0):
             self._emit_phase(phase)
 
     def _emit_phase(self, phase: EventPhase) -> None:

@@ -28,6 +28,9 @@ from agent.commands.dispatcher import Dispatcher, reply_error
 from agent.commands.gateway import ClipStore
 from agent.commands.streams import StreamLimits, StreamManager
 from agent.config import AgentConfig
+from agent.detect.service import DetectionService, build_detection_service
+from agent.detect.stage import ObjectStage
+from agent.errors import AgentError
 from agent.events import EventPhase
 from agent.messages import CameraStatus, GatewayStatus
 from agent.mqtt import MemoryOutbox, MqttLink, OutboxLike, Topics
@@ -79,6 +82,7 @@ class Agent:
             )
             for cam in cfg.cameras
         }
+        self.detector = self._start_detection()
         self._apply_runtime(self.settings.current)
         self.streams = StreamManager(self, limits=self._stream_limits(self.settings.current))
         self.dispatcher = Dispatcher(self, AuditLog.in_data_dir(self.data_dir), streams=self.streams)
@@ -95,6 +99,27 @@ class Agent:
             self.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             log.error("cannot create data_dir %s: %s; state will not persist", self.data_dir, exc)
+
+    def _start_detection(self) -> DetectionService | None:
+        """The shared detector, with a stage on each camera that enables detection.
+
+        A missing interpreter or a bad model is logged and reported in the cameras' status
+        error; motion events carry on without objects.
+        """
+        try:
+            service = build_detection_service(self.cfg)
+        except AgentError as exc:
+            log.error("object detection disabled: %s", exc)
+            return None
+        if service is None:
+            return None
+        for cam in self.cfg.cameras:
+            if cam.detection.enabled and cam.enabled:
+                try:
+                    self.cameras[cam.id].pipeline.add_stage(ObjectStage(cam.id, cam.detection, service))
+                except AgentError as exc:
+                    log.error("camera %s: object detection disabled: %s", cam.id, exc)
+        return service
 
     def _open_outbox(self) -> OutboxLike:
         return MemoryOutbox()
@@ -244,7 +269,11 @@ class Agent:
 
     def _apply_runtime(self, settings: RuntimeSettings) -> None:
         for cam_id, cam in settings.cameras.items():
-            self.cameras[cam_id].update_motion(cam.motion)
+            worker = self.cameras[cam_id]
+            worker.update_motion(cam.motion)
+            for stage in worker.pipeline.stages:
+                if isinstance(stage, ObjectStage):
+                    stage.update_settings(cam.detection)
 
     @staticmethod
     def _stream_limits(settings: RuntimeSettings) -> StreamLimits:
@@ -304,6 +333,8 @@ class Agent:
         for worker in self.cameras.values():
             worker.start()
         self.streams.start()
+        if self.detector is not None:
+            self.detector.start()
         self._threads.append(threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True))
         self._threads += [
             threading.Thread(target=self._command_loop, name=f"commands.{i}", daemon=True)
@@ -342,6 +373,8 @@ class Agent:
             worker.stop(timeout=max(0.1, deadline - time.monotonic()))
         for t in self._threads:
             t.join(timeout=0.5)
+        if self.detector is not None:
+            self.detector.stop(timeout=1.0)
         self.link.stop(final=(self.topics.status, self._status("offline", "shutdown")), timeout=2.0)
         log.info("stopped in %.2f s", time.monotonic() - t0)
 

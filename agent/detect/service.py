@@ -234,6 +234,20 @@ class DetectionService:
             return False
         return True
 
+    def detect_now(self, camera_id: str, frame: Frame, regions: Sequence[NormBox]) -> DetectionResult | None:
+        """Detect on the caller's thread, without the rate cap: for replay, where every frame
+        counts and results must not depend on timing. None when there is nothing to do."""
+        with self._lock:
+            cam = self._cameras.get(camera_id)
+        if not regions or cam is None or not cam.settings.enabled:
+            return None
+        height, width = frame.image.shape[:2]
+        crops = plan_crops(regions, (width, height), self.input_side, max_crops=MAX_CROPS)
+        if not crops:
+            return None
+        private = dataclasses.replace(frame, image=frame.image.copy())
+        return self._detect(_Job(camera_id, private, crops), cam)
+
     def _admit(self, inferences: int) -> bool:
         """Count a submission; take its tokens if the queue has room and the cap allows."""
         with self._lock:

@@ -21,9 +21,17 @@ class ObjectStage:
     """One camera's detection stage (see `agent.pipeline.Stage`)."""
 
     def __init__(
-        self, camera_id: str, settings: DetectionSettings, service: DetectionService, *, backlog: int = 8
+        self,
+        camera_id: str,
+        settings: DetectionSettings,
+        service: DetectionService,
+        *,
+        backlog: int = 8,
+        synchronous: bool = False,
     ) -> None:
+        """`synchronous` detects on the camera's own thread (replay); else via the shared worker."""
         self.camera_id = camera_id
+        self.synchronous = synchronous
         self.service = service
         self.tracker = ObjectTracker(camera_id, settings)
         self.dropped_results = 0
@@ -57,7 +65,12 @@ class ObjectStage:
         phases = self.drain()
         motion = ctx.motion
         if motion is not None and motion.motion:
-            self.service.submit(self.camera_id, ctx.frame, motion.regions)
+            if self.synchronous:
+                result = self.service.detect_now(self.camera_id, ctx.frame, motion.regions)
+                if result is not None:
+                    phases.extend(self.tracker.update(result.objects, result.frame))
+            else:
+                self.service.submit(self.camera_id, ctx.frame, motion.regions)
         phases.extend(self.tracker.tick(ctx.frame.ts, ctx.frame.pts))
         return phases
 

@@ -86,6 +86,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     video = Path(args.video)
     camera = CameraConfig(id="replay", source=f"file://{video.resolve()}")
+    detector = None
     if args.config:
         cfg = load_config(args.config)
         if args.camera:
@@ -96,10 +97,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         elif cfg.cameras:
             camera = cfg.cameras[0]
         camera = camera.model_copy(update={"source": f"file://{video.resolve()}"})
+        detector = cfg.detector
     out = sys.stdout
-    for record in replay(video, camera):
-        out.write(json.dumps(record, separators=(",", ":")) + "\n")
-        out.flush()
+    try:
+        for record in replay(video, camera, detector=detector):
+            out.write(json.dumps(record, separators=(",", ":")) + "\n")
+            out.flush()
+    except BrokenPipeError:  # `edge-agent replay x.mp4 | head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
 
 
@@ -285,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="private broker + agent on the built-in default + watcher")
     s.add_argument("--seconds", type=float, default=0.0, help="stop after this long (default: Ctrl-C)")
     s.set_defaults(func=cmd_demo)
+
+    from agent.ctl import add_ctl_parser
+
+    add_ctl_parser(sub)
     return p
 
 

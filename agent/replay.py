@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from agent.capture.source import Frame, Image
-from agent.config import CameraConfig
+from agent.config import CameraConfig, DetectorConfig
 from agent.errors import SourceError
 from agent.events import EventPhase
 from agent.pipeline import CameraPipeline
@@ -52,16 +52,30 @@ def _row(phase: EventPhase) -> dict[str, Any]:
 
 
 def replay(
-    video: Path, camera: CameraConfig, *, pipeline: CameraPipeline | None = None
+    video: Path,
+    camera: CameraConfig,
+    *,
+    detector: DetectorConfig | None = None,
+    pipeline: CameraPipeline | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield each event phase found in `video` as the protocol's event fields plus `offset_s`.
 
-    `pipeline` replaces the default `CameraPipeline(camera)` (benches pass one with another
-    detector). Raises SourceError when the file is missing, unreadable or has no decodable frame.
+    When the camera enables object detection, objects are detected on every analysed frame
+    with motion, on this thread (no rate cap), with the model `detector` names. `pipeline`
+    replaces the default (benches pass one with another detector). Raises SourceError when the
+    file is missing, unreadable or has no decodable frame, AgentError when the model cannot load.
     """
     video = Path(video)
+    if pipeline is None:
+        pipeline = CameraPipeline(camera)
+        if camera.detection.enabled:
+            from agent.detect.service import load_detection_service
+            from agent.detect.stage import ObjectStage
+
+            service = load_detection_service(detector)
+            pipeline.add_stage(ObjectStage(camera.id, camera.detection, service, synchronous=True))
     cap, fps, first = _open(video)  # raise here, at the call, not at the first next()
-    return _run(cap, fps, first, pipeline if pipeline is not None else CameraPipeline(camera))
+    return _run(cap, fps, first, pipeline)
 
 
 def _run(

@@ -311,7 +311,14 @@ def build_detection_service(
     """
     if not any(cam.detection.enabled for cam in config.cameras):
         return None
-    det = config.detector or DetectorConfig()
+    return load_detection_service(config.detector, backends=backends)
+
+
+def load_detection_service(
+    detector: DetectorConfig | None, *, backends: Sequence[str] = BACKENDS
+) -> DetectionService:
+    """Load the model that `detector` names (default: the vendored one) into a service."""
+    det = detector or DetectorConfig()
     model = DetectionModel.load(
         det.model_path,
         det.labels_path,

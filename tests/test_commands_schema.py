@@ -77,8 +77,6 @@ def test_markdown_names_every_command_and_code() -> None:
 
 
 def test_docs_carry_the_generated_reference() -> None:
-    if not DOCS.exists() or "## Command reference (generated" not in DOCS.read_text(encoding="utf-8"):
-        pytest.skip("docs/protocol.md has no generated command reference yet")
     assert render_markdown() in DOCS.read_text(encoding="utf-8"), (
         "run `edge-agent schema` and update the docs"
     )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from agent.commands.handlers import COMMANDS
 from agent.commands.models import COMMAND_MODELS, ERROR_CODES, StreamStartArgs
 from agent.schema import all_schemas, render_markdown

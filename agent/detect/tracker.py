@@ -263,7 +263,12 @@ class ObjectTracker:
             return self._phase(track, "start", ts, offset_s)
         if track.stationary:
             return self._phase(track, "end", ts, offset_s, ended_at=ts)
-        if track.seen_since_phase and ts - track.last_phase_ts >= self.settings.update_interval_s:
+        # Only on a frame that saw it: an update's box must be where the object is at its ts.
+        if (
+            track.seen_since_phase
+            and track.last_ts == ts
+            and ts - track.last_phase_ts >= self.settings.update_interval_s
+        ):
             return self._phase(track, "update", ts, offset_s)
         return None
 

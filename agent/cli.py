@@ -63,8 +63,13 @@ def _load(path: str | None) -> AgentConfig:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from agent.detect.files import detector_problems
+
     try:
         cfg = load_config(args.file)
+        problems = detector_problems(cfg)
+        if problems:
+            raise ConfigError(args.file, problems)
     except ConfigError as exc:
         print(f"{exc.source}: invalid configuration", file=sys.stderr)
         for line in exc.problems:

@@ -27,8 +27,8 @@ from agent.clock import iso
 from agent.commands.dispatcher import Dispatcher, reply_error
 from agent.commands.gateway import ClipStore
 from agent.commands.streams import StreamLimits, StreamManager
-from agent.config import AgentConfig
-from agent.detect.service import DetectionService, build_detection_service
+from agent.config import AgentConfig, DetectionSettings
+from agent.detect.service import DetectionService, load_detection_service
 from agent.detect.stage import ObjectStage
 from agent.errors import AgentError
 from agent.events import EventPhase
@@ -82,7 +82,9 @@ class Agent:
             )
             for cam in cfg.cameras
         }
-        self.detector = self._start_detection()
+        self.detector: DetectionService | None = None
+        self.detection_error: str | None = None
+        self._running = False
         self._apply_runtime(self.settings.current)
         self.streams = StreamManager(self, limits=self._stream_limits(self.settings.current))
         self.dispatcher = Dispatcher(self, AuditLog.in_data_dir(self.data_dir), streams=self.streams)
@@ -100,26 +102,28 @@ class Agent:
         except OSError as exc:
             log.error("cannot create data_dir %s: %s; state will not persist", self.data_dir, exc)
 
-    def _start_detection(self) -> DetectionService | None:
-        """The shared detector, with a stage on each camera that enables detection.
+    def _ensure_detection(self, camera: str, settings: DetectionSettings) -> None:
+        """Give `camera` an object stage when its settings enable detection and it has none.
 
-        A missing interpreter or a bad model is logged and reported in the cameras' status
-        error; motion events carry on without objects.
+        The shared detector is loaded on first need, so enabling detection with config.set
+        works without a restart. A missing interpreter or a bad model is logged and kept in
+        `detection_error` (telemetry shows it); motion events carry on without objects.
         """
+        worker = self.cameras[camera]
+        if not settings.enabled or not worker.cfg.enabled:
+            return
+        if any(isinstance(stage, ObjectStage) for stage in worker.pipeline.stages):
+            return
         try:
-            service = build_detection_service(self.cfg)
+            if self.detector is None:
+                self.detector = load_detection_service(self.cfg.detector)
+                if self._running:
+                    self.detector.start()
+            worker.pipeline.add_stage(ObjectStage(camera, settings, self.detector))
+            self.detection_error = None
         except AgentError as exc:
-            log.error("object detection disabled: %s", exc)
-            return None
-        if service is None:
-            return None
-        for cam in self.cfg.cameras:
-            if cam.detection.enabled and cam.enabled:
-                try:
-                    self.cameras[cam.id].pipeline.add_stage(ObjectStage(cam.id, cam.detection, service))
-                except AgentError as exc:
-                    log.error("camera %s: object detection disabled: %s", cam.id, exc)
-        return service
+            self.detection_error = str(exc)
+            log.error("camera %s: object detection disabled: %s", camera, exc)
 
     def _open_outbox(self) -> OutboxLike:
         return MemoryOutbox()
@@ -271,6 +275,7 @@ class Agent:
         for cam_id, cam in settings.cameras.items():
             worker = self.cameras[cam_id]
             worker.update_motion(cam.motion)
+            self._ensure_detection(cam_id, cam.detection)
             for stage in worker.pipeline.stages:
                 if isinstance(stage, ObjectStage):
                     stage.update_settings(cam.detection)
@@ -291,6 +296,14 @@ class Agent:
         body = self.health.sample()
         body["ts"] = iso()
         body["outbox_depth"] = self.outbox.depth()
+        if self.detector is not None or self.detection_error is not None:
+            stats = self.detector.stats() if self.detector is not None else None
+            body["detection"] = {
+                "error": self.detection_error,
+                "inferences": stats.inferences if stats else 0,
+                "dropped_rate_limit": stats.dropped_rate_limit if stats else 0,
+                "dropped_queue_full": stats.dropped_queue_full if stats else 0,
+            }
         body["mqtt"] = {
             "connected": self.link.connected,
             "connects": self.link.stats.connects,
@@ -333,6 +346,7 @@ class Agent:
         for worker in self.cameras.values():
             worker.start()
         self.streams.start()
+        self._running = True
         if self.detector is not None:
             self.detector.start()
         self._threads.append(threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True))

@@ -368,11 +368,6 @@ def test_run_with_a_missing_model_file_logs_it_and_keeps_motion(
     assert "Traceback" not in gw.agent.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check-config validates the schema only; it should also report a [detector] model file "
-    "that is missing or not TFLite, before a rollout replaces a working config",
-)
 def test_check_config_reports_a_missing_model_file(tmp_path: Path) -> None:
     missing = tmp_path / "missing.tflite"
     cfg = write_config(

@@ -17,6 +17,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from agent.client import CommandFailed, NoReply, PlatformClient
+
 
 @dataclass
 class Received:
@@ -51,7 +53,8 @@ class Subscriber:
     def _on_message(self, c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
         props = dict(getattr(msg.properties, "UserProperty", None) or [])
         with self._lock:
-            self.messages.append(Received(msg.topic, msg.payload, bool(msg.retain), props, time.monotonic()))
+            received = Received(msg.topic, bytes(msg.payload), bool(msg.retain), props, time.monotonic())
+            self.messages.append(received)
 
     def on(self, suffix: str) -> list[Received]:
         with self._lock:
@@ -99,11 +102,11 @@ reconnect_max_s = 2
 class AgentProcess:
     """`edge-agent run --config FILE` as a subprocess, stopped by SIGTERM (or SIGKILL)."""
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, log_level: str = "debug") -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(config), "--log-level", "debug"],
+            [sys.executable, "-m", "agent", "run", "--config", str(config), "--log-level", log_level],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -126,3 +129,28 @@ class AgentProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def wait_answering(client: PlatformClient, timeout: float = 20.0) -> dict[str, Any]:
+    """Ping until the agent answers (it subscribes to {root}/cmd after its CONNACK); its result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.ping(timeout=0.5)
+        except NoReply:
+            if time.monotonic() > deadline:
+                raise
+
+
+def wait_frames(client: PlatformClient, camera: str, timeout: float = 20.0) -> None:
+    """Wait until `camera` has produced a frame (snapshot stops answering not_found)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.snapshot(camera, max_width=64, timeout=2.0)
+        except CommandFailed as exc:
+            if exc.code != "not_found" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+        else:
+            return

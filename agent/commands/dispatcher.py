@@ -60,7 +60,10 @@ def reply_ok(request_id: str, result: dict[str, Any]) -> bytes:
 
 
 def reply_error(request_id: str | None, code: ErrorCode, message: str) -> bytes:
-    body = m.ErrorBody(code=code, message=message[:1000])
+    # Messages may quote what the platform sent (e.g. a dict key); a lone surrogate from a JSON
+    # escape like "\udc00" cannot be encoded as UTF-8 and would turn the reply into `internal`.
+    safe = message[:1000].encode("utf-8", "backslashreplace").decode("utf-8")
+    body = m.ErrorBody(code=code, message=safe)
     return m.ErrorReply(id=request_id, error=body).model_dump_json().encode("utf-8")
 
 

@@ -13,7 +13,9 @@ hooks add (camera statuses, settings), then resumes the outbox.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -30,6 +32,15 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.config import MqttConfig
 
 log = logging.getLogger(__name__)
+
+
+def disable_nagle(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """paho's `on_socket_open`: turn Nagle's algorithm off. paho leaves it on, so a small reply
+    or stream frame written while an earlier segment awaits its delayed ACK waited ~40 ms in
+    the kernel (measured: a command round trip on loopback took ~90 ms instead of ~1 ms; the
+    broker needs the same, Mosquitto's `set_tcp_nodelay true`)."""
+    with contextlib.suppress(AttributeError, OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 @dataclass(slots=True)
@@ -191,6 +202,7 @@ class MqttLink:
             )
             self.client.tls_insecure_set(cfg.tls.insecure)
         self.client.will_set(will_topic, will_payload, qos=1, retain=True)
+        self.client.on_socket_open = disable_nagle
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish

@@ -1,0 +1,201 @@
+"""The agent and the platform client over TLS with client certificates and passwords.
+
+A throw-away CA, a server certificate for 127.0.0.1/localhost and a client certificate are made
+with the `openssl` CLI in tmp_path; a private Mosquitto listens with `require_certificate true`
+and a password file. The agent with `[mqtt.tls]` connects and answers a ping sent through the
+client over TLS; an agent without a client certificate gets no further than the handshake.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from agent.client import ConnectFailed, PlatformClient
+from agent.config import TlsConfig
+from tests.conftest import Broker, start_mosquitto, stop_mosquitto
+from tests.platform import AgentProcess, wait_answering, write_config
+
+pytestmark = [
+    pytest.mark.broker,
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI"),
+    pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="needs mosquitto_passwd"),
+]
+
+USER, PASSWORD = "gw-tls", "s3cret-for-tests"
+EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+
+@dataclass
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    passwords: Path
+    password_file: Path  # the client's password, first line
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def _issue(d: Path, name: str, subject: str, ext: str) -> None:
+    (d / f"{name}.ext").write_text(ext, encoding="utf-8")
+    _openssl("req", *EC_KEY, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=d)
+    _openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    _openssl(
+        "req",
+        "-x509",
+        *EC_KEY,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        cwd=d,
+    )
+    _issue(
+        d,
+        "server",
+        "/CN=localhost",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    _issue(d, "client", "/CN=edge-gw", "extendedKeyUsage=clientAuth\n")
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(d / "passwd"), USER, PASSWORD], check=True, capture_output=True
+    )
+    (d / "password").write_text(PASSWORD + "\n", encoding="utf-8")
+    return Pki(
+        d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key",
+        d / "passwd", d / "password",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tls_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    # As root, mosquitto drops to the `mosquitto` user, which cannot read keys in tmp_path.
+    user = "user root\n" if os.geteuid() == 0 else ""
+    extra = (
+        f"{user}allow_anonymous false\npassword_file {pki.passwords}\n"
+        f"cafile {pki.ca}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\nrequire_certificate true\n"
+    )
+    b = start_mosquitto(tmp_path_factory.mktemp("tls-broker"), extra=extra)
+    yield b
+    stop_mosquitto(b)
+
+
+def tls(pki: Pki, with_cert: bool = True) -> TlsConfig:
+    if with_cert:
+        return TlsConfig(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
+    return TlsConfig(ca_file=pki.ca)
+
+
+def platform(
+    broker: Broker, root: str, pki: Pki, *, password: str = PASSWORD, mode: str = "cert"
+) -> PlatformClient:
+    """mode: "cert" (CA + client certificate), "ca" (no client certificate), "plain" (no TLS)."""
+    config = None if mode == "plain" else tls(pki, with_cert=mode == "cert")
+    return PlatformClient(
+        broker.host, broker.port, root, agency="police", operator="op-1", tls=config, username=USER,
+        password=password,
+    )  # fmt: skip
+
+
+def agent_config(tmp: Path, broker: Broker, pki: Pki, root_id: str, *, client_cert: bool) -> Path:
+    cert = f'cert_file = "{pki.client_cert}"\nkey_file = "{pki.client_key}"\n' if client_cert else ""
+    auth = f'username = "{USER}"\npassword_file = "{pki.password_file}"\n'
+    extra = f'{auth}\n[mqtt.tls]\nca_file = "{pki.ca}"\n{cert}'
+    cameras = '[[cameras]]\nid = "cam-1"\nsource = "synthetic:street?fps=5"\nallowed_agencies = ["police"]\n'
+    return write_config(
+        tmp / "agent.toml", district="tls", gateway=root_id, port=broker.port, data_dir=tmp / "data",
+        cameras=cameras, extra=extra,
+    )  # fmt: skip
+
+
+def test_agent_over_tls_with_client_certificate_answers_ping(
+    tmp_path: Path, tls_broker: Broker, pki: Pki
+) -> None:
+    gateway = "gw-" + uuid.uuid4().hex[:10]
+    root = f"cctv/v1/tls/{gateway}"
+    agent = AgentProcess(
+        agent_config(tmp_path, tls_broker, pki, gateway, client_cert=True), tmp_path / "agent.log"
+    )
+    try:
+        with platform(tls_broker, root, pki) as client:
+            pong = wait_answering(client)
+            assert pong["agent_version"]
+            statuses: list[bytes] = []
+            client.subscribe(f"{root}/status", lambda m: statuses.append(bytes(m.payload)), timeout=5)
+            deadline = time.monotonic() + 5
+            while not statuses and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert statuses
+            assert b'"online"' in statuses[0]
+            result, jpeg = client.snapshot("cam-1", max_width=160, timeout=10)
+            assert jpeg[:2] == b"\xff\xd8"
+            assert result["width"] == 160
+
+        ctl = subprocess.run(
+            [
+                sys.executable, "-m", "agent", "ctl", "--port", str(tls_broker.port), "--root", root,
+                "--agency", "police", "--ca-file", str(pki.ca), "--cert-file", str(pki.client_cert),
+                "--key-file", str(pki.client_key), "--username", USER,
+                "--password-file", str(pki.password_file), "ping",
+            ],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert ctl.returncode == 0, ctl.stderr
+        assert "pong" in ctl.stdout
+    finally:
+        agent.close()
+
+
+def test_agent_without_client_certificate_is_refused(tmp_path: Path, tls_broker: Broker, pki: Pki) -> None:
+    gateway = "gw-" + uuid.uuid4().hex[:10]
+    root = f"cctv/v1/tls/{gateway}"
+    with platform(tls_broker, root, pki) as watcher:
+        statuses: list[mqtt.MQTTMessage] = []
+        watcher.subscribe(f"{root}/#", statuses.append, timeout=5)
+        agent = AgentProcess(
+            agent_config(tmp_path, tls_broker, pki, gateway, client_cert=False), tmp_path / "agent.log"
+        )
+        try:
+            time.sleep(3.0)  # long enough for several connection attempts (reconnect_min_s = 0.5)
+            assert agent.proc.poll() is None, "the agent should keep retrying, not exit"
+            assert statuses == []
+        finally:
+            agent.close()
+    assert "connected to" not in agent.log()
+
+
+def test_client_needs_certificate_and_password(tls_broker: Broker, pki: Pki) -> None:
+    root = "cctv/v1/tls/nobody"
+    with pytest.raises(ConnectFailed, match="Not authorized"):
+        platform(tls_broker, root, pki, password="wrong").connect(timeout=5)
+    with pytest.raises(ConnectFailed):
+        platform(tls_broker, root, pki, mode="ca").connect(timeout=5)
+    with pytest.raises(ConnectFailed):  # plain TCP to a TLS listener
+        platform(tls_broker, root, pki, mode="plain").connect(timeout=5)

@@ -24,7 +24,7 @@ from agent.audit import AuditLog
 from agent.camera import CameraWorker
 from agent.capture.source import Frame
 from agent.clock import iso
-from agent.commands.dispatcher import Dispatcher, reply_error
+from agent.commands.dispatcher import DEFAULT_MAX_PAYLOAD, Dispatcher, reply_error, valid_reply_topic
 from agent.commands.gateway import ClipStore
 from agent.commands.streams import StreamLimits, StreamManager
 from agent.config import AgentConfig, DetectionSettings
@@ -183,6 +183,8 @@ class Agent:
             self._commands.put_nowait(message)
         except queue.Full:
             topic, corr = self._reply_address(message)
+            if topic is None:
+                topic = self._reply_to(bytes(message.payload))
             if topic is not None:
                 self.link.reply(topic, reply_error(None, "busy", "command queue full; retry"), corr)
 
@@ -192,6 +194,17 @@ class Agent:
         topic = getattr(props, "ResponseTopic", None) if props is not None else None
         corr = getattr(props, "CorrelationData", None) if props is not None else None
         return topic, corr
+
+    @staticmethod
+    def _reply_to(payload: bytes) -> str | None:
+        """The `reply_to` of an MQTT 3.1.1 request, read only when it must be refused as busy."""
+        if len(payload) > DEFAULT_MAX_PAYLOAD:
+            return None
+        try:
+            obj = json.loads(payload)
+        except (ValueError, RecursionError):
+            return None
+        return valid_reply_topic(obj.get("reply_to")) if isinstance(obj, dict) else None
 
     def _command_loop(self) -> None:
         while not self._stop.is_set():

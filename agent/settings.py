@@ -119,7 +119,8 @@ class SettingsStore:
             if cam_id not in self._file_settings.cameras:
                 raise ConfigError("settings", [f"cameras.{cam_id}: no such camera"])
         try:
-            new = RuntimeSettings.model_validate(merged)
+            # Strict, as JSON: the platform's "30" is not silently taken for 30.
+            new = RuntimeSettings.model_validate_json(json.dumps(merged), strict=True)
         except ValidationError as exc:
             raise ConfigError("settings", format_errors(exc)) from None
         for cam_id, cam in new.cameras.items():

@@ -49,7 +49,7 @@ def start_mosquitto(workdir: Path, port: int | None = None, extra: str = "") -> 
     conf = workdir / f"mosquitto-{port}.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        f"max_inflight_messages 100\nmax_queued_messages 10000\n{extra}",
+        f"max_inflight_messages 100\nmax_queued_messages 10000\nset_tcp_nodelay true\n{extra}",
         encoding="utf-8",
     )
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -33,7 +33,7 @@ import pytest
 from agent.client import CommandFailed, NoReply, PlatformClient
 from agent.clock import iso, parse_iso
 from tests.conftest import Broker
-from tests.platform import AgentProcess, Received, Subscriber, wait_answering, wait_frames, write_config
+from tests.harness import AgentProcess, Received, Subscriber, wait_answering, wait_frames, write_config
 
 pytestmark = pytest.mark.broker
 

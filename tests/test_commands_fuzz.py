@@ -35,7 +35,7 @@ from agent.client import PlatformClient
 from agent.clock import iso
 from agent.commands import COMMANDS
 from tests.conftest import Broker
-from tests.platform import AgentProcess, wait_answering, wait_frames, write_config
+from tests.harness import AgentProcess, wait_answering, wait_frames, write_config
 
 pytestmark = pytest.mark.broker
 

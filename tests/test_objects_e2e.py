@@ -23,7 +23,7 @@ import pytest
 from agent.detect import DEFAULT_LABELS, DetectionModel
 from agent.detect.regions import extract, plan_crops
 from tests.conftest import Broker
-from tests.platform import AgentProcess, Subscriber, write_config
+from tests.harness import AgentProcess, Subscriber, write_config
 from tests.scenes import (
     VEHICLE_LABELS,
     Mover,

@@ -10,7 +10,7 @@ import pytest
 
 from agent.capture.synthetic import write_scene_video
 from tests.conftest import Broker, free_port, start_mosquitto, stop_mosquitto
-from tests.platform import AgentProcess, Received, Subscriber, write_config
+from tests.harness import AgentProcess, Received, Subscriber, write_config
 
 pytestmark = pytest.mark.broker
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Broker
-from tests.platform import write_config
+from tests.harness import write_config
 
 pytestmark = pytest.mark.broker
 

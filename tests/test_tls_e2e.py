@@ -24,7 +24,7 @@ import pytest
 from agent.client import ConnectFailed, PlatformClient
 from agent.config import TlsConfig
 from tests.conftest import Broker, start_mosquitto, stop_mosquitto
-from tests.platform import AgentProcess, wait_answering, write_config
+from tests.harness import AgentProcess, wait_answering, write_config
 
 pytestmark = [
     pytest.mark.broker,

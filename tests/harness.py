@@ -1,4 +1,4 @@
-"""Test helpers playing the platform: a recording subscriber and an agent subprocess."""
+"""Test harness playing the platform: a recording subscriber and an agent subprocess."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +29,12 @@ def default_config(data_dir: Path, port: int = 1883) -> AgentConfig:
     """The built-in default: one synthetic street camera and a broker on this machine."""
     return parse_config(
         {
-            "gateway": {"district": "demo", "id": "gw-01", "data_dir": str(data_dir), "telemetry_interval_s": 10},
+            "gateway": {
+                "district": "demo",
+                "id": "gw-01",
+                "data_dir": str(data_dir),
+                "telemetry_interval_s": 10,
+            },
             "mqtt": {"host": "127.0.0.1", "port": port},
             "cameras": [
                 {
@@ -36,7 +42,13 @@ def default_config(data_dir: Path, port: int = 1883) -> AgentConfig:
                     "name": "Synthetic street",
                     "source": "synthetic:street",
                     "allowed_agencies": ["police", "fire"],
-                    "geo": {"lat": 37.5172, "lon": 127.0473, "heading_deg": 90.0, "fov_deg": 90.0, "range_m": 80.0},
+                    "geo": {
+                        "lat": 37.5172,
+                        "lon": 127.0473,
+                        "heading_deg": 90.0,
+                        "fov_deg": 90.0,
+                        "range_m": 80.0,
+                    },
                 }
             ],
         },
@@ -149,10 +161,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if args.seconds:
         threading.Timer(args.seconds, stop.set).start()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         watch(args.host, args.port, args.root, sys.stdout, stop)
-    except KeyboardInterrupt:
-        pass
     return EXIT_OK
 
 
@@ -160,7 +170,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Start a private Mosquitto, run the agent on the built-in default and print what arrives."""
     from agent.watch import watch
 
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    exe = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if exe is None:
         raise AgentError("mosquitto is not installed (Debian: apt-get install mosquitto)")
     work = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))

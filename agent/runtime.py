@@ -23,6 +23,7 @@ from agent import __version__
 from agent.audit import AuditLog
 from agent.camera import CameraWorker
 from agent.capture.source import Frame
+from agent.clips import ClipStore as ClipFiles
 from agent.clock import iso
 from agent.commands.dispatcher import DEFAULT_MAX_PAYLOAD, Dispatcher, reply_error, valid_reply_topic
 from agent.commands.gateway import ClipStore
@@ -32,10 +33,14 @@ from agent.detect.service import DetectionService, load_detection_service
 from agent.detect.stage import ObjectStage
 from agent.errors import AgentError
 from agent.events import EventPhase
+from agent.footage import Footage
 from agent.messages import CameraStatus, GatewayStatus
 from agent.mqtt import MemoryOutbox, MqttLink, OutboxLike, Topics
+from agent.outbox import Kind, Outbox
 from agent.prebuffer import PreEventBuffer
 from agent.privacy import apply_privacy_masks
+from agent.recorder import ClipRecorder, ClipSettings
+from agent.retention import Retention
 from agent.settings import RuntimeSettings, SettingsStore
 from agent.systemd import notify, watchdog_interval_s
 from agent.telemetry import GatewayHealth
@@ -78,10 +83,18 @@ class Agent:
         }
         self.cameras = {
             cam.id: CameraWorker(
-                cam, on_status=self._camera_status, on_phase=self._phase, on_frame=self._frame
+                cam,
+                on_status=self._camera_status,
+                on_phase=self._phase,
+                on_frame=self._frame,
+                frame_fps=cam.buffer.fps,  # frames neither the buffer nor detection needs are skipped
             )
             for cam in cfg.cameras
         }
+        self.clip_store, self.retention, self.recorder = self._open_clips()
+        self.footage = (
+            Footage(self.clip_store, self.buffers, lambda: self.cfg) if self.clip_store is not None else None
+        )
         self.detector: DetectionService | None = None
         self.detection_error: str | None = None
         self._running = False
@@ -126,7 +139,40 @@ class Agent:
             log.error("camera %s: object detection disabled: %s", camera, exc)
 
     def _open_outbox(self) -> OutboxLike:
-        return MemoryOutbox()
+        """The durable outbox; it sets a corrupt file aside itself and never refuses to start."""
+        storage = self.cfg.storage
+        try:
+            outbox = Outbox(
+                self.data_dir / "outbox.db", storage.outbox_max_messages, storage.outbox_max_bytes
+            )
+        except Exception:  # the agent must publish events even if SQLite itself is broken
+            log.exception("outbox unusable; keeping messages in memory only")
+            return MemoryOutbox()
+        if outbox.discarded is not None:
+            log.error(
+                "outbox was unreadable (%s) and was moved to %s; a fresh one was started",
+                outbox.discarded.reason,
+                outbox.discarded.moved_to,
+            )
+        return outbox
+
+    def _open_clips(self) -> tuple[ClipFiles | None, Retention | None, ClipRecorder | None]:
+        """Clip store, retention and recorder; without a writable store events still flow."""
+        try:
+            store = ClipFiles(self.data_dir / "clips", verify_sha256=False)
+        except (OSError, ValueError) as exc:
+            log.error("clips disabled: cannot use %s: %s", self.data_dir / "clips", exc)
+            return None, None, None
+        for path in store.discarded_files():
+            log.warning("clip store set aside a damaged file: %s", path)
+        storage = self.cfg.storage
+        retention = Retention(store, storage.clips_quota_bytes, storage.min_free_bytes)
+        recorder = ClipRecorder(store, self.buffers, self._clip_settings, retention=retention)
+        return store, retention, recorder
+
+    def _clip_settings(self, camera: str) -> ClipSettings | None:
+        cam = self.cfg.camera(camera)
+        return ClipSettings.from_camera(cam) if cam is not None and cam.clips.enabled else None
 
     def _status(self, state: str, reason: str | None) -> bytes:
         return GatewayStatus.model_validate(
@@ -150,10 +196,15 @@ class Agent:
         for worker in self.cameras.values():
             self._camera_status(worker.id, worker.status)
 
-    def _frame(self, camera: str, frame: Frame) -> None:
-        self.buffers[camera].push(frame)
+    def _frame(self, camera: str, frame: Frame) -> bool:
+        return self.buffers[camera].push(frame) is not None  # False: the camera converts the next
 
     def _phase(self, camera: str, phase: EventPhase) -> None:
+        if self.recorder is not None:
+            try:
+                phase = self.recorder.on_phase(phase)  # the end phase gets its clip_id
+            except Exception:
+                log.exception("camera %s: clip recorder failed on an event phase", camera)
         event = phase.event
         self.link.publish(self.topics.event(camera), event.to_json(), kind="event", camera=camera)
         if phase.frame is not None:
@@ -233,7 +284,7 @@ class Agent:
 
     @property
     def clips(self) -> ClipStore | None:
-        return None
+        return self.footage
 
     def uptime_s(self) -> float:
         return time.time() - self.started_at
@@ -271,7 +322,7 @@ class Agent:
     def publish(
         self, topic: str, payload: bytes, qos: int, retain: bool, properties: dict[str, str] | None
     ) -> None:
-        kind = "clip" if "/clips/" in topic else "audit" if topic.endswith("/audit") else "snapshot"
+        kind: Kind = "clip" if "/clips/" in topic else "audit" if topic.endswith("/audit") else "snapshot"
         self.link.publish(topic, payload, qos=qos, retain=retain, kind=kind, properties=properties)
 
     def get_settings(self) -> dict[str, Any]:
@@ -309,6 +360,33 @@ class Agent:
         body = self.health.sample()
         body["ts"] = iso()
         body["outbox_depth"] = self.outbox.depth()
+        if isinstance(self.outbox, Outbox):
+            body["outbox"] = {
+                "durable": self.outbox.durable,
+                "bytes": self.outbox.bytes_used(),
+                "dropped": self.outbox.dropped(),
+                "discarded": None
+                if self.outbox.discarded is None
+                else {
+                    "reason": self.outbox.discarded.reason,
+                    "moved_to": str(self.outbox.discarded.moved_to),
+                },
+            }
+        if self.retention is not None:
+            report = self.retention.enforce()
+            body["storage"] = report.telemetry()
+            note = f"disk full: clips paused ({report.reason})" if report.disk_full else None
+            for worker in self.cameras.values():
+                worker.set_note(note)
+        if self.recorder is not None:
+            rs = self.recorder.stats()
+            body["clips"] = {
+                "written": rs.written,
+                "failed": rs.failed,
+                "skipped_disk_full": rs.skipped_disk_full,
+                "skipped_busy": rs.skipped_busy,
+                "last_error": rs.last_error,
+            }
         if self.detector is not None or self.detection_error is not None:
             stats = self.detector.stats() if self.detector is not None else None
             body["detection"] = {
@@ -352,14 +430,14 @@ class Agent:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        log.info(
-            "agent %s starting: %s, %d camera(s)", __version__, self.cfg.topic_root, len(self.cameras)
-        )
+        log.info("agent %s starting: %s, %d camera(s)", __version__, self.cfg.topic_root, len(self.cameras))
         self.link.start()
         for worker in self.cameras.values():
             worker.start()
         self.streams.start()
         self._running = True
+        if self.recorder is not None:
+            self.recorder.start()
         if self.detector is not None:
             self.detector.start()
         self._threads.append(threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True))
@@ -392,7 +470,7 @@ class Agent:
         notify("STOPPING=1")
         log.info("stopping")
         t0 = time.monotonic()
-        self.streams.stop(timeout=1.0)
+        self.streams.stop(timeout=0.5)
         for worker in self.cameras.values():
             worker.request_stop()
         deadline = time.monotonic() + 1.5
@@ -401,7 +479,8 @@ class Agent:
         for t in self._threads:
             t.join(timeout=0.5)
         if self.detector is not None:
-            self.detector.stop(timeout=1.0)
-        self.link.stop(final=(self.topics.status, self._status("offline", "shutdown")), timeout=2.0)
+            self.detector.stop(timeout=0.5)
+        if self.recorder is not None:
+            self.recorder.stop(timeout_s=1.0)
+        self.link.stop(final=(self.topics.status, self._status("offline", "shutdown")), timeout=1.5)
         log.info("stopped in %.2f s", time.monotonic() - t0)
-

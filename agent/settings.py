@@ -8,6 +8,7 @@ no request from the platform may weaken them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -24,8 +25,8 @@ from agent.config import (
     DetectionSettings,
     MotionSettings,
     Polygon,
-    Strict,
     StreamSettings,
+    Strict,
     format_errors,
 )
 from agent.errors import ConfigError
@@ -107,10 +108,8 @@ class SettingsStore:
         except (ValueError, TypeError, ConfigError) as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             log.error("persisted settings %s are unusable (%s); moved to %s", self.path, exc, aside.name)
-            try:
+            with contextlib.suppress(OSError):
                 self.path.replace(aside)
-            except OSError:
-                pass
 
     def _validate(self, partial: dict[str, Any], base: RuntimeSettings) -> RuntimeSettings:
         merged = _merge(base.model_dump(mode="json"), partial)

@@ -59,8 +59,10 @@ def test_issue_keys_as_written(tmp_path: Path) -> None:
     [
         (MINIMAL.replace('id = "gw-01"', 'id = "GW 01"'), "gateway.id"),
         (MINIMAL + "colour = 3\n", "cameras[0].colour: Extra inputs are not permitted"),
-        (MINIMAL + "geo = { lat = 95.0, lon = 0.0, heading_deg = 0.0, fov_deg = 90.0, range_m = 10.0 }\n",
-         "cameras[0].geo.lat"),
+        (
+            MINIMAL + "geo = { lat = 95.0, lon = 0.0, heading_deg = 0.0, fov_deg = 90.0, range_m = 10.0 }\n",
+            "cameras[0].geo.lat",
+        ),
         (MINIMAL + "privacy_masks = [[[0.0, 0.0], [1.5, 0.0], [0.0, 1.0]]]\n", "cameras[0].privacy_masks"),
         (MINIMAL + "privacy_masks = [[[0.0, 0.0], [1.0, 0.0]]]\n", "at least 3"),
         (MINIMAL.replace("synthetic:street", "ftp://x"), "must start with one of"),
@@ -97,13 +99,17 @@ def test_missing_and_binary_files(tmp_path: Path) -> None:
 def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     good = subprocess.run(
         [sys.executable, "-m", "agent", "check-config", str(ROOT / "config.example.toml")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert good.returncode == 0, good.stderr
     assert "OK" in good.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "agent", "check-config", str(write(tmp_path, MINIMAL + "[mqtt]\nport = 0\n"))],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert bad.returncode == 1
     assert "mqtt.port" in bad.stderr

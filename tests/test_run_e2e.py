@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,8 +38,13 @@ class Run:
         self.root = f"cctv/v1/{DISTRICT}/{gateway}"
         self.sub = Subscriber(broker.host, broker.port, self.root + "/#")
         cfg = write_config(
-            tmp / "agent.toml", district=DISTRICT, gateway=gateway, port=broker.port,
-            data_dir=tmp / "data", cameras=cameras, **kw,
+            tmp / "agent.toml",
+            district=DISTRICT,
+            gateway=gateway,
+            port=broker.port,
+            data_dir=tmp / "data",
+            cameras=cameras,
+            **kw,
         )
         self.agent = AgentProcess(cfg, tmp / "agent.log")
 
@@ -54,16 +59,19 @@ class Run:
         self.sub.close()
 
 
+RunFactory = Callable[[str], Run]
+
+
 @pytest.fixture
-def run_factory(tmp_path: Path, broker: Broker, unique_gateway: str) -> Iterator[type[Run]]:
+def run_factory(tmp_path: Path, broker: Broker, unique_gateway: str) -> Iterator[RunFactory]:
     runs: list[Run] = []
 
-    class _Run(Run):
-        def __init__(self, cameras: str, **kw: str) -> None:
-            super().__init__(tmp_path, broker, unique_gateway, cameras, **kw)
-            runs.append(self)
+    def make(cameras: str) -> Run:
+        run = Run(tmp_path, broker, unique_gateway, cameras)
+        runs.append(run)
+        return run
 
-    yield _Run
+    yield make
     for r in runs:
         r.close()
 
@@ -76,11 +84,12 @@ def complete_events(events: list[dict[str, object]]) -> dict[str, list[str]]:
 
 
 def test_online_camera_status_and_a_crossing_gives_one_event(
-    run_factory: type[Run], videos: dict[str, Path], broker: Broker
+    run_factory: RunFactory, videos: dict[str, Path], broker: Broker
 ) -> None:
     run = run_factory(camera_block("cam-1", f"file://{videos['cross']}"))
-    assert run.sub.wait_for(lambda ms: any(m.topic.endswith("/cam/cam-1/event") and m.json()["phase"] == "end"
-                                           for m in ms), 40), run.agent.log()
+    assert run.sub.wait_for(
+        lambda ms: any(m.topic.endswith("/cam/cam-1/event") and m.json()["phase"] == "end" for m in ms), 40
+    ), run.agent.log()
     online = [s for s in run.statuses() if s["state"] == "online"]
     assert online and online[0]["cameras"] == ["cam-1"]
     cam_status = [m.json() for m in run.sub.on("/cam/cam-1/status")]
@@ -107,15 +116,21 @@ def test_online_camera_status_and_a_crossing_gives_one_event(
     # A platform that subscribes later still gets the retained status and snapshot.
     late = Subscriber(broker.host, broker.port, run.root + "/#")
     try:
-        assert late.wait_for(lambda ms: any(m.retain and m.topic.endswith("/snapshot") for m in ms)
-                             and any(m.retain and m.topic == run.root + "/status" for m in ms), 5)
+        assert late.wait_for(
+            lambda ms: (
+                any(m.retain and m.topic.endswith("/snapshot") for m in ms)
+                and any(m.retain and m.topic == run.root + "/status" for m in ms)
+            ),
+            5,
+        )
     finally:
         late.close()
 
     code, took = run.agent.terminate()
     assert code == 0 and took < 5.0
-    assert run.sub.wait_for(lambda ms: any(m.topic == run.root + "/status" and m.json()["state"] == "offline"
-                                           for m in ms), 5)
+    assert run.sub.wait_for(
+        lambda ms: any(m.topic == run.root + "/status" and m.json()["state"] == "offline" for m in ms), 5
+    )
     last = run.statuses()[-1]
     assert last["state"] == "offline" and last["reason"] == "shutdown"
     # Every event that started also ended, exactly once, before the agent went away.
@@ -124,35 +139,42 @@ def test_online_camera_status_and_a_crossing_gives_one_event(
 
 
 @pytest.mark.parametrize("kind", ["lightswitch", "noise"])
-def test_no_event_for_light_switch_or_noise(run_factory: type[Run], videos: dict[str, Path], kind: str) -> None:
+def test_no_event_for_light_switch_or_noise(
+    run_factory: RunFactory, videos: dict[str, Path], kind: str
+) -> None:
     run = run_factory(camera_block("cam-1", f"file://{videos[kind]}"))
-    assert run.sub.wait_for(lambda ms: any(m.topic.endswith("/cam/cam-1/status") and m.json()["state"] == "ok"
-                                           for m in ms), 20), run.agent.log()
+    assert run.sub.wait_for(
+        lambda ms: any(m.topic.endswith("/cam/cam-1/status") and m.json()["state"] == "ok" for m in ms), 20
+    ), run.agent.log()
     # Two passes of the looping 12 s video, light switches or noise all along.
     run.sub.wait_for(lambda ms: False, 20)
     assert run.events("cam-1") == []
     assert run.agent.terminate()[0] == 0
 
 
-def test_sigkill_leaves_the_last_will(run_factory: type[Run], videos: dict[str, Path]) -> None:
+def test_sigkill_leaves_the_last_will(run_factory: RunFactory, videos: dict[str, Path]) -> None:
     run = run_factory(camera_block("cam-1", "synthetic:street"))
-    assert run.sub.wait_for(lambda ms: any(m.topic == run.root + "/status" and m.json()["state"] == "online"
-                                           for m in ms), 20), run.agent.log()
+    assert run.sub.wait_for(
+        lambda ms: any(m.topic == run.root + "/status" and m.json()["state"] == "online" for m in ms), 20
+    ), run.agent.log()
     run.agent.kill()
-    assert run.sub.wait_for(lambda ms: any(m.topic == run.root + "/status" and m.json()["state"] == "offline"
-                                           for m in ms), 10)
+    assert run.sub.wait_for(
+        lambda ms: any(m.topic == run.root + "/status" and m.json()["state"] == "offline" for m in ms), 10
+    )
     last = run.statuses()[-1]
     assert last == {**last, "state": "offline", "reason": "lost"}
 
 
 def test_a_failing_camera_does_not_disturb_the_other(
-    run_factory: type[Run], videos: dict[str, Path], tmp_path: Path
+    run_factory: RunFactory, videos: dict[str, Path], tmp_path: Path
 ) -> None:
     run = run_factory(
         camera_block("cam-bad", f"file://{tmp_path}/missing.mp4")
         + camera_block("cam-ok", f"file://{videos['cross']}")
     )
-    assert run.sub.wait_for(lambda ms: any(m.topic.endswith("/cam/cam-ok/event") for m in ms), 30), run.agent.log()
+    assert run.sub.wait_for(lambda ms: any(m.topic.endswith("/cam/cam-ok/event") for m in ms), 30), (
+        run.agent.log()
+    )
     bad = [m.json() for m in run.sub.on("/cam/cam-bad/status")]
     assert bad[-1]["state"] == "failed"
     assert "missing.mp4" in str(bad[-1]["error"])
@@ -170,8 +192,13 @@ def test_mqtt_311_and_a_broker_that_comes_later(
 ) -> None:
     port = free_port()
     cfg = write_config(
-        tmp_path / "agent.toml", district=DISTRICT, gateway=unique_gateway, port=port,
-        data_dir=tmp_path / "data", cameras=camera_block("cam-1", f"file://{videos['cross']}"), protocol="3.1.1",
+        tmp_path / "agent.toml",
+        district=DISTRICT,
+        gateway=unique_gateway,
+        port=port,
+        data_dir=tmp_path / "data",
+        cameras=camera_block("cam-1", f"file://{videos['cross']}"),
+        protocol="3.1.1",
     )
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     root = f"cctv/v1/{DISTRICT}/{unique_gateway}"
@@ -185,9 +212,10 @@ def test_mqtt_311_and_a_broker_that_comes_later(
         sub = Subscriber(late.host, late.port, root + "/#")
         # Events made while the broker was away are delivered once it is there.
         assert sub.wait_for(lambda ms: any(m.topic.endswith("/event") for m in ms), 30), agent.log()
-        assert sub.wait_for(lambda ms: any(m.topic == root + "/status" and m.json()["state"] == "online"
-                                           for m in ms), 10)
-        first = [m.json() for m in sub.on("/cam/cam-1/event")][0]
+        assert sub.wait_for(
+            lambda ms: any(m.topic == root + "/status" and m.json()["state"] == "online" for m in ms), 10
+        )
+        first = next(m.json() for m in sub.on("/cam/cam-1/event"))
         assert first["phase"] == "start"
         code = agent.terminate()[0]
         assert code == 0

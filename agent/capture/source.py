@@ -17,7 +17,7 @@ Image = npt.NDArray[np.uint8]
 class Frame:
     """One captured frame: BGR pixels, wall-clock capture time and position in the source."""
 
-    image: Image  # H×W×3 uint8, BGR (OpenCV's order)
+    image: Image  # HxWx3 uint8, BGR (OpenCV's order)
     ts: float  # wall-clock epoch seconds when captured
     pts: float  # seconds since the source started (for files: position in the video)
     seq: int  # frame counter since open()

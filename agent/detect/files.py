@@ -34,7 +34,6 @@ def detector_problems(cfg: AgentConfig) -> list[str]:
             continue
         unknown = [label for label in cam.detection.labels if label not in known]
         if unknown:
-            problems.append(
-                f"cameras[{index}].detection.labels: {', '.join(map(repr, unknown))} not in the model's label map"
-            )
+            names = ", ".join(map(repr, unknown))
+            problems.append(f"cameras[{index}].detection.labels: {names} not in the model's label map")
     return problems

@@ -30,6 +30,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig
+from agent.outbox import Kind
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class OutMessage:
     payload: bytes
     qos: int = 1
     retain: bool = False
-    kind: str = "event"
+    kind: Kind = "event"
     camera: str | None = None
     properties: dict[str, str] | None = None
 
@@ -67,7 +68,7 @@ class OutboxLike(Protocol):
         *,
         qos: int = 1,
         retain: bool = False,
-        kind: str = "event",
+        kind: Kind,
         camera: str | None = None,
         properties: dict[str, str] | None = None,
     ) -> int: ...
@@ -78,7 +79,7 @@ class OutboxLike(Protocol):
 
     def ack(self, message_id: int) -> None: ...
 
-    def requeue_inflight(self) -> None: ...
+    def requeue_inflight(self) -> object: ...
 
     def depth(self) -> int: ...
 
@@ -101,7 +102,7 @@ class MemoryOutbox:
         *,
         qos: int = 1,
         retain: bool = False,
-        kind: str = "event",
+        kind: Kind = "event",
         camera: str | None = None,
         properties: dict[str, str] | None = None,
     ) -> int:
@@ -275,7 +276,7 @@ class MqttLink:
         *,
         qos: int = 1,
         retain: bool = False,
-        kind: str = "event",
+        kind: Kind = "event",
         camera: str | None = None,
         properties: dict[str, str] | None = None,
     ) -> None:
@@ -299,9 +300,7 @@ class MqttLink:
         if self._connected.is_set():
             self.client.publish(topic, payload, qos=qos, properties=self._props(properties))
 
-    def _props(
-        self, user: dict[str, str] | None, correlation: bytes | None = None
-    ) -> Properties | None:
+    def _props(self, user: dict[str, str] | None, correlation: bytes | None = None) -> Properties | None:
         if not self.v5 or (not user and correlation is None):
             return None
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -419,4 +418,3 @@ class MqttLink:
             handler(message)
         except Exception:
             log.exception("handler for %s failed", message.topic)
-

@@ -113,3 +113,33 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert "mqtt.port" in bad.stderr
+
+
+def test_example_mentions_every_setting() -> None:
+    """config.example.toml mirrors the models: each field appears, set or commented out."""
+    from pydantic import BaseModel
+
+    from agent import config as c
+
+    text = (ROOT / "config.example.toml").read_text(encoding="utf-8")
+    models: list[type[BaseModel]] = [
+        c.GatewayConfig,
+        c.MqttConfig,
+        c.TlsConfig,
+        c.GeoConfig,
+        c.CameraConfig,
+        c.MotionSettings,
+        c.DetectionSettings,
+        c.BufferSettings,
+        c.ClipsSettings,
+        c.StorageConfig,
+        c.StreamSettings,
+        c.DetectorConfig,
+    ]
+    missing = [
+        f"{model.__name__}.{name}"
+        for model in models
+        for name in model.model_fields
+        if f"{name} =" not in text and f".{name}]" not in text
+    ]
+    assert missing == []

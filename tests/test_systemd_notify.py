@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,99 +20,84 @@ from tests.harness import write_config
 pytestmark = pytest.mark.broker
 
 
-def test_ready_watchdog_and_stopping_reach_the_notify_socket(
-    tmp_path: Path, broker: Broker, unique_gateway: str
-) -> None:
-    sock_path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    sock.settimeout(0.5)
-    cfg = write_config(
-        tmp_path / "agent.toml",
-        district="notify",
-        gateway=unique_gateway,
-        port=broker.port,
-        data_dir=tmp_path / "data",
-        cameras='[[cameras]]\nid = "cam-1"\nsource = "synthetic:street"\n',
-    )
-    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    got: list[str] = []
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and got.count("WATCHDOG=1") < 3:
+class Notified:
+    """An agent subprocess whose NOTIFY_SOCKET is a datagram socket of the test's."""
+
+    def __init__(self, tmp_path: Path, broker: Broker, gateway: str, cameras: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(tmp_path / "notify.sock"))
+        self.sock.settimeout(0.3)
+        cfg = write_config(
+            tmp_path / "agent.toml",
+            district="notify",
+            gateway=gateway,
+            port=broker.port,
+            data_dir=tmp_path / "data",
+            cameras=cameras,
+        )
+        env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.got: list[str] = []
+
+    def collect_until(self, done: Callable[[list[str]], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not done(self.got):
             with contextlib.suppress(TimeoutError):
-                got.append(sock.recv(256).decode())
-        assert "READY=1" in got
-        assert got.count("WATCHDOG=1") >= 3
-        assert got.index("READY=1") < got.index("WATCHDOG=1")
-        proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and "STOPPING=1" not in got:
-            with contextlib.suppress(TimeoutError):
-                got.append(sock.recv(256).decode())
-        assert "STOPPING=1" in got
-        assert proc.wait(5) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        sock.close()
+                self.got.append(self.sock.recv(256).decode())
+
+    def drain(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            while True:
+                self.sock.recv(256)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.sock.close()
 
 
-def test_a_stopped_main_loop_starves_the_watchdog(
-    tmp_path: Path, broker: Broker, unique_gateway: str
-) -> None:
+@pytest.fixture
+def notified(tmp_path: Path, broker: Broker, unique_gateway: str) -> Iterator[Callable[[str], Notified]]:
+    agents: list[Notified] = []
+
+    def start(cameras: str) -> Notified:
+        agents.append(Notified(tmp_path, broker, unique_gateway, cameras))
+        return agents[-1]
+
+    yield start
+    for a in agents:
+        a.close()
+
+
+def test_ready_watchdog_and_stopping_reach_the_notify_socket(notified: Callable[[str], Notified]) -> None:
+    agent = notified('[[cameras]]\nid = "cam-1"\nsource = "synthetic:street"\n')
+    agent.collect_until(lambda got: got.count("WATCHDOG=1") >= 3, 20)
+    assert "READY=1" in agent.got
+    assert agent.got.count("WATCHDOG=1") >= 3
+    assert agent.got.index("READY=1") < agent.got.index("WATCHDOG=1")
+    agent.proc.send_signal(signal.SIGTERM)
+    agent.collect_until(lambda got: "STOPPING=1" in got, 5)
+    assert "STOPPING=1" in agent.got
+    assert agent.proc.wait(5) == 0
+
+
+def test_a_stopped_main_loop_starves_the_watchdog(notified: Callable[[str], Notified]) -> None:
     """SIGSTOP freezes the loop: no WATCHDOG=1 arrives, which is what lets systemd restart it."""
-    sock_path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    sock.settimeout(0.3)
-    cfg = write_config(
-        tmp_path / "agent.toml",
-        district="notify",
-        gateway=unique_gateway,
-        port=broker.port,
-        data_dir=tmp_path / "data",
-        cameras="",
-    )
-    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        seen = []
-        while time.monotonic() < deadline and "WATCHDOG=1" not in seen:
-            with contextlib.suppress(TimeoutError):
-                seen.append(sock.recv(256).decode())
-        assert "WATCHDOG=1" in seen
-        proc.send_signal(signal.SIGSTOP)
-        time.sleep(0.3)
-        while True:  # drain what was sent before the stop took effect
-            try:
-                sock.recv(256)
-            except TimeoutError:
-                break
-        frozen: list[bytes] = []
-        end = time.monotonic() + 2.0
-        while time.monotonic() < end:
-            with contextlib.suppress(TimeoutError):
-                frozen.append(sock.recv(256))
-        assert frozen == []
-        proc.send_signal(signal.SIGCONT)
-        try:
-            assert sock.recv(256) == b"WATCHDOG=1"
-        except TimeoutError:
-            assert sock.recv(256) == b"WATCHDOG=1"
-    finally:
-        proc.kill()
-        proc.wait(5)
-        sock.close()
+    agent = notified("")
+    agent.collect_until(lambda got: "WATCHDOG=1" in got, 20)
+    assert "WATCHDOG=1" in agent.got
+    agent.proc.send_signal(signal.SIGSTOP)
+    time.sleep(0.3)
+    agent.drain()  # what was sent before the stop took effect
+    agent.got.clear()
+    agent.collect_until(lambda got: False, 2.0)
+    assert agent.got == []
+    agent.proc.send_signal(signal.SIGCONT)
+    agent.collect_until(lambda got: "WATCHDOG=1" in got, 3)
+    assert "WATCHDOG=1" in agent.got

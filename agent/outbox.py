@@ -46,6 +46,7 @@ start because of its outbox.
 from __future__ import annotations
 
 import contextlib
+import os
 import json
 import logging
 import sqlite3
@@ -165,14 +166,20 @@ class Outbox:
         self.durable = True
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # SQLite deletes the -wal file when a connection that failed to open is closed; a
+            # hard link keeps its committed messages for the copy set aside if the file is bad.
+            keep = self._keep_wal()
             try:
                 self._conn = self._open(self.path)
             except sqlite3.Error as exc:
-                self._move_aside(f"{type(exc).__name__}: {exc}")
+                self._move_aside(f"{type(exc).__name__}: {exc}", kept_wal=keep)
                 self._conn = self._open(self.path)
+            finally:
+                if keep is not None:
+                    keep.unlink(missing_ok=True)
         except (OSError, sqlite3.Error) as exc:
             # Even a fresh file is impossible (read-only or missing data_dir): keep publishing.
-            log.error(  # noqa: TRY400 - one line, the traceback adds nothing
+            log.error(
                 "outbox %s cannot be created (%s): messages are kept in memory only and will not"
                 " survive a restart",
                 self.path,
@@ -210,13 +217,25 @@ class Outbox:
             raise
         return conn
 
-    def _move_aside(self, reason: str) -> None:
+    def _keep_wal(self) -> Path | None:
+        wal = self.path.with_name(self.path.name + "-wal")
+        keep = self.path.with_name(self.path.name + "-wal.keep")
+        keep.unlink(missing_ok=True)
+        try:
+            os.link(wal, keep)
+        except OSError:
+            return None
+        return keep
+
+    def _move_aside(self, reason: str, kept_wal: Path | None = None) -> None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         for suffix in ("", "-wal", "-shm", "-journal"):
             src = self.path.with_name(self.path.name + suffix)
             if src.exists():
                 src.replace(target.with_name(target.name + suffix))
+        if kept_wal is not None and kept_wal.exists() and not target.with_name(target.name + "-wal").exists():
+            kept_wal.replace(target.with_name(target.name + "-wal"))
         log.warning(
             "outbox %s is unusable (%s): moved aside to %s, starting a fresh one", self.path, reason, target
         )
@@ -231,7 +250,7 @@ class Outbox:
             self._move_aside(f"{type(exc).__name__}: {exc}")
             self._conn = self._open(self.path)
         except (OSError, sqlite3.Error) as again:
-            log.error(  # noqa: TRY400 - one line, the traceback adds nothing
+            log.error(
                 "outbox %s cannot be recreated (%s): keeping messages in memory only", self.path, again
             )
             self.durable = False

@@ -689,10 +689,6 @@ def decoded_frames(path: Path) -> int:
         cap.release()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SQLite deletes the -wal when Outbox closes its failed connection, before moving the file aside",
-)
 def test_a_corrupt_outbox_is_moved_aside_with_its_wal(tmp_path: Path) -> None:
     """A bad block mid-file, the newest commits intact in the WAL: salvage needs that WAL too."""
     outbox = Outbox(tmp_path / "outbox.db")

@@ -46,9 +46,9 @@ start because of its outbox.
 from __future__ import annotations
 
 import contextlib
-import os
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time

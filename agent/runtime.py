@@ -36,6 +36,7 @@ from agent.events import EventPhase
 from agent.footage import Footage
 from agent.messages import CameraStatus, GatewayStatus
 from agent.mqtt import MemoryOutbox, MqttLink, OutboxLike, Topics
+from agent.open_events import OpenEvents
 from agent.outbox import Kind, Outbox
 from agent.prebuffer import PreEventBuffer
 from agent.privacy import apply_privacy_masks
@@ -91,6 +92,7 @@ class Agent:
             )
             for cam in cfg.cameras
         }
+        self.open_events = OpenEvents(self.data_dir / "open_events.json")
         self.clip_store, self.retention, self.recorder = self._open_clips()
         self.footage = (
             Footage(self.clip_store, self.buffers, lambda: self.cfg) if self.clip_store is not None else None
@@ -207,6 +209,7 @@ class Agent:
                 log.exception("camera %s: clip recorder failed on an event phase", camera)
         event = phase.event
         self.link.publish(self.topics.event(camera), event.to_json(), kind="event", camera=camera)
+        self.open_events.note(event)
         if phase.frame is not None:
             jpeg = self._encode_snapshot(camera, phase)
             if jpeg is not None:
@@ -431,6 +434,11 @@ class Agent:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         log.info("agent %s starting: %s, %d camera(s)", __version__, self.cfg.topic_root, len(self.cameras))
+        for end in self.open_events.ends_for_orphans():
+            log.warning(
+                "ending event %s of camera %s, left open by the previous run", end.event_id, end.camera
+            )
+            self.link.publish(self.topics.event(end.camera), end.to_json(), kind="event", camera=end.camera)
         self.link.start()
         for worker in self.cameras.values():
             worker.start()

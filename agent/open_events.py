@@ -1,0 +1,83 @@
+"""Events that have started but not ended, kept on disk so a crash cannot orphan them.
+
+The protocol promises exactly one `end` per event_id. A clean stop ends every open event; a
+SIGKILL or a power cut cannot, so the last phase published of each open event is written here
+(atomically, after it is in the outbox) and the next start of the agent publishes the missing
+`end`, with `ended_at` the time of that last phase.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from agent.clock import iso
+from agent.messages import Event
+
+log = logging.getLogger(__name__)
+
+
+class OpenEvents:
+    """The open events of all cameras; `_lock` guards `_open` and every write of the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._open: dict[str, Event] = {}
+        self.orphans = self._load()
+
+    def _load(self) -> list[Event]:
+        try:
+            raw = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            log.error("open events file %s is unreadable (%s); ignoring it", self.path, exc)
+            return []
+        found = []
+        for item in raw if isinstance(raw, list) else []:
+            try:
+                found.append(Event.model_validate(item))
+            except ValidationError:
+                log.warning("open events file %s: skipping a malformed entry", self.path)
+        return found
+
+    def note(self, event: Event) -> None:
+        """Record the phase just queued for publishing: start/update keep it open, end closes it."""
+        with self._lock:
+            if event.phase == "end":
+                if self._open.pop(event.event_id, None) is None:
+                    return
+            else:
+                self._open[event.event_id] = event
+            self._write()
+
+    def ends_for_orphans(self) -> list[Event]:
+        """The `end` phases owed for events a previous run left open; the file is cleared."""
+        now = iso(time.time())
+        ends = [
+            e.model_copy(update={"phase": "end", "ts": now, "ended_at": e.ts, "clip_id": None})
+            for e in self.orphans
+        ]
+        self.orphans = []
+        with self._lock:
+            self._write()
+        return ends
+
+    def _write(self) -> None:
+        data = json.dumps([e.model_dump(mode="json") for e in self._open.values()]).encode()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.path)
+        except OSError as exc:
+            log.error("cannot record open events in %s: %s", self.path, exc)

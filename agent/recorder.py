@@ -207,6 +207,10 @@ class ClipRecorder:
                     self._busy += 1
                     log.warning("clip recorder busy: no clip for event %s", event.event_id)
                     return phase
+                if self.retention is not None and self.retention.disk_full:
+                    # No clip will be written: the end phase must not promise one.
+                    self._disk_full += 1
+                    return phase
                 job = _Job(
                     event_id=event.event_id,
                     camera=event.camera,

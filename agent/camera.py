@@ -5,6 +5,14 @@ capped, jittered exponential backoff from tenacity) and reads frames into a queu
 when analysis falls behind, the oldest frame is dropped and counted rather than letting
 latency grow. `camera[id].detect` runs the pipeline and hands event phases to the sink. A
 camera that fails never touches another camera's threads.
+
+Decode less: a frame that neither the pipeline (at `detect_fps`) nor the frame sink (at
+`frame_fps`, the pre-event buffer's rate) will use is passed with the source's `skip()` where it
+has one (see agent.capture.cadence), and counted in `stats.skipped`. A camera with a
+`detect_source` substream gets a third thread, `camera[id].capture.detect`, that reads the
+substream for the pipeline; the main stream then only feeds the sink, the latest frame
+(snapshots, streams) and the camera's size and fps. Event snapshots then show the substream's
+pixels, the ones the detector judged.
 """
 
 from __future__ import annotations
@@ -16,9 +24,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
 
+from agent.capture.cadence import KEEP_ALL, FrameDemand
 from agent.capture.source import Frame, FrameSource, open_source
 from agent.clock import iso
 from agent.config import CameraConfig, MotionSettings
@@ -31,14 +41,20 @@ log = logging.getLogger(__name__)
 
 StatusSink = Callable[[str, CameraStatus], None]
 PhaseSink = Callable[[str, EventPhase], None]
-FrameSink = Callable[[str, Frame], None]
+# A frame sink may return False for a frame it did not keep (the buffer's rate cap), so that the
+# next frame is converted for it; None or True: kept.
+FrameSink = Callable[[str, Frame], bool | None]
 
 HEALTHY_SESSION_S = 30.0  # a session that delivered frames this long resets the backoff
+
+# What one capture thread reads: "both" a camera's only stream, else its main or detect stream.
+Role = Literal["both", "main", "detect"]
 
 
 @dataclass
 class CameraStats:
-    frames: int = 0
+    frames: int = 0  # frames that arrived from the (main) source, skipped ones included
+    skipped: int = 0  # of those, frames passed without conversion to pixels
     dropped: int = 0
     reconnects: int = 0
     fps: float = 0.0
@@ -52,16 +68,20 @@ class CameraWorker:
         cfg: CameraConfig,
         on_status: StatusSink,
         on_phase: PhaseSink,
+        *,
         on_frame: FrameSink | None = None,
         source_factory: Callable[[str], FrameSource] = open_source,
         backoff_max_s: float = 30.0,
+        frame_fps: float | None = None,
     ) -> None:
+        """`frame_fps`: the most frames per second `on_frame` needs (None: every frame)."""
         self.cfg = cfg
         self.id = cfg.id
         self.stats = CameraStats()
         self._on_status = on_status
         self._on_phase = on_phase
         self._on_frame = on_frame
+        self._keep_fps = 0.0 if on_frame is None else (KEEP_ALL if frame_fps is None else frame_fps)
         self._source_factory = source_factory
         self._backoff_max_s = backoff_max_s
         self.pipeline = CameraPipeline(cfg)
@@ -69,10 +89,17 @@ class CameraWorker:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._arrivals: deque[float] = deque(maxlen=64)
-        # _status_lock guards _status and _latest: written by the capture thread, read by others.
+        # _status_lock guards _status, _health and _latest: written by the capture threads, read
+        # by others.
         self._status_lock = threading.Lock()
         self._status = CameraStatus(state="disabled" if not cfg.enabled else "connecting")
         self._latest: Frame | None = None
+        self._note: str | None = None
+        roles: list[tuple[Role, str]] = [("both", cfg.source)]
+        if cfg.detect_source is not None:
+            roles = [("main", cfg.source), ("detect", cfg.detect_source)]
+        self._roles = roles
+        self._health: dict[Role, tuple[str, str | None]] = {role: ("connecting", None) for role, _ in roles}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -80,17 +107,27 @@ class CameraWorker:
         self._emit_status(self._status)
         if not self.cfg.enabled:
             return
-        for name, target in (("capture", self._capture_loop), ("detect", self._detect_loop)):
-            t = threading.Thread(target=target, name=f"camera[{self.id}].{name}", daemon=True)
+        threads = [
+            threading.Thread(
+                target=self._capture_loop,
+                args=(role, uri),
+                name=f"camera[{self.id}].capture" + (".detect" if role == "detect" else ""),
+                daemon=True,
+            )
+            for role, uri in self._roles
+        ]
+        detect = threading.Thread(target=self._detect_loop, name=f"camera[{self.id}].detect", daemon=True)
+        threads.append(detect)
+        for t in threads:
             self._threads.append(t)
             t.start()
 
     def request_stop(self) -> None:
-        """Ask both threads to stop without waiting (lets a gateway stop all cameras at once)."""
+        """Ask the threads to stop without waiting (lets a gateway stop all cameras at once)."""
         self._stop.set()
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop both threads; the detect thread ends any open event on its way out."""
+        """Stop the threads; the detect thread ends any open event on its way out."""
         self._stop.set()
         deadline = time.monotonic() + timeout
         for t in self._threads:
@@ -116,9 +153,28 @@ class CameraWorker:
 
     # -- status ----------------------------------------------------------------------------
 
-    def _set_status(self, state: str, error: str | None = None, frame: Frame | None = None) -> None:
+    def _set_status(
+        self, state: str, error: str | None = None, frame: Frame | None = None, role: Role = "both"
+    ) -> None:
+        """Record `role`'s state; the camera's is the worst of its streams' (failed, connecting, ok)."""
         with self._status_lock:
+            self._health[role] = (state, error)
+        self._refresh_status(frame)
+
+    def set_note(self, note: str | None) -> None:
+        """A gateway-level condition shown in `error` while the camera itself works (disk full)."""
+        with self._status_lock:
+            if note == self._note:
+                return
+            self._note = note
+        self._refresh_status(None)
+
+    def _refresh_status(self, frame: Frame | None) -> None:
+        with self._status_lock:
+            state, error = self._combined_health()
             old = self._status
+            if old.state == "disabled":
+                return
             h, w = (frame.image.shape[:2]) if frame is not None else (old.height, old.width)
             new = CameraStatus.model_validate(
                 {
@@ -127,7 +183,7 @@ class CameraWorker:
                     "width": w,
                     "height": h,
                     "last_frame_at": iso(frame.ts) if frame is not None else old.last_frame_at,
-                    "error": error,
+                    "error": error or self._note,
                 }
             )
             changed = (new.state, new.error, new.width, new.height) != (
@@ -140,6 +196,17 @@ class CameraWorker:
         if changed:
             self._emit_status(new)
 
+    def _combined_health(self) -> tuple[str, str | None]:
+        for wanted in ("failed", "connecting"):
+            for role, (state, error) in self._health.items():
+                if state == wanted:
+                    return state, (f"detect_source: {error}" if role == "detect" and error else error)
+        return "ok", None
+
+    def _role_state(self, role: Role) -> str:
+        with self._status_lock:
+            return self._health[role][0]
+
     def _emit_status(self, status: CameraStatus) -> None:
         try:
             self._on_status(self.id, status)
@@ -148,7 +215,7 @@ class CameraWorker:
 
     # -- capture thread --------------------------------------------------------------------
 
-    def _capture_loop(self) -> None:
+    def _capture_loop(self, role: Role, uri: str) -> None:
         while not self._stop.is_set():
             retrying = Retrying(
                 wait=wait_random_exponential(multiplier=0.5, max=self._backoff_max_s),
@@ -159,12 +226,12 @@ class CameraWorker:
                 reraise=True,
             )
             try:
-                retrying(self._session)
+                retrying(self._session, role, uri)
             except SourceError:
                 return  # only reached when stopping
             except Exception as exc:  # a backend bug must not take the gateway down
                 log.exception("camera %s: capture crashed", self.id)
-                self._set_status("failed", f"internal error: {exc}")
+                self._set_status("failed", f"internal error: {exc}", role=role)
                 self._stop.wait(self._backoff_max_s)
 
     def _sleep(self, seconds: float) -> None:
@@ -173,39 +240,45 @@ class CameraWorker:
     def _before_retry(self, state: object) -> None:
         self.stats.reconnects += 1
 
-    def _session(self) -> None:
+    def _session(self, role: Role, uri: str) -> None:
         """Open the source and read until stopped; raise SourceError on failure."""
-        source = self._source_factory(self.cfg.source)
-        if self.status.state != "failed":
-            self._set_status("connecting")
+        source = self._source_factory(uri)
+        if self._role_state(role) != "failed":
+            self._set_status("connecting", role=role)
         started = time.monotonic()
+        feeds_sink = role != "detect"
         try:
             source.open()
+            skip: Callable[[], float | None] | None = getattr(source, "skip", None)
+            demand = FrameDemand(
+                self.cfg.detect_fps if role != "main" else None,
+                self._keep_fps if feeds_sink else 0.0,
+                source.fps,
+            )
             first = True
             while not self._stop.is_set():
-                frame = source.read()
-                self._count_arrival(frame.ts)
-                with self._status_lock:
-                    self._latest = frame
-                if first or self.status.state != "ok":
-                    self._set_status("ok", None, frame)
-                    first = False
-                if self._on_frame is not None:
-                    self._on_frame(self.id, frame)
-                if not self.pipeline.wants(frame.pts):
+                if skip is not None and not demand.needs_next():
+                    demand.skipped(skip())
+                    if feeds_sink:
+                        self._count_arrival()
+                        self.stats.skipped += 1
                     continue
-                try:
-                    self._frames.put_nowait(frame)
-                except queue.Full:
-                    try:
-                        self._frames.get_nowait()
-                        self.stats.dropped += 1
-                    except queue.Empty:
-                        pass
-                    self._frames.put_nowait(frame)
+                frame = source.read()
+                analyse = demand.decoded(frame.pts)
+                if first or self._role_state(role) != "ok":
+                    self._set_status("ok", None, frame if feeds_sink else None, role)
+                    first = False
+                if feeds_sink:
+                    self._count_arrival()
+                    with self._status_lock:
+                        self._latest = frame
+                    if self._on_frame is not None:
+                        demand.kept(frame.pts, self._on_frame(self.id, frame) is not False)
+                if analyse:
+                    self._queue(frame)
         except SourceError as exc:
-            log.warning("camera %s: %s", self.id, exc)
-            self._set_status("failed", str(exc))
+            log.warning("camera %s: %s%s", self.id, "detect_source: " if role == "detect" else "", exc)
+            self._set_status("failed", str(exc), role=role)
             if time.monotonic() - started > HEALTHY_SESSION_S:
                 self.stats.reconnects += 1
                 return  # healthy for a while: start over with a short backoff
@@ -216,7 +289,19 @@ class CameraWorker:
             except Exception:
                 log.exception("camera %s: close failed", self.id)
 
-    def _count_arrival(self, ts: float) -> None:
+    def _queue(self, frame: Frame) -> None:
+        """Hand `frame` to the detect thread; when it is behind, drop the oldest queued frame."""
+        try:
+            self._frames.put_nowait(frame)
+        except queue.Full:
+            try:
+                self._frames.get_nowait()
+                self.stats.dropped += 1
+            except queue.Empty:
+                pass
+            self._frames.put_nowait(frame)
+
+    def _count_arrival(self) -> None:
         self.stats.frames += 1
         self._arrivals.append(time.monotonic())
         if len(self._arrivals) >= 2:

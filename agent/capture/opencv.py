@@ -8,6 +8,13 @@ its own frame rate and loops so that it can stand in for a camera; replay reads 
 Sources are read by one thread. `close()` may come from another thread: it interrupts a read that
 is waiting for a file frame's due time and otherwise waits for the read in progress to return
 (bounded by the read timeout) before releasing the capture.
+
+OpenCV opens every capture (and every VideoWriter) under one process-wide lock, held for the whole
+FFmpeg open: a camera that accepts the connection and then never answers would hold every other
+camera's open and reconnect (and a looping file's restart) for the full open timeout. So a network
+stream is first asked one request of its own protocol (RTSP OPTIONS, HTTP GET) outside that lock;
+a camera that does not answer fails alone. A camera that answers that and hangs later in the open
+still holds the lock; see docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import math
 import os
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -35,6 +43,7 @@ log = logging.getLogger(__name__)
 FALLBACK_FPS = 25.0  # what FFmpeg itself assumes for a stream that declares no rate
 MAX_PLAUSIBLE_FPS = 240.0  # above this a backend is reporting a timebase (1000, 90000), not a rate
 LATE_RESET_S = 0.5  # a file reader this far behind the clock restarts the clock instead of bursting
+PROBE_TIMEOUT_S = 5.0  # longest wait for a network camera's first answer, outside OpenCV's open lock
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 _SECRET_PARAM = re.compile(r"pass|pwd|token|secret|key|auth|sig", re.IGNORECASE)
 _FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
@@ -127,6 +136,46 @@ def _why_unreachable(url: str, timeout_s: float) -> str:
     return f"{host}:{port} accepts connections but no video stream opened (wrong path, credentials or codec?)"
 
 
+def _probe_answers(url: str, timeout_s: float) -> str | None:
+    """None if the server behind `url` answers one request within `timeout_s`, else why not.
+
+    Any bytes back count as an answer (a 401 too: the camera lives, OpenCV will report the rest).
+    No credentials are sent. TLS schemes are probed through the handshake, unverified: this only
+    asks whether the camera is alive; FFmpeg does the real connection.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    port = parts.port or DEFAULT_PORTS[scheme]
+    hostport = parts.netloc.rpartition("@")[2]
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if scheme.startswith("rtsp"):
+        target = urlunsplit((scheme, hostport, parts.path, parts.query, ""))
+        request = f"OPTIONS {target} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: edge-agent\r\n\r\n"
+    else:
+        request = f"GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: edge-agent\r\n\r\n"
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as raw:
+            raw.settimeout(timeout_s)
+            conn: socket.socket = raw
+            if scheme in ("rtsps", "https"):
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE  # liveness only; nothing secret is sent
+                conn = ctx.wrap_socket(raw, server_hostname=host)
+            conn.sendall(request.encode("latin-1", "replace"))
+            if not conn.recv(16):
+                return f"{host}:{port} accepts connections but no video stream opened (it hung up unasked)"
+    except TimeoutError:
+        return (
+            f"{host}:{port} accepts connections but no video stream opened"
+            f" (no answer to a request within {timeout_s:g} s: the camera hangs)"
+        )
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 class OpenCVSource:
     """A camera, stream, device or file read through OpenCV; see the module docstring.
 
@@ -203,14 +252,15 @@ class OpenCVSource:
         assert image is not None  # decode=True always converts
         return Frame(image=image, ts=time.time(), pts=pts, seq=seq)
 
-    def skip(self) -> None:
+    def skip(self) -> float:
         """Advance one frame without converting it to BGR, for a reader that wants fewer frames.
 
         The frame is still decoded (later frames reference it); only the conversion to BGR and the
         copy are saved, about a third of read()'s cost for 720p H.264 on an x86 test machine. It is
-        paced like read(), counts in `seq` and raises the same errors.
+        paced like read(), counts in `seq` and raises the same errors. Returns the frame's `pts`,
+        so that a reader can tell which frame comes next.
         """
-        self._advance(decode=False)
+        return self._advance(decode=False)[1]
 
     def close(self) -> None:
         """Release the capture; safe to call twice and from another thread."""
@@ -253,13 +303,17 @@ class OpenCVSource:
         if self._kind == "usb":
             return self._open_device(cast(int, self._target))
         url = cast(str, self._target)
+        started = time.monotonic()
+        why = _probe_answers(url, min(self._open_timeout_s, PROBE_TIMEOUT_S))
+        if why is not None:
+            waited = time.monotonic() - started
+            raise SourceError(f"{self._label}: cannot open stream after {waited:.1f} s: {why}")
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
             round(self._open_timeout_s * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
             round(self._stall_timeout_s * 1000),
         ]
-        started = time.monotonic()
         cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()

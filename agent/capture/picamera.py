@@ -125,7 +125,7 @@ class PicameraSource:
         """Acquire, configure and start the camera, then capture a first frame to prove it works."""
         self.close()
         try:
-            from picamera2 import Picamera2  # noqa: PLC0415 - exists only on Raspberry Pi OS
+            from picamera2 import Picamera2
         except ImportError:
             raise SourceError(NOT_INSTALLED) from None
         spec = self.spec

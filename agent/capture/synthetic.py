@@ -399,7 +399,7 @@ class SyntheticSource:
         return (self._opts.width, self._opts.height)
 
 
-def write_scene_video(  # noqa: PLR0917 (the signature the tests and benches share)
+def write_scene_video(
     path: Path,
     kind: str,
     seconds: float,

@@ -179,7 +179,7 @@ class CameraWorker:
             new = CameraStatus.model_validate(
                 {
                     "state": state,
-                    "fps": round(self.stats.fps, 2) if state == "ok" else None,
+                    "fps": round(self.stats.fps, 2) if state == "ok" and self.stats.fps > 0 else None,
                     "width": w,
                     "height": h,
                     "last_frame_at": iso(frame.ts) if frame is not None else old.last_frame_at,

@@ -118,14 +118,14 @@ class Fuzzer:
                 "issued_at",
                 [1_700_000_000, "yesterday", "2026-13-45T00:00:00Z", "", None, "2026-11-24 10:00"],
             ),
-            ("ttl_s", ["30", -1, 0, 601, 1e308, None, True, [30]]),
+            ("ttl_s", ["30", -1, 0, 86401, 1e308, None, True, [30]]),
             (
                 "requester",
                 [
                     "police",
                     {},
                     {"agency": "Police!", "operator": "x"},
-                    {"agency": "police"},
+                    {"agency": "police", "operator": ""},
                     {"agency": "police", "operator": "\x01bell"},
                     {"agency": "police", "operator": "o", "incident": "i" * 200},
                     {"agency": "police", "operator": "o", "extra": 1},

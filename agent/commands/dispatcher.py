@@ -228,10 +228,9 @@ class Dispatcher:
 
     def _admit(self, request: m.Request, spec: CommandSpec | None, age_s: float) -> CommandSpec:
         """Raise expired or unknown_command."""
-        if age_s > request.ttl_s:
-            raise CommandError(
-                "expired", f"request expired {age_s - request.ttl_s:.1f} s ago (issued_at + ttl_s)"
-            )
+        ttl = min(request.ttl_s, m.MAX_TTL_S)
+        if age_s > ttl:
+            raise CommandError("expired", f"request expired {age_s - ttl:.1f} s ago (issued_at + ttl_s)")
         if spec is None:
             known = ", ".join(self._commands)
             raise CommandError("unknown_command", f"unknown command {request.cmd!r}; known: {known}")

@@ -8,11 +8,11 @@ Choices where the contract is silent (also written in docs/protocol.md):
 - A request `id` matches `^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$`: UUIDs, ULIDs and `req-42` pass;
   ids that are path- or topic-like (`..`, `a/b`, `+`, `#`) are refused, because the id becomes a
   topic level in `{root}/cam/{camera}/snapshot/{id}`.
-- `ttl_s` is at most 600 s, the idempotency window, so a request that the cache has forgotten
-  is always expired and can never run twice.
+- `ttl_s` may be up to a day, but a request older than 600 s (the idempotency window) is
+  expired whatever its ttl, so a request that the cache has forgotten can never run twice.
 - `reply_to` must be a plain topic: 1..256 characters, no `+`, `#` or NUL.
-- `requester.agency` is an id like every other id; `operator` is required (1..128 printable
-  characters) so that every audit record names a person; `incident` is optional.
+- `requester.agency` is an id like every other id; `operator` (1..128 printable characters) and
+  `incident` are optional, recorded in the audit record when given.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from agent.errors import AgentError
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
-MAX_TTL_S = 600.0
+MAX_TTL_S = 600.0  # the longest a request stays valid: the idempotency window
+MAX_TTL_ACCEPTED_S = 86400.0  # larger ttl_s values are accepted and capped at MAX_TTL_S
 MAX_TOPIC_CHARS = 256
 
 ErrorCode = Literal["bad_request", "unknown_command", "not_found", "forbidden", "expired", "busy", "internal"]
@@ -96,8 +97,12 @@ class Requester(Model):
     """Who asks: carried into every audit record."""
 
     agency: Ident = Field(description="Agency of the operator; checked against allowed_agencies")
-    operator: str = Field(
-        min_length=1, max_length=128, pattern=PRINTABLE_PATTERN, description="Operator id or name"
+    operator: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=PRINTABLE_PATTERN,
+        description="Operator id or name",
     )
     incident: str | None = Field(
         default=None, max_length=128, pattern=PRINTABLE_PATTERN, description="Incident reference"
@@ -112,7 +117,10 @@ class Request(Model):
     args: dict[str, Any] = Field(default_factory=dict, description="Arguments of the command")
     issued_at: Timestamp = Field(description="When the platform issued the request")
     ttl_s: float = Field(
-        default=30.0, gt=0.0, le=MAX_TTL_S, description="Seconds after issued_at the request stays valid"
+        default=30.0,
+        gt=0.0,
+        le=MAX_TTL_ACCEPTED_S,
+        description="Seconds after issued_at the request stays valid (at most 600 take effect)",
     )
     requester: Requester
     reply_to: Topic | None = Field(

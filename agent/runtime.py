@@ -112,10 +112,17 @@ class Agent:
     # -- setup -----------------------------------------------------------------------------
 
     def _prepare_data_dir(self) -> None:
+        """data_dir must be writable: the audit log and the outbox live there, so without it the
+        agent would hand out imagery unaudited. Stop with a clear error instead."""
+        probe = self.data_dir / ".write-test"
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
         except OSError as exc:
-            log.error("cannot create data_dir %s: %s; state will not persist", self.data_dir, exc)
+            raise AgentError(
+                f"gateway.data_dir {str(self.data_dir)!r} is not a writable directory: {exc.strerror or exc}"
+            ) from None
 
     def _ensure_detection(self, camera: str, settings: DetectionSettings) -> None:
         """Give `camera` an object stage when its settings enable detection and it has none.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -225,3 +227,27 @@ def test_mqtt_311_and_a_broker_that_comes_later(
             sub.close()
         if late is not None:
             stop_mosquitto(late)
+
+
+def test_an_unusable_data_dir_stops_with_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory", encoding="utf-8")
+    cfg = write_config(
+        tmp_path / "agent.toml",
+        district=DISTRICT,
+        gateway="gw-x",
+        port=free_port(),
+        data_dir=blocker / "data",
+        cameras=camera_block("cam-1", "synthetic:street"),
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert "gateway.data_dir" in out.stderr
+    assert str(blocker / "data") in out.stderr
+    assert "Traceback" not in out.stderr

@@ -251,3 +251,27 @@ def test_an_unusable_data_dir_stops_with_a_clear_error(tmp_path: Path) -> None:
     assert "gateway.data_dir" in out.stderr
     assert str(blocker / "data") in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_missing_tls_files_stop_with_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "ca.crt"
+    cfg = write_config(
+        tmp_path / "agent.toml",
+        district=DISTRICT,
+        gateway="gw-x",
+        port=free_port(),
+        data_dir=tmp_path / "data",
+        cameras=camera_block("cam-1", "synthetic:street"),
+        extra=f'[mqtt.tls]\nca_file = "{missing}"\n',
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert "mqtt.tls" in out.stderr
+    assert str(missing) in out.stderr
+    assert "Traceback" not in out.stderr

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig
+from agent.errors import ConfigError
 from agent.outbox import Kind
 
 log = logging.getLogger(__name__)
@@ -196,11 +198,15 @@ class MqttLink:
         if cfg.username is not None:
             self.client.username_pw_set(cfg.username, cfg.resolved_password())
         if cfg.tls is not None:
-            self.client.tls_set(
-                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-            )
+            try:
+                self.client.tls_set(
+                    ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                    certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                    keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                )
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                files = ", ".join(str(f) for f in (cfg.tls.ca_file, cfg.tls.cert_file, cfg.tls.key_file) if f)
+                raise ConfigError("mqtt.tls", [f"cannot load TLS files ({files}): {exc}"]) from None
             self.client.tls_insecure_set(cfg.tls.insecure)
         self.client.will_set(will_topic, will_payload, qos=1, retain=True)
         self.client.on_socket_open = disable_nagle

@@ -229,16 +229,16 @@ def test_mqtt_311_and_a_broker_that_comes_later(
             stop_mosquitto(late)
 
 
-def test_an_unusable_data_dir_stops_with_a_clear_error(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory", encoding="utf-8")
+def refused_start(tmp_path: Path, data_dir: Path, extra: str = "") -> str:
+    """Run an agent whose start must fail: exit code 1, no traceback; return its stderr."""
     cfg = write_config(
         tmp_path / "agent.toml",
         district=DISTRICT,
         gateway="gw-x",
         port=free_port(),
-        data_dir=blocker / "data",
+        data_dir=data_dir,
         cameras=camera_block("cam-1", "synthetic:street"),
+        extra=extra,
     )
     out = subprocess.run(
         [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
@@ -247,31 +247,21 @@ def test_an_unusable_data_dir_stops_with_a_clear_error(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert out.returncode == 1
-    assert "gateway.data_dir" in out.stderr
-    assert str(blocker / "data") in out.stderr
+    assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr
+    return out.stderr
+
+
+def test_an_unusable_data_dir_stops_with_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory", encoding="utf-8")
+    stderr = refused_start(tmp_path, blocker / "data")
+    assert "gateway.data_dir" in stderr
+    assert str(blocker / "data") in stderr
 
 
 def test_missing_tls_files_stop_with_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "ca.crt"
-    cfg = write_config(
-        tmp_path / "agent.toml",
-        district=DISTRICT,
-        gateway="gw-x",
-        port=free_port(),
-        data_dir=tmp_path / "data",
-        cameras=camera_block("cam-1", "synthetic:street"),
-        extra=f'[mqtt.tls]\nca_file = "{missing}"\n',
-    )
-    out = subprocess.run(
-        [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert out.returncode == 1
-    assert "mqtt.tls" in out.stderr
-    assert str(missing) in out.stderr
-    assert "Traceback" not in out.stderr
+    stderr = refused_start(tmp_path, tmp_path / "data", extra=f'[mqtt.tls]\nca_file = "{missing}"\n')
+    assert "mqtt.tls" in stderr
+    assert str(missing) in stderr

@@ -75,8 +75,17 @@ class Subscriber:
         self.client.loop_stop()
 
 
-def write_config(path: Path, *, district: str, gateway: str, port: int, data_dir: Path, cameras: str,
-                 extra: str = "", protocol: str = "5") -> Path:
+def write_config(
+    path: Path,
+    *,
+    district: str,
+    gateway: str,
+    port: int,
+    data_dir: Path,
+    cameras: str,
+    extra: str = "",
+    protocol: str = "5",
+) -> Path:
     path.write_text(
         f"""
 [gateway]
@@ -154,3 +163,40 @@ def wait_frames(client: PlatformClient, camera: str, timeout: float = 20.0) -> N
             time.sleep(0.2)
         else:
             return
+
+
+class GatewayRun:
+    """One `edge-agent run` on a broker, with the platform's subscriber on its topic root."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        broker_host: str,
+        broker_port: int,
+        district: str,
+        gateway: str,
+        cameras: str,
+        extra: str = "",
+    ) -> None:
+        self.root = f"cctv/v1/{district}/{gateway}"
+        self.sub = Subscriber(broker_host, broker_port, self.root + "/#")
+        cfg = write_config(
+            tmp / "agent.toml",
+            district=district,
+            gateway=gateway,
+            port=broker_port,
+            data_dir=tmp / "data",
+            cameras=cameras,
+            extra=extra,
+        )
+        self.agent = AgentProcess(cfg, tmp / "agent.log")
+
+    def statuses(self) -> list[dict[str, Any]]:
+        return [m.json() for m in self.sub.on(self.root + "/status")]
+
+    def events(self, cam: str) -> list[dict[str, Any]]:
+        return [m.json() for m in self.sub.on(f"/cam/{cam}/event")]
+
+    def close(self) -> None:
+        self.agent.close()
+        self.sub.close()

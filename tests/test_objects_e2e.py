@@ -23,7 +23,7 @@ import pytest
 from agent.detect import DEFAULT_LABELS, DetectionModel
 from agent.detect.regions import extract, plan_crops
 from tests.conftest import Broker
-from tests.harness import AgentProcess, Subscriber, write_config
+from tests.harness import GatewayRun, Subscriber, write_config
 from tests.scenes import (
     VEHICLE_LABELS,
     Mover,
@@ -56,27 +56,15 @@ def camera(cam_id: str, scene: Scene, extra: str = "") -> str:
     return f'[[cameras]]\nid = "{cam_id}"\nsource = "{source}"\nallowed_agencies = ["police"]\n{extra}\n'
 
 
-class Gateway:
+class Gateway(GatewayRun):
     """An agent subprocess on the session broker and the platform's subscriber on its root."""
 
     def __init__(self, tmp: Path, broker: Broker, gateway: str, cameras: str, extra: str = "") -> None:
-        self.root = f"cctv/v1/{DISTRICT}/{gateway}"
+        super().__init__(tmp, broker.host, broker.port, DISTRICT, gateway, cameras, extra)
         self.broker = broker
-        self.sub = Subscriber(broker.host, broker.port, self.root + "/#")
-        cfg = write_config(
-            tmp / "agent.toml",
-            district=DISTRICT,
-            gateway=gateway,
-            port=broker.port,
-            data_dir=tmp / "data",
-            cameras=cameras,
-            extra=extra,
-        )
-        self.agent = AgentProcess(cfg, tmp / "agent.log")
 
     def events(self, cam: str, kind: str | None = None) -> list[Event]:
-        found = [m.json() for m in self.sub.on(f"/cam/{cam}/event")]
-        return [e for e in found if kind is None or e["kind"] == kind]
+        return [e for e in super().events(cam) if kind is None or e["kind"] == kind]
 
     def wait_event(self, cam: str, kind: str, phase: str, timeout: float, label: str | None = None) -> bool:
         def seen(_: object) -> bool:
@@ -101,10 +89,6 @@ class Gateway:
         )
         last = [m.json() for m in self.sub.on(self.root + "/status")][-1]
         assert (last["state"], last["reason"]) == ("offline", "shutdown")
-
-    def close(self) -> None:
-        self.agent.close()
-        self.sub.close()
 
 
 GatewayFactory = Callable[..., Gateway]

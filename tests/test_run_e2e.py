@@ -12,7 +12,7 @@ import pytest
 
 from agent.capture.synthetic import write_scene_video
 from tests.conftest import Broker, free_port, start_mosquitto, stop_mosquitto
-from tests.harness import AgentProcess, Received, Subscriber, write_config
+from tests.harness import AgentProcess, GatewayRun, Received, Subscriber, write_config
 
 pytestmark = pytest.mark.broker
 
@@ -33,32 +33,11 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-class Run:
+class Run(GatewayRun):
     """One agent against the session broker, with a subscriber on its topic root."""
 
-    def __init__(self, tmp: Path, broker: Broker, gateway: str, cameras: str, **kw: str) -> None:
-        self.root = f"cctv/v1/{DISTRICT}/{gateway}"
-        self.sub = Subscriber(broker.host, broker.port, self.root + "/#")
-        cfg = write_config(
-            tmp / "agent.toml",
-            district=DISTRICT,
-            gateway=gateway,
-            port=broker.port,
-            data_dir=tmp / "data",
-            cameras=cameras,
-            **kw,
-        )
-        self.agent = AgentProcess(cfg, tmp / "agent.log")
-
-    def statuses(self) -> list[dict[str, object]]:
-        return [m.json() for m in self.sub.on(self.root + "/status")]
-
-    def events(self, cam: str) -> list[dict[str, object]]:
-        return [m.json() for m in self.sub.on(f"/cam/{cam}/event")]
-
-    def close(self) -> None:
-        self.agent.close()
-        self.sub.close()
+    def __init__(self, tmp: Path, broker: Broker, gateway: str, cameras: str) -> None:
+        super().__init__(tmp, broker.host, broker.port, DISTRICT, gateway, cameras)
 
 
 RunFactory = Callable[[str], Run]

@@ -12,12 +12,13 @@ Delivery cycle, as the MQTT link drives it::
     outbox.mark_inflight([m.id for m in batch])    # mark BEFORE publishing, so an ack finds it
     for m in batch: client.publish(...)            # remember mid -> m.id
     on PUBACK: outbox.ack(id)                      # deleted for good
-    on disconnect: outbox.requeue_inflight()       # resent, in the same order, after reconnect
+    at start: outbox.requeue_inflight()            # a previous process's unacknowledged rows
 
-paho may run on_publish (network thread) before `publish` returns its mid to the caller, so the
-mid -> id map needs a small lock and an "acked early" set; never hold that lock while calling
-paho, whose network thread holds paho's own locks while it runs callbacks (tests/test_outbox.py
-and bench/outbox_bench.py have a `Pump` doing it right). bench/outbox_bench.py: a window of 100
+Within one process the link does not requeue on a disconnect: paho keeps every QoS 1 message it
+accepted and resends it, under the same mid, after the reconnect. paho may run on_publish
+(network thread) before `publish` returns its mid, and holds its own locks while it runs
+callbacks, so agent.mqtt.link only queues acknowledged mids there and its pump thread, the sole
+owner of the mid -> id map, applies them. bench/outbox_bench.py: a window of 100
 replays > 3,000 msg/s on loopback while live QoS 0 messages on the same connection wait ~20 ms.
 
 In-flight state lives in memory only: after a restart everything stored is unsent again, which

@@ -172,8 +172,6 @@ class Agent:
         except (OSError, ValueError) as exc:
             log.error("clips disabled: cannot use %s: %s", self.data_dir / "clips", exc)
             return None, None, None
-        for path in store.discarded_files():
-            log.warning("clip store set aside a damaged file: %s", path)
         storage = self.cfg.storage
         retention = Retention(store, storage.clips_quota_bytes, storage.min_free_bytes)
         recorder = ClipRecorder(store, self.buffers, self._clip_settings, retention=retention)

@@ -415,6 +415,7 @@ class Agent:
                 "fps": round(w.stats.fps, 2),
                 "frames": w.stats.frames,
                 "dropped_frames": w.stats.dropped,
+                "skipped_frames": w.stats.skipped,
                 "reconnects": w.stats.reconnects,
             }
             for w in self.cameras.values()

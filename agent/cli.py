@@ -75,7 +75,7 @@ def _load(path: str | None) -> AgentConfig:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from agent.detect.files import detector_problems
+    from agent.analysis.objects.files import detector_problems
 
     try:
         cfg = load_config(args.file)
@@ -92,14 +92,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.runtime import Agent
+    from agent.runtime.agent import Agent
 
     cfg = _load(args.config)
     return Agent(cfg).run()
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from agent.replay import replay
+    from agent.analysis.replay import replay
 
     video = Path(args.video)
     camera = CameraConfig(id="replay", source=f"file://{video.resolve()}")
@@ -126,7 +126,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from agent.schema import all_schemas, render_markdown
+    from agent.contract.schema import all_schemas, render_markdown
 
     if args.markdown:
         print(render_markdown())
@@ -136,7 +136,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from agent.audit import verify
+    from agent.commands.audit import verify
 
     path = Path(args.path)
     if path.is_dir() or args.config:
@@ -155,7 +155,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from agent.watch import watch
+    from agent.sdk.watch import watch
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -168,7 +168,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start a private Mosquitto, run the agent on the built-in default and print what arrives."""
-    from agent.watch import watch
+    from agent.sdk.watch import watch
 
     exe = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, default=0.0, help="stop after this long (default: Ctrl-C)")
     s.set_defaults(func=cmd_demo)
 
-    from agent.ctl import add_ctl_parser
+    from agent.sdk.ctl import add_ctl_parser
 
     add_ctl_parser(sub)
     return p

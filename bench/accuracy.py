@@ -26,13 +26,13 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from agent.analysis.motion import MotionResult, Region
+from agent.analysis.pipeline import CameraPipeline
+from agent.analysis.replay import EPOCH, replay
 from agent.capture.source import Image
 from agent.capture.synthetic import write_scene_video
 from agent.clock import parse_iso
 from agent.config import CameraConfig, MotionSettings
-from agent.motion import MotionResult, Region
-from agent.pipeline import CameraPipeline
-from agent.replay import EPOCH, replay
 
 # (kind, seconds, seeds): 19 minutes of video in all.
 SCENES: list[tuple[str, float, tuple[int, ...]]] = [

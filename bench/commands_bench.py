@@ -1,4 +1,4 @@
-"""Command path speed: `edge-agent run` and a private Mosquitto on loopback, driven by agent.client.
+"""Command path speed: `edge-agent run` and a private Mosquitto on loopback, driven by agent.sdk.client.
 
 Measures what an operator feels:
 - ping round trip (request published -> reply received), p50/p99 over --pings;
@@ -33,7 +33,7 @@ import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.client import CommandFailed, NoReply, PlatformClient
+from agent.sdk.client import CommandFailed, NoReply, PlatformClient
 from tests.conftest import start_mosquitto, stop_mosquitto
 
 CAMERA = "synthetic:street?fps=20&width=1280&height=720&seed=4"

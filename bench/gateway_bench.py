@@ -57,13 +57,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.camera import CameraWorker
+from agent.analysis.pipeline import CameraPipeline
 from agent.capture.opencv import OpenCVSource
 from agent.capture.source import Frame, FrameSource
 from agent.capture.synthetic import write_scene_video
 from agent.config import CameraConfig
-from agent.pipeline import CameraPipeline
-from agent.prebuffer import PreEventBuffer
+from agent.footage.prebuffer import PreEventBuffer
+from agent.runtime.camera import CameraWorker
 from tests.conftest import Broker, start_mosquitto, stop_mosquitto
 
 DISTRICT = "bench"

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import cv2
 
+from agent.analysis.motion import MotionDetector
+from agent.analysis.replay import replay
 from agent.capture.synthetic import Scene, SceneOptions, write_scene_video
 from agent.config import CameraConfig, MotionSettings
-from agent.motion import MotionDetector
-from agent.replay import replay
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import ReferenceDetector, table

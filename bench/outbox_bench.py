@@ -26,7 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.outbox import Outbox
+from agent.mqtt.outbox import Outbox
 from tests.conftest import start_mosquitto, stop_mosquitto
 
 EVENT = {

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.capture.cadence import FrameDemand
 from agent.capture.source import Frame
 from agent.capture.synthetic import write_scene_video
-from agent.prebuffer import PreEventBuffer
+from agent.footage.prebuffer import PreEventBuffer
 
 if TYPE_CHECKING:
     import av
@@ -117,7 +117,7 @@ def jpeg_buffer(path: Path, use_skip: bool) -> tuple[float, int, PreEventBuffer]
 
 
 def jpeg_clip(buffer: PreEventBuffer, work: Path) -> tuple[float, int]:
-    """Today's clip: decode the buffered JPEGs and encode them with libx264 (as agent.clips does)."""
+    """Today's clip: decode the buffered JPEGs and encode them with libx264 (as agent.footage.store does)."""
     frames = buffer.frames_between(float("-inf"), float("inf"))
     first = frames[0].decode()
     h, w = first.shape[:2]

@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.client import CommandFailed, NoReply, PlatformClient
+from agent.sdk.client import CommandFailed, NoReply, PlatformClient
 
 
 @dataclass

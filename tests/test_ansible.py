@@ -701,8 +701,8 @@ def test_diagnostics_collects_outbox_depth_and_audit_verdict(converged: Converge
     assert converged.first.rc == 0
     seed = (
         "from pathlib import Path\n"
-        "from agent.audit import AuditLog\n"
-        "from agent.outbox import Outbox\n"
+        "from agent.commands.audit import AuditLog\n"
+        "from agent.mqtt.outbox import Outbox\n"
         "log = AuditLog.in_data_dir('/var/lib/edge-agent')\n"
         "for n in range(3):\n"
         "    log.append({'id': f'c{n}', 'cmd': 'snapshot', 'camera': 'cam-1', 'outcome': 'ok'})\n"

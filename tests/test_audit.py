@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agent.audit import GENESIS, AuditLog, record_hash, verify
+from agent.commands.audit import GENESIS, AuditLog, record_hash, verify
 from agent.commands.models import AuditRecord
 
 

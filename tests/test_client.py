@@ -1,4 +1,4 @@
-"""The platform client (agent.client) and the ctl helpers, against the real dispatcher on a real broker.
+"""The platform client (agent.sdk.client) and the ctl helpers, against the real dispatcher on a real broker.
 
 The responder here is the agent's own command stack (Dispatcher, StreamManager, the real clip
 store) over the in-process `FakeGateway` of test_commands_gateway, wired to the session broker
@@ -25,13 +25,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.audit import AuditLog
-from agent.client import ClientError, CommandFailed, ConnectFailed, NoReply, PlatformClient
 from agent.clock import iso, parse_iso
 from agent.commands import COMMANDS, CommandSpec, Dispatcher, StreamManager
+from agent.commands.audit import AuditLog
 from agent.commands.models import NoArgs
 from agent.config import parse_config
-from agent.ctl import UsageError, parse_assignments, parse_time
+from agent.sdk.client import ClientError, CommandFailed, ConnectFailed, NoReply, PlatformClient
+from agent.sdk.ctl import UsageError, parse_assignments, parse_time
 from tests.conftest import Broker, free_port, start_mosquitto, stop_mosquitto
 from tests.test_commands_gateway import T0, ClipsAdapter, FakeGateway, base_config
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from agent.capture.source import Frame
-from agent.clips import ClipError, ClipStore
-from agent.prebuffer import BufferedFrame, PreEventBuffer
+from agent.footage.prebuffer import BufferedFrame, PreEventBuffer
+from agent.footage.store import ClipError, ClipStore
 
 T0 = time.time() - 3600.0
 MASK = [[(0.0, 0.0), (0.4, 0.0), (0.4, 0.5), (0.0, 0.5)]]  # top-left block
@@ -248,7 +248,7 @@ def test_startup_scan_sets_aside_what_does_not_add_up(
     (root / "holds.json").write_text("not json")
     (root / "README.txt").write_text("left alone")
 
-    with caplog.at_level(logging.WARNING, logger="agent.clips"):
+    with caplog.at_level(logging.WARNING, logger="agent.footage.store"):
         reopened = ClipStore(root)
     assert [c.clip_id for c in reopened.clips()] == [good.clip_id]
     reasons = " | ".join(d.reason for d in reopened.discarded)

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from agent.audit import AuditLog, verify
 from agent.capture.source import Frame
 from agent.clock import iso
+from agent.commands.audit import AuditLog, verify
 from agent.commands.dispatcher import Dispatcher
 from agent.commands.streams import StreamLimits, StreamManager
 from agent.config import parse_config

@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.client import CommandFailed, NoReply, PlatformClient
 from agent.clock import iso, parse_iso
+from agent.sdk.client import CommandFailed, NoReply, PlatformClient
 from tests.conftest import Broker
 from tests.harness import AgentProcess, Received, Subscriber, wait_answering, wait_frames, write_config
 

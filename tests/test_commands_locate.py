@@ -1,7 +1,7 @@
 """locate: cameras whose view covers a point, nearest first, only those the agency may see.
 
 Expected distances and bearings were computed independently with GeographicLib (Karney's
-algorithm, WGS84), not with agent.geo.
+algorithm, WGS84), not with agent.commands.geo.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from agent.audit import AuditLog
 from agent.clock import iso
+from agent.commands.audit import AuditLog
 from agent.commands.dispatcher import Dispatcher
 from agent.config import parse_config
 from tests.test_commands_dispatcher import NOW, RESP, ROOT, req

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from agent.commands.handlers import COMMANDS
 from agent.commands.models import COMMAND_MODELS, ERROR_CODES, StreamStartArgs
-from agent.schema import all_schemas, render_markdown
+from agent.contract.schema import all_schemas, render_markdown
 
 CONTRACT_COMMANDS = [
     "ping",

@@ -11,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from agent.audit import AuditLog
 from agent.clock import iso
+from agent.commands.audit import AuditLog
 from agent.commands.dispatcher import Dispatcher
 from tests.test_commands_dispatcher import NOW, RESP, ROOT, req
 from tests.test_commands_gateway import T0, FakeGateway, bikes_images, make_gateway

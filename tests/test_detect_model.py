@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 import skimage.data
 
-from agent.capture.source import Image
-from agent.config import parse_config
-from agent.detect import DEFAULT_LABELS, DEFAULT_MODEL, DetectionModel, build_detection_service, load_labels
-from agent.detect.interpreter import interpreter_class
-from agent.detect.model import (
+from agent.analysis.objects import (
+    DEFAULT_LABELS,
+    DEFAULT_MODEL,
+    DetectionModel,
+    build_detection_service,
+    load_labels,
+)
+from agent.analysis.objects.interpreter import interpreter_class
+from agent.analysis.objects.model import (
     Quant,
     decode_ssd,
     decode_yolo,
@@ -22,6 +26,8 @@ from agent.detect.model import (
     ssd_roles,
     yolo_geometry,
 )
+from agent.capture.source import Image
+from agent.config import parse_config
 from agent.errors import AgentError, DetectorUnavailableError, ModelError
 
 # Where the astronaut is in skimage's 512x512 `astronaut` photo, judged by eye: from her left

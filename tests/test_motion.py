@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.analysis.motion import MotionDetector, MotionResult
+from agent.analysis.replay import replay
 from agent.capture.synthetic import Scene, SceneOptions, write_scene_video
 from agent.config import CameraConfig, MotionSettings
-from agent.motion import MotionDetector, MotionResult
-from agent.replay import replay
 
 
 def _run(

@@ -7,11 +7,11 @@ import uuid
 import numpy as np
 import pytest
 
+from agent.analysis.events import EventPhase
+from agent.analysis.motion import MotionResult
+from agent.analysis.motion_events import MotionEventTracker
 from agent.clock import parse_iso
 from agent.config import MotionSettings
-from agent.events import EventPhase
-from agent.motion import MotionResult
-from agent.motion_events import MotionEventTracker
 
 MOVING = MotionResult(motion=True, regions=[(0.1, 0.2, 0.3, 0.4)], score=0.5)
 STILL = MotionResult(motion=False)

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.detect import DEFAULT_LABELS, DetectionModel
-from agent.detect.regions import extract, plan_crops
+from agent.analysis.objects import DEFAULT_LABELS, DetectionModel
+from agent.analysis.objects.regions import extract, plan_crops
 from tests.conftest import Broker
 from tests.harness import GatewayRun, Subscriber, write_config
 from tests.scenes import (

@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.outbox import Outbox, OutboxMessage
+from agent.mqtt.outbox import Outbox, OutboxMessage
 from tests.conftest import Broker
 
 
@@ -197,7 +197,7 @@ def test_unusable_file_is_moved_aside(
 ) -> None:
     path = tmp_path / "outbox.db"
     spoil(path)  # type: ignore[operator]
-    with caplog.at_level(logging.WARNING, logger="agent.outbox"):
+    with caplog.at_level(logging.WARNING, logger="agent.mqtt.outbox"):
         box = Outbox(path, 100, 1 << 20)
     assert box.discarded is not None
     assert box.discarded.moved_to.name.startswith("outbox.db.corrupt-")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from agent.capture.source import Frame
-from agent.prebuffer import PreEventBuffer
+from agent.footage.prebuffer import PreEventBuffer
 
 T0 = 1_800_000_000.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.privacy import apply_privacy_masks, privacy_keep_mask
+from agent.footage.privacy import apply_privacy_masks, privacy_keep_mask
 
 LEFT_HALF = [[(0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.0, 1.0)]]
 

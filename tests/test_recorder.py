@@ -10,15 +10,15 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.analysis.events import EventPhase
 from agent.capture.source import Frame
-from agent.clips import ClipError, ClipStore
 from agent.clock import iso
 from agent.config import CameraConfig
-from agent.events import EventPhase
-from agent.messages import Event
-from agent.prebuffer import PreEventBuffer
-from agent.recorder import ClipRecorder, ClipSettings
-from agent.retention import Retention
+from agent.contract.messages import Event
+from agent.footage.prebuffer import PreEventBuffer
+from agent.footage.recorder import ClipRecorder, ClipSettings
+from agent.footage.retention import Retention
+from agent.footage.store import ClipError, ClipStore
 
 FPS = 10.0
 MASK = ((0.0, 0.0), (0.4, 0.0), (0.4, 0.5), (0.0, 0.5))

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from agent.analysis.pipeline import CameraPipeline
+from agent.analysis.replay import EPOCH, replay
 from agent.capture.source import Frame
 from agent.capture.synthetic import Scene, SceneOptions, write_scene_video
 from agent.clock import parse_iso
 from agent.config import CameraConfig, MotionSettings
+from agent.contract.messages import Event
 from agent.errors import SourceError
-from agent.messages import Event
-from agent.pipeline import CameraPipeline
-from agent.replay import EPOCH, replay
 
 
 @pytest.fixture(scope="module")

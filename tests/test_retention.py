@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from agent.capture.source import Frame
-from agent.clips import ClipInfo, ClipStore
-from agent.prebuffer import PreEventBuffer
-from agent.retention import Retention
+from agent.footage.prebuffer import PreEventBuffer
+from agent.footage.retention import Retention
+from agent.footage.store import ClipInfo, ClipStore
 
 T0 = time.time() - 7200.0
 

@@ -16,17 +16,17 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.camera import CameraWorker
+from agent.analysis.events import EventPhase
+from agent.analysis.pipeline import CameraPipeline
 from agent.capture.cadence import Cadence, FrameDemand
 from agent.capture.opencv import OpenCVSource
 from agent.capture.source import Frame, FrameSource
 from agent.capture.synthetic import write_scene_video
-from agent.client import PlatformClient
 from agent.config import CameraConfig, parse_config
+from agent.contract.messages import CameraStatus
 from agent.errors import ConfigError
-from agent.events import EventPhase
-from agent.messages import CameraStatus
-from agent.pipeline import CameraPipeline
+from agent.runtime.camera import CameraWorker
+from agent.sdk.client import PlatformClient
 from tests.conftest import Broker
 from tests.harness import AgentProcess, Subscriber, wait_answering, wait_frames, write_config
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from agent.client import ConnectFailed, PlatformClient
 from agent.config import TlsConfig
+from agent.sdk.client import ConnectFailed, PlatformClient
 from tests.conftest import Broker, start_mosquitto, stop_mosquitto
 from tests.harness import AgentProcess, wait_answering, write_config
 

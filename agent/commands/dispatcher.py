@@ -35,16 +35,16 @@ from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
 
-from agent.audit import AuditLog
 from agent.clock import iso, parse_iso
 from agent.commands import models as m
+from agent.commands.audit import AuditLog
 from agent.commands.gateway import Gateway
 from agent.commands.handlers import COMMANDS, CommandContext, CommandSpec
+from agent.commands.idempotency import IdempotencyCache
 from agent.commands.models import CommandError, ErrorCode
 from agent.commands.streams import StreamManager
 from agent.config import format_errors
 from agent.errors import AgentError, ConfigError
-from agent.idempotency import IdempotencyCache
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def valid_reply_topic(topic: object) -> str | None:
 
 
 def _error_code(exc: Exception) -> ErrorCode | None:
-    """The protocol code an AgentError carries in `.code` (CommandError, agent.clips.ClipError)."""
+    """The protocol code an AgentError carries in `.code` (CommandError, agent.footage.store.ClipError)."""
     if not isinstance(exc, AgentError):
         return None
     code = getattr(exc, "code", None)

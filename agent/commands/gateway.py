@@ -12,11 +12,11 @@ from typing import Any, Protocol
 
 from agent.capture.source import Frame
 from agent.config import AgentConfig
-from agent.messages import CameraStatus
+from agent.contract.messages import CameraStatus
 
 
 class ClipSummary(Protocol):
-    """What the clip commands report about a stored clip (agent.clips.ClipInfo fits)."""
+    """What the clip commands report about a stored clip (agent.footage.store.ClipInfo fits)."""
 
     @property
     def clip_id(self) -> str: ...
@@ -31,18 +31,18 @@ class ClipSummary(Protocol):
 
 
 class HoldSummary(Protocol):
-    """What clip.hold reports (agent.clips.HoldResult fits)."""
+    """What clip.hold reports (agent.footage.store.HoldResult fits)."""
 
     @property
     def clip_ids(self) -> tuple[str, ...]: ...
 
 
 class ClipStore(Protocol):
-    """The clip store as the clip.* commands use it; agent.clips.ClipStore fits all but `export`,
+    """The clip store as the clip.* commands use it; agent.footage.store.ClipStore fits all but `export`,
     for which the runtime binds the camera's buffered frames and privacy masks.
 
     Failures the platform should see are raised as an `AgentError` carrying a protocol error
-    code in `.code` (agent.clips.ClipError, or CommandError): the dispatcher answers with it.
+    code in `.code` (agent.footage.store.ClipError, or CommandError): the dispatcher answers with it.
     """
 
     def export(self, camera: str, start: float, end: float) -> ClipSummary:

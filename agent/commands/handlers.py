@@ -19,10 +19,10 @@ from agent.capture.source import Frame
 from agent.clock import iso, parse_iso
 from agent.commands import models as m
 from agent.commands.gateway import ClipStore, Gateway
+from agent.commands.geo import covers
 from agent.commands.models import CommandError
 from agent.commands.streams import StreamManager, encode_outgoing
 from agent.config import CameraConfig
-from agent.geo import covers
 
 SNAPSHOT_QUALITY = 85
 DEFAULT_CHUNK_BYTES = 256 * 1024

@@ -32,7 +32,7 @@ from agent.capture.source import Frame, Image
 from agent.clock import iso
 from agent.commands.gateway import Gateway
 from agent.commands.models import CommandError
-from agent.privacy import PolygonLike, apply_privacy_masks
+from agent.footage.privacy import PolygonLike, apply_privacy_masks
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig
 from agent.errors import ConfigError
-from agent.outbox import Kind
+from agent.mqtt.outbox import Kind
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class OutMessage:
 
 
 class OutboxLike(Protocol):
-    """What the link needs of an outbox (agent.outbox.Outbox on disk, MemoryOutbox as fallback)."""
+    """What the link needs of an outbox (agent.mqtt.outbox.Outbox on disk, MemoryOutbox as fallback)."""
 
     def put(
         self,

@@ -1,7 +1,7 @@
 """Print one JSON object describing a gateway's on-disk state, for diagnostics.yml.
 
 Run with the installed release's interpreter so that the audit chain is checked by the agent's
-own `agent.audit.verify`, the same code that wrote it. The outbox is found by its schema (a
+own `agent.commands.audit.verify`, the same code that wrote it. The outbox is found by its schema (a
 SQLite file with a `messages` table) rather than by name, and opened read-only, so the report
 works across releases and never changes what it inspects.
 """
@@ -60,9 +60,12 @@ def audit_check(data_dir: Path) -> dict[str, Any]:
     if not log_file.exists():
         return {"file": str(log_file), "present": False}
     try:
-        from agent.audit import verify  # noqa: PLC0415 - an older release may not have it
-    except ImportError as exc:
-        return {"file": str(log_file), "present": True, "error": f"this release cannot verify: {exc}"}
+        from agent.commands.audit import verify  # noqa: PLC0415 - releases since the package split
+    except ImportError:
+        try:
+            from agent.audit import verify  # type: ignore[no-redef]  # noqa: PLC0415 - older releases
+        except ImportError as exc:
+            return {"file": str(log_file), "present": True, "error": f"this release cannot verify: {exc}"}
     result = verify(log_file)
     return {
         "file": str(log_file),

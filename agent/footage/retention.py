@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.clips import ClipStore
+from agent.footage.store import ClipStore
 
 __all__ = ["Retention", "RetentionReport"]
 

@@ -17,11 +17,11 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from agent.analysis.objects.interpreter import BACKENDS, Interpreter, TensorDetails, make_interpreter
 from agent.capture.source import Image
-from agent.detect.interpreter import BACKENDS, Interpreter, TensorDetails, make_interpreter
 from agent.errors import ModelError
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODELS_DIR = Path(__file__).resolve().parent / "vendored"
 DEFAULT_MODEL = MODELS_DIR / "ssd_mobilenet_v1_coco_quant.tflite"
 DEFAULT_LABELS = MODELS_DIR / "coco_labels.txt"
 

@@ -20,31 +20,31 @@ import cv2
 import paho.mqtt.client as mqtt
 
 from agent import __version__
-from agent.audit import AuditLog
-from agent.camera import CameraWorker
+from agent.analysis.events import EventPhase
+from agent.analysis.objects.service import DetectionService, load_detection_service
+from agent.analysis.objects.stage import ObjectStage
 from agent.capture.source import Frame
-from agent.clips import ClipStore as ClipFiles
 from agent.clock import iso
+from agent.commands.audit import AuditLog
 from agent.commands.dispatcher import DEFAULT_MAX_PAYLOAD, Dispatcher, reply_error, valid_reply_topic
 from agent.commands.gateway import ClipStore
 from agent.commands.streams import StreamLimits, StreamManager
 from agent.config import AgentConfig, DetectionSettings
-from agent.detect.service import DetectionService, load_detection_service
-from agent.detect.stage import ObjectStage
+from agent.config.settings import RuntimeSettings, SettingsStore
+from agent.contract.messages import CameraStatus, GatewayStatus
 from agent.errors import AgentError
-from agent.events import EventPhase
-from agent.footage import Footage
-from agent.messages import CameraStatus, GatewayStatus
+from agent.footage.access import Footage
+from agent.footage.prebuffer import PreEventBuffer
+from agent.footage.privacy import apply_privacy_masks
+from agent.footage.recorder import ClipRecorder, ClipSettings
+from agent.footage.retention import Retention
+from agent.footage.store import ClipStore as ClipFiles
 from agent.mqtt import MemoryOutbox, MqttLink, OutboxLike, Topics
-from agent.open_events import OpenEvents
-from agent.outbox import Kind, Outbox
-from agent.prebuffer import PreEventBuffer
-from agent.privacy import apply_privacy_masks
-from agent.recorder import ClipRecorder, ClipSettings
-from agent.retention import Retention
-from agent.settings import RuntimeSettings, SettingsStore
-from agent.systemd import notify, watchdog_interval_s
-from agent.telemetry import GatewayHealth
+from agent.mqtt.outbox import Kind, Outbox
+from agent.runtime.camera import CameraWorker
+from agent.runtime.health import GatewayHealth
+from agent.runtime.open_events import OpenEvents
+from agent.runtime.systemd import notify, watchdog_interval_s
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ both. The ring is bounded by time (`seconds`) and by bytes (`max_bytes`): when t
 first the buffer covers less than `seconds`, which `stats().evicted_for_bytes` makes visible.
 
 Frames are kept as captured, without privacy masks: nothing leaves the gateway from here directly,
-and every consumer (clips, snapshots) decodes, masks with `agent.privacy`, then encodes.
+and every consumer (clips, snapshots) decodes, masks with `agent.footage.privacy`, then encodes.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from agent.commands import models as m
 from agent.config import GeoConfig
-from agent.messages import CameraStatus, Event, GatewayStatus
+from agent.contract.messages import CameraStatus, Event, GatewayStatus
 
 _ENVELOPES: dict[str, type[BaseModel]] = {
     "request": m.Request,

@@ -28,11 +28,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from agent.analysis.events import EventPhase
 from agent.capture.source import Frame, Image
 from agent.clock import iso
 from agent.config import DetectionSettings
-from agent.events import EventPhase
-from agent.messages import DetectedObject, Event
+from agent.contract.messages import DetectedObject, Event
 
 NormBox = tuple[float, float, float, float]  # x, y, w, h normalised
 Phase = Literal["start", "update", "end"]

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent.analysis.events import EventPhase
+from agent.analysis.motion import MotionDetector, MotionResult
+from agent.analysis.motion_events import MotionEventTracker
 from agent.capture.source import Frame, Image
 from agent.config import CameraConfig, MotionSettings
-from agent.events import EventPhase
-from agent.motion import MotionDetector, MotionResult
-from agent.motion_events import MotionEventTracker
 
 
 @dataclass(slots=True)

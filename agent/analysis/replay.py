@@ -15,11 +15,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agent.analysis.events import EventPhase
+from agent.analysis.pipeline import CameraPipeline
 from agent.capture.source import Frame, Image
 from agent.config import CameraConfig, DetectorConfig
 from agent.errors import SourceError
-from agent.events import EventPhase
-from agent.pipeline import CameraPipeline
 
 EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: wall clock of a replayed video's first frame
 _DEFAULT_FPS = 10.0
@@ -69,8 +69,8 @@ def replay(
     if pipeline is None:
         pipeline = CameraPipeline(camera)
         if camera.detection.enabled:
-            from agent.detect.service import load_detection_service
-            from agent.detect.stage import ObjectStage
+            from agent.analysis.objects.service import load_detection_service
+            from agent.analysis.objects.stage import ObjectStage
 
             service = load_detection_service(detector)
             pipeline.add_stage(ObjectStage(camera.id, camera.detection, service, synchronous=True))

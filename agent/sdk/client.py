@@ -69,7 +69,7 @@ class _QuietClose(logging.Filter):
         return not str(record.msg).startswith("Client is not connected")
 
 
-_paho_log = logging.getLogger("agent.client.paho")
+_paho_log = logging.getLogger("agent.sdk.client.paho")
 _paho_log.addFilter(_QuietClose())
 
 DEFAULT_CHUNK_BYTES = 256 * 1024

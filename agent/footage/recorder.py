@@ -29,13 +29,13 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from agent.clips import ClipError, ClipStore
+from agent.analysis.events import EventPhase
 from agent.clock import parse_iso
 from agent.config import CameraConfig
-from agent.events import EventPhase
-from agent.prebuffer import BufferedFrame, PreEventBuffer
-from agent.privacy import PolygonLike
-from agent.retention import Retention
+from agent.footage.prebuffer import BufferedFrame, PreEventBuffer
+from agent.footage.privacy import PolygonLike
+from agent.footage.retention import Retention
+from agent.footage.store import ClipError, ClipStore
 
 __all__ = ["ClipRecorder", "ClipSettings", "RecorderStats"]
 

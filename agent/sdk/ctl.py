@@ -26,10 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from agent.client import ClientError, CommandFailed, ConnectFailed, NoReply, PlatformClient
 from agent.clock import iso, parse_iso
 from agent.config import TlsConfig, load_config
 from agent.errors import ConfigError
+from agent.sdk.client import ClientError, CommandFailed, ConnectFailed, NoReply, PlatformClient
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
 PASSWORD_ENV = "EDGE_CTL_PASSWORD"  # noqa: S105 - the variable's name, not a secret

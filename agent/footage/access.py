@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping
 
-from agent.clips import ClipError, ClipInfo, ClipStore, HoldResult
 from agent.config import AgentConfig
-from agent.prebuffer import PreEventBuffer
+from agent.footage.prebuffer import PreEventBuffer
+from agent.footage.store import ClipError, ClipInfo, ClipStore, HoldResult
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import contextlib
 import queue
 
+from agent.analysis.events import EventPhase
+from agent.analysis.objects.service import DetectionResult, DetectionService
+from agent.analysis.objects.tracker import ObjectTracker
+from agent.analysis.pipeline import FrameContext
 from agent.config import DetectionSettings
-from agent.detect.service import DetectionResult, DetectionService
-from agent.detect.tracker import ObjectTracker
-from agent.events import EventPhase
-from agent.pipeline import FrameContext
 
 
 class ObjectStage:
-    """One camera's detection stage (see `agent.pipeline.Stage`)."""
+    """One camera's detection stage (see `agent.analysis.pipeline.Stage`)."""
 
     def __init__(
         self,

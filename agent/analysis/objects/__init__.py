@@ -6,17 +6,17 @@ worker thread, `tracker` turns detections into `object` events and `stage` plugs
 camera pipeline.
 """
 
-from agent.detect.interpreter import BACKENDS, interpreter_class, make_interpreter
-from agent.detect.model import DEFAULT_LABELS, DEFAULT_MODEL, Detection, DetectionModel, load_labels
-from agent.detect.regions import Crop, extract, plan_crops
-from agent.detect.service import (
+from agent.analysis.objects.interpreter import BACKENDS, interpreter_class, make_interpreter
+from agent.analysis.objects.model import DEFAULT_LABELS, DEFAULT_MODEL, Detection, DetectionModel, load_labels
+from agent.analysis.objects.regions import Crop, extract, plan_crops
+from agent.analysis.objects.service import (
     DetectionResult,
     DetectionService,
     DetectionStats,
     build_detection_service,
 )
-from agent.detect.stage import ObjectStage
-from agent.detect.tracker import ObjectTracker
+from agent.analysis.objects.stage import ObjectStage
+from agent.analysis.objects.tracker import ObjectTracker
 
 __all__ = [
     "BACKENDS",

@@ -47,7 +47,7 @@ from agent.capture.source import Image
 from agent.clock import iso, parse_iso
 from agent.config import ID_PATTERN
 from agent.errors import AgentError
-from agent.privacy import PolygonLike, apply_privacy_masks
+from agent.footage.privacy import PolygonLike, apply_privacy_masks
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",

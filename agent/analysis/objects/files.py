@@ -7,9 +7,9 @@ model does not know must fail there, not later as "object detection disabled" at
 
 from __future__ import annotations
 
+from agent.analysis.objects.interpreter import check_model_file
+from agent.analysis.objects.model import DEFAULT_LABELS, DEFAULT_MODEL, load_labels
 from agent.config import AgentConfig, DetectorConfig
-from agent.detect.interpreter import check_model_file
-from agent.detect.model import DEFAULT_LABELS, DEFAULT_MODEL, load_labels
 from agent.errors import ModelError
 
 

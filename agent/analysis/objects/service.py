@@ -22,13 +22,13 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from agent.analysis.objects.interpreter import BACKENDS
+from agent.analysis.objects.model import DetectionModel
+from agent.analysis.objects.regions import Crop, NormBox, extract, plan_crops
 from agent.capture.source import Frame, Image
 from agent.config import AgentConfig, DetectionSettings, DetectorConfig
-from agent.detect.interpreter import BACKENDS
-from agent.detect.model import DetectionModel
-from agent.detect.regions import Crop, NormBox, extract, plan_crops
+from agent.contract.messages import DetectedObject
 from agent.errors import ConfigError
-from agent.messages import DetectedObject
 
 log = logging.getLogger(__name__)
 

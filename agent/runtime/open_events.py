@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from agent.clock import iso
-from agent.messages import Event
+from agent.contract.messages import Event
 
 log = logging.getLogger(__name__)
 

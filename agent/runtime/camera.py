@@ -28,14 +28,14 @@ from typing import Literal
 
 from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
 
+from agent.analysis.events import EventPhase
+from agent.analysis.pipeline import CameraPipeline
 from agent.capture.cadence import KEEP_ALL, FrameDemand
 from agent.capture.source import Frame, FrameSource, open_source
 from agent.clock import iso
 from agent.config import CameraConfig, MotionSettings
+from agent.contract.messages import CameraStatus
 from agent.errors import SourceError
-from agent.events import EventPhase
-from agent.messages import CameraStatus
-from agent.pipeline import CameraPipeline
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from typing import Literal
 
 import numpy as np
 
+from agent.analysis.events import EventPhase
+from agent.analysis.motion import MotionResult, Region
 from agent.capture.source import Image
 from agent.clock import iso
 from agent.config import MotionSettings
-from agent.events import EventPhase
-from agent.messages import Event
-from agent.motion import MotionResult, Region
+from agent.contract.messages import Event
 
 Phase = Literal["start", "update", "end"]
 _EPS = 1e-6  # seconds; frame times like 0.1 * 3 must count as 0.3

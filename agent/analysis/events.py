@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.capture.source import Image
-from agent.messages import Event
+from agent.contract.messages import Event
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,52 @@
+"""Configuration: the TOML file's typed, strict models, and the runtime overrides on top of them.
+
+`models.py` holds the file's models (every section `extra="forbid"`, errors naming the key path)
+and is re-exported here; `settings.py` holds what `config.get` reports and `config.set` may change,
+persisted under data_dir. Nothing here starts threads or touches the network.
+"""
+
+from agent.config.models import (
+    DEFAULT_OBJECT_LABELS,
+    ID_PATTERN,
+    AgentConfig,
+    BufferSettings,
+    CameraConfig,
+    ClipsSettings,
+    DetectionSettings,
+    DetectorConfig,
+    GatewayConfig,
+    GeoConfig,
+    MotionSettings,
+    MqttConfig,
+    Polygon,
+    StorageConfig,
+    StreamSettings,
+    Strict,
+    TlsConfig,
+    format_errors,
+    load_config,
+    parse_config,
+)
+
+__all__ = [
+    "DEFAULT_OBJECT_LABELS",
+    "ID_PATTERN",
+    "AgentConfig",
+    "BufferSettings",
+    "CameraConfig",
+    "ClipsSettings",
+    "DetectionSettings",
+    "DetectorConfig",
+    "GatewayConfig",
+    "GeoConfig",
+    "MotionSettings",
+    "MqttConfig",
+    "Polygon",
+    "StorageConfig",
+    "StreamSettings",
+    "Strict",
+    "TlsConfig",
+    "format_errors",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,8 @@
+"""Footage: every image the gateway keeps or lets leave, and the clips on disk.
+
+Owns: privacy masks (`privacy`) and the one outgoing-image path (`images`), the pre-event buffer
+(`prebuffer`), the per-event clip recorder (`recorder`), the clip store on disk (`store`), retention
+by quota and free space (`retention`), and the clip.* commands' view of it all (`access`).
+May not touch: MQTT or the command envelope; failures the platform should see are raised as
+`ClipError` with a protocol error code, and the command side turns them into replies.
+"""

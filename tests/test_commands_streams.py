@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from agent.commands.models import CommandError
-from agent.commands.streams import StreamLimits, StreamManager, encode_outgoing
+from agent.commands.streams import StreamLimits, StreamManager
+from agent.footage.images import encode_outgoing
 from tests.test_commands_gateway import FakeGateway, Published, bikes_images, make_gateway
 
 ROOT = "cctv/v1/gangnam/gw-01"

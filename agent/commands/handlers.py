@@ -21,10 +21,10 @@ from agent.commands import models as m
 from agent.commands.gateway import ClipStore, Gateway
 from agent.commands.geo import covers
 from agent.commands.models import CommandError
-from agent.commands.streams import StreamManager, encode_outgoing
+from agent.commands.streams import StreamManager
 from agent.config import CameraConfig
+from agent.footage.images import SNAPSHOT_QUALITY, encode_outgoing
 
-SNAPSHOT_QUALITY = 85
 DEFAULT_CHUNK_BYTES = 256 * 1024
 
 

@@ -22,49 +22,18 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
-import numpy as np
-
-from agent.capture.source import Frame, Image
+from agent.capture.source import Frame
 from agent.clock import iso
 from agent.commands.gateway import Gateway
 from agent.commands.models import CommandError
-from agent.footage.privacy import PolygonLike, apply_privacy_masks
+from agent.footage.images import Jpeg, encode_outgoing, estimate_jpeg_bytes
 
 log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.5  # longest sleep of the worker: bounds how late an expiry is noticed
-
-
-@dataclass(frozen=True, slots=True)
-class Jpeg:
-    data: bytes
-    width: int
-    height: int
-
-
-def encode_outgoing(
-    image: Image, masks: Sequence[PolygonLike], *, max_width: int | None, quality: int
-) -> Jpeg:
-    """Blank the privacy masks, downscale to at most `max_width` (never up), encode as JPEG."""
-    masked = apply_privacy_masks(image, masks)
-    height, width = masked.shape[:2]
-    if max_width is not None and width > max_width:
-        new_h = max(1, round(height * max_width / width))
-        masked = np.asarray(cv2.resize(masked, (max_width, new_h), interpolation=cv2.INTER_AREA), np.uint8)
-        width, height = max_width, new_h
-    ok, buf = cv2.imencode(".jpg", masked, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError(f"JPEG encoding failed for a {width}x{height} image")
-    return Jpeg(buf.tobytes(), width, height)
-
-
-def estimate_jpeg_bytes(width: int, height: int, quality: int) -> int:
-    """A coarse guess of a street scene's JPEG size, used only before any frame exists."""
-    return int(width * height * (0.05 + 0.0035 * quality))
 
 
 @dataclass(frozen=True, slots=True)

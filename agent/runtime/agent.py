@@ -16,7 +16,6 @@ import time
 from types import FrameType
 from typing import Any
 
-import cv2
 import paho.mqtt.client as mqtt
 
 from agent import __version__
@@ -34,8 +33,8 @@ from agent.config.settings import RuntimeSettings, SettingsStore
 from agent.contract.messages import CameraStatus, GatewayStatus
 from agent.errors import AgentError
 from agent.footage.access import Footage
+from agent.footage.images import SNAPSHOT_QUALITY, encode_outgoing
 from agent.footage.prebuffer import PreEventBuffer
-from agent.footage.privacy import apply_privacy_masks
 from agent.footage.recorder import ClipRecorder, ClipSettings
 from agent.footage.retention import Retention
 from agent.footage.store import ClipStore as ClipFiles
@@ -48,7 +47,6 @@ from agent.runtime.systemd import notify, watchdog_interval_s
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_QUALITY = 85
 COMMAND_QUEUE = 256
 COMMAND_WORKERS = 2
 
@@ -230,9 +228,13 @@ class Agent:
     def _encode_snapshot(self, camera: str, phase: EventPhase) -> bytes | None:
         cam = self.cfg.camera(camera)
         assert phase.frame is not None
-        image = apply_privacy_masks(phase.frame, cam.privacy_masks if cam else [])
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, SNAPSHOT_QUALITY])
-        return bytes(buf) if ok else None
+        try:
+            return encode_outgoing(
+                phase.frame, cam.privacy_masks if cam else [], quality=SNAPSHOT_QUALITY
+            ).data
+        except ValueError:
+            log.exception("camera %s: event snapshot could not be encoded", camera)
+            return None
 
     # -- commands ----------------------------------------------------------------------------
 

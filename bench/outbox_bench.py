@@ -1,8 +1,8 @@
 """Outbox throughput: queue 10,000 events durably, then replay them through a real Mosquitto.
 
-Runs the delivery cycle the MQTT link uses (window of in-flight messages, ack on PUBACK) with
+Replays through the agent's own MqttLink (its pump, in-flight window and ack path) with
 paho-mqtt 2 over MQTT 5 on loopback, and while replaying publishes a "live" QoS 0 message every
-50 ms on the same connection to show replay does not starve live traffic (its latency to a
+50 ms through the same link to show replay does not starve live traffic (its latency to a
 subscriber is reported). Target: >= 2,000 msg/s replay.
 
     .venv/bin/python bench/outbox_bench.py [--messages 10000] [--windows 20,100,500]
@@ -21,12 +21,11 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.mqtt.outbox import Outbox
+from agent.config import MqttConfig
+from agent.mqtt import MqttLink, Outbox, OutboxMessage
 from tests.conftest import start_mosquitto, stop_mosquitto
 
 EVENT = {
@@ -44,57 +43,9 @@ EVENT = {
 }
 
 
-class Pump:
-    """The link's delivery cycle; `on_publish` may fire before `publish` returns, hence `early`."""
-
-    def __init__(self, box: Outbox, client: mqtt.Client, window: int) -> None:
-        self.box, self.client, self.window = box, client, window
-        self.lock = threading.Lock()  # scope: by_mid, early, live_mids
-        self.by_mid: dict[int, int] = {}
-        self.early: set[int] = set()
-        self.live_mids: set[int] = set()
-        self.acked = threading.Condition()
-        client.on_publish = self.on_publish
-
-    def on_publish(
-        self, client: mqtt.Client, userdata: object, mid: int, rc: ReasonCode, props: Properties
-    ) -> None:
-        with self.lock:
-            if mid in self.live_mids:
-                self.live_mids.discard(mid)
-                return
-            message_id = self.by_mid.pop(mid, None)
-            if message_id is None:
-                self.early.add(mid)
-                return
-        self.box.ack(message_id)
-        with self.acked:
-            self.acked.notify_all()
-
-    # Never hold self.lock while calling paho: its network thread holds paho's own locks while it
-    # runs on_publish, which takes self.lock (lock-order inversion -> deadlock).
-    def publish_live(self, topic: str, payload: bytes) -> None:
-        info = self.client.publish(topic, payload, qos=0)
-        with self.lock:
-            if info.mid in self.early:
-                self.early.discard(info.mid)
-            else:
-                self.live_mids.add(info.mid)
-
-    def step(self) -> int:
-        batch = self.box.next_batch(self.window - self.box.inflight())
-        self.box.mark_inflight([m.id for m in batch])
-        for m in batch:
-            info = self.client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
-            with self.lock:
-                early = info.mid in self.early
-                if early:
-                    self.early.discard(info.mid)
-                else:
-                    self.by_mid[info.mid] = m.id
-            if early:
-                self.box.ack(m.id)
-        return len(batch)
+def link_with_window(window: int) -> type[MqttLink]:
+    """MqttLink with another in-flight window (paho's and the pump's share the class constant)."""
+    return type(f"MqttLinkW{window}", (MqttLink,), {"INFLIGHT_WINDOW": window})
 
 
 def run(workdir: Path, port: int, messages: int, window: int) -> dict[str, float]:
@@ -104,7 +55,7 @@ def run(workdir: Path, port: int, messages: int, window: int) -> dict[str, float
     t0 = time.perf_counter()
     for i in range(messages):
         cam = f"cam-{i % 4}"
-        box.put(f"{root}/cam/{cam}/event", payload, kind="event", camera=cam)
+        box.put(OutboxMessage(f"{root}/cam/{cam}/event", payload, kind="event", camera=cam))
     put_s = time.perf_counter() - t0
 
     received = 0
@@ -129,33 +80,26 @@ def run(workdir: Path, port: int, messages: int, window: int) -> dict[str, float
     sub.subscribe(f"{root}/#", qos=1)
     subscribed.wait(10)
 
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{window}", protocol=mqtt.MQTTv5)
-    pub.max_inflight_messages_set(window)
-    pub.max_queued_messages_set(0)
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    pump = Pump(box, pub, window)
-
+    cfg = MqttConfig.model_validate({"host": "127.0.0.1", "port": port})
+    link = link_with_window(window)(cfg, f"bench-pub-{window}", box, f"{root}/status", b"offline")
     stop_live = threading.Event()
 
     def live() -> None:
         while not stop_live.wait(0.05):
-            pump.publish_live(f"{root}/live", repr(time.perf_counter()).encode())
+            link.publish(f"{root}/live", repr(time.perf_counter()).encode(), kind="telemetry", qos=0)
 
     live_thread = threading.Thread(target=live, name="bench.live")
     t0 = time.perf_counter()
+    link.start()
     live_thread.start()
     deadline = time.monotonic() + 120
     while box.depth() > 0 and time.monotonic() < deadline:
-        if pump.step() == 0:
-            with pump.acked:
-                pump.acked.wait(0.05)
+        time.sleep(0.005)
     replay_s = time.perf_counter() - t0
     done.wait(30)
     stop_live.set()
     live_thread.join(5)
-    pub.disconnect()
-    pub.loop_stop()
+    link.stop()
     sub.disconnect()
     sub.loop_stop()
     left = box.depth()

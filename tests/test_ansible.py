@@ -702,15 +702,15 @@ def test_diagnostics_collects_outbox_depth_and_audit_verdict(converged: Converge
     seed = (
         "from pathlib import Path\n"
         "from agent.commands.audit import AuditLog\n"
-        "from agent.mqtt.outbox import Outbox\n"
+        "from agent.mqtt.outbox import Outbox, OutboxMessage\n"
         "log = AuditLog.in_data_dir('/var/lib/edge-agent')\n"
         "for n in range(3):\n"
         "    log.append({'id': f'c{n}', 'cmd': 'snapshot', 'camera': 'cam-1', 'outcome': 'ok'})\n"
         "log.close()\n"
         "box = Outbox(Path('/var/lib/edge-agent/outbox.sqlite'))\n"
         "for n in range(4):\n"
-        "    box.put(f'cctv/v1/gangnam/gw-001/cam/cam-1/event', b'{}', kind='event')\n"
-        "box.put('cctv/v1/gangnam/gw-001/telemetry', b'{}', kind='telemetry')\n"
+        "    box.put(OutboxMessage('cctv/v1/gangnam/gw-001/cam/cam-1/event', b'{}', kind='event'))\n"
+        "box.put(OutboxMessage('cctv/v1/gangnam/gw-001/telemetry', b'{}', kind='telemetry'))\n"
         "box.close()\n"
     )
     seeded = converged.chroot("/opt/edge-agent/current/bin/python", "-c", seed)

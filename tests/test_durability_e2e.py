@@ -58,7 +58,7 @@ from paho.mqtt.properties import Properties
 from agent.capture.synthetic import write_scene_video
 from agent.clock import iso, parse_iso
 from agent.footage.store import ClipStore
-from agent.mqtt.outbox import Outbox
+from agent.mqtt.outbox import Outbox, OutboxMessage
 from agent.sdk.client import CommandFailed, PlatformClient
 from tests.conftest import Broker, start_mosquitto, stop_mosquitto
 from tests.harness import AgentProcess, Received, Subscriber, write_config
@@ -602,7 +602,7 @@ def test_power_loss_garbled_files_are_set_aside_and_events_flow(
     # Yesterday's state: an outbox with messages waiting (its WAL not yet checkpointed) and clips.
     outbox = Outbox(data / "outbox.db")
     for i in range(5):
-        outbox.put(f"t/{i}", b"{}", kind="event", camera="cam-1")
+        outbox.put(OutboxMessage(f"t/{i}", b"{}", kind="event", camera="cam-1"))
     torn_state = tmp_path / "at-power-cut"
     torn_state.mkdir()
     for suffix in ("", "-wal"):
@@ -689,11 +689,11 @@ def test_a_corrupt_outbox_is_moved_aside_with_its_wal(tmp_path: Path) -> None:
     """A bad block mid-file, the newest commits intact in the WAL: salvage needs that WAL too."""
     outbox = Outbox(tmp_path / "outbox.db")
     for i in range(300):
-        outbox.put(f"t/{i}", random.Random(i).randbytes(500), kind="event")
+        outbox.put(OutboxMessage(f"t/{i}", random.Random(i).randbytes(500), kind="event"))
     outbox.close()  # checkpointed: the 300 rows are in the main file
     outbox = Outbox(tmp_path / "outbox.db")
     for i in range(3):
-        outbox.put(f"t/new/{i}", b"{}", kind="event")  # only in the WAL
+        outbox.put(OutboxMessage(f"t/new/{i}", b"{}", kind="event"))  # only in the WAL
     for suffix in ("", "-wal"):
         shutil.copy2(tmp_path / f"outbox.db{suffix}", tmp_path / f"cut.db{suffix}")
     outbox.close()

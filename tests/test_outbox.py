@@ -1,4 +1,4 @@
-"""The durable outbox on real SQLite files: order, in-flight requeue, bounds, corruption, a broker."""
+"""The durable outbox on real SQLite files: order, in-flight requeue, bounds, corruption, close, a broker."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.mqtt.outbox import Outbox, OutboxMessage
+from agent.mqtt.outbox import Kind, Outbox, OutboxError, OutboxMessage
 from tests.conftest import Broker
 
 
@@ -23,9 +23,9 @@ def ids(batch: list[OutboxMessage]) -> list[int]:
     return [m.id for m in batch]
 
 
-def fill(box: Outbox, n: int, *, kind: str = "event", camera: str = "cam-1", size: int = 10) -> list[int]:
+def fill(box: Outbox, n: int, *, kind: Kind = "event", camera: str = "cam-1", size: int = 10) -> list[int]:
     return [
-        box.put(f"r/cam/{camera}/{kind}", f"{i:0{size}d}".encode(), kind=kind, camera=camera)  # type: ignore[arg-type]
+        box.put(OutboxMessage(f"r/cam/{camera}/{kind}", f"{i:0{size}d}".encode(), kind=kind, camera=camera))
         for i in range(n)
     ]
 
@@ -33,10 +33,10 @@ def fill(box: Outbox, n: int, *, kind: str = "event", camera: str = "cam-1", siz
 def test_messages_survive_a_restart_in_order(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     box = Outbox(path, 1000, 1 << 20)
-    box.put("r/cam/a/event", b"a1", kind="event", camera="a", properties={"event_id": "e1"})
-    box.put("r/cam/b/event", b"b1", kind="event", camera="b")
-    box.put("r/status", b"on", kind="status", retain=True)
-    box.put("r/cam/a/event", b"a2", kind="event", camera="a")
+    box.put(OutboxMessage("r/cam/a/event", b"a1", kind="event", camera="a", properties={"event_id": "e1"}))
+    box.put(OutboxMessage("r/cam/b/event", b"b1", kind="event", camera="b"))
+    box.put(OutboxMessage("r/status", b"on", kind="status", retain=True))
+    box.put(OutboxMessage("r/cam/a/event", b"a2", kind="event", camera="a"))
     box.close()
     box = Outbox(path, 1000, 1 << 20)
     batch = box.next_batch(10)
@@ -83,7 +83,7 @@ def test_eviction_drops_telemetry_then_snapshots_then_status_events_last(tmp_pat
     events = fill(box, 2, kind="event")
     fill(box, 2, kind="telemetry")
     fill(box, 1, kind="snapshot")
-    box.put("r/cam/cam-1/status", b"s", kind="status", camera="cam-1", retain=True)
+    box.put(OutboxMessage("r/cam/cam-1/status", b"s", kind="status", camera="cam-1", retain=True))
     assert box.dropped() == {}
     more = fill(box, 3, kind="event")  # three over: both telemetry, then the snapshot
     assert box.dropped() == {"telemetry": 2, "snapshot": 1}
@@ -115,7 +115,7 @@ def test_byte_bound_is_held(tmp_path: Path) -> None:
     assert box.bytes_used() <= 50_000
     assert box.dropped()["snapshot"] >= 50
     with pytest.raises(ValueError, match="exceeds the outbox's max_bytes"):
-        box.put("r/x", b"x" * 60_000, kind="event")
+        box.put(OutboxMessage("r/x", b"x" * 60_000, kind="event"))
     box.close()
 
 
@@ -137,9 +137,9 @@ def test_inflight_messages_are_not_evicted(tmp_path: Path) -> None:
 
 def test_newer_retained_status_supersedes_waiting_one(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "outbox.db", 100, 1 << 20)
-    box.put("r/cam/a/status", b"connecting", kind="status", retain=True)
-    ev = box.put("r/cam/a/event", b"e", kind="event")
-    box.put("r/cam/a/status", b"ok", kind="status", retain=True)
+    box.put(OutboxMessage("r/cam/a/status", b"connecting", kind="status", retain=True))
+    ev = box.put(OutboxMessage("r/cam/a/event", b"e", kind="event"))
+    box.put(OutboxMessage("r/cam/a/status", b"ok", kind="status", retain=True))
     assert [m.payload for m in box.next_batch(10)] == [b"e", b"ok"]
     assert ids(box.next_batch(1)) == [ev]
     assert box.superseded() == 1
@@ -157,14 +157,57 @@ def test_newer_retained_status_supersedes_waiting_one(tmp_path: Path) -> None:
         ({"kind": "event", "properties": {"a": 1}}, ValueError, "str to str"),
     ],
 )
-def test_bad_puts_are_named(
+def test_bad_messages_are_named_before_reaching_the_outbox(
     tmp_path: Path, kwargs: dict[str, object], error: type[Exception], message: str
 ) -> None:
     box = Outbox(tmp_path / "outbox.db", 10, 1 << 20)
     args: dict[str, object] = {"topic": "r/x", "payload": b"x", **kwargs}
     with pytest.raises(error, match=message):
-        box.put(**args)  # type: ignore[arg-type]
+        box.put(OutboxMessage(**args))  # type: ignore[arg-type]
     assert box.depth() == 0
+    assert box.next_batch(10) == []
+    box.close()
+
+
+def test_close_folds_the_wal_into_the_file_and_keeps_undelivered_rows(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    wal = tmp_path / "outbox.db-wal"
+    box = Outbox(path, 1000, 1 << 20)
+    all_ids = fill(box, 20)
+    box.mark_inflight(all_ids[:5])
+    for i in all_ids[:3]:
+        box.ack(i)
+    before = [(m.id, m.topic, m.payload) for m in box.next_batch(100)]
+    assert wal.stat().st_size > 0, "commits are in the WAL before close"
+    reader = sqlite3.connect(path)  # e.g. diagnostics: SQLite alone would leave the WAL behind
+    try:
+        assert reader.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 17
+        box.close()
+        box.close()  # idempotent
+        assert not wal.exists() or wal.stat().st_size == 0
+        assert reader.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 17
+    finally:
+        reader.close()
+    box = Outbox(path, 1000, 1 << 20)
+    assert box.discarded is None
+    assert ids(box.next_batch(100)) == all_ids[3:], "in-flight rows are unsent again"
+    assert [(m.id, m.topic, m.payload) for m in box.next_batch(100)][2:] == before
+    box.close()
+
+
+def test_a_closed_outbox_refuses_puts_and_keeps_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    box = Outbox(path, 1000, 1 << 20)
+    fill(box, 2)
+    box.close()
+    with pytest.raises(OutboxError, match="closed"):
+        box.put(OutboxMessage("r/x", b"late", kind="event"))
+    with pytest.raises(OutboxError, match="closed"):
+        box.next_batch(10)
+    assert box.discarded is None, "a closed connection is not mistaken for a corrupt file"
+    assert [p.name for p in tmp_path.iterdir() if "corrupt" in p.name] == []
+    box = Outbox(path, 1000, 1 << 20)
+    assert [m.payload for m in box.next_batch(10)] == [b"0000000000", b"0000000001"]
     box.close()
 
 
@@ -230,9 +273,11 @@ def test_unwritable_location_falls_back_to_memory(tmp_path: Path) -> None:
     blocker.write_text("x")
     box = Outbox(blocker / "outbox.db", 100, 1 << 20)
     assert not box.durable
-    fill(box, 2)
+    stored = fill(box, 2)
     assert box.depth() == 2
+    assert ids(box.next_batch(10)) == stored
     box.close()
+    assert blocker.read_text() == "x"
 
 
 def test_frame_threads_put_while_mqtt_thread_acks(tmp_path: Path) -> None:
@@ -243,7 +288,7 @@ def test_frame_threads_put_while_mqtt_thread_acks(tmp_path: Path) -> None:
 
     def producer(cam: str) -> None:
         for i in range(per_thread):
-            box.put(f"r/cam/{cam}/event", str(i).encode(), kind="event", camera=cam)
+            box.put(OutboxMessage(f"r/cam/{cam}/event", str(i).encode(), kind="event", camera=cam))
 
     def consumer() -> None:
         deadline = time.monotonic() + 30
@@ -354,7 +399,7 @@ def test_outbox_through_broker_survives_a_dropped_connection(
     box = Outbox(tmp_path / "outbox.db", 10_000, 1 << 24)
     for i in range(total):
         cam = f"cam-{i % 3}"
-        box.put(f"{root}/cam/{cam}/event", str(i).encode(), kind="event", camera=cam)
+        box.put(OutboxMessage(f"{root}/cam/{cam}/event", str(i).encode(), kind="event", camera=cam))
 
     first = connect(broker, f"{unique_gateway}-pub")
     dropped = threading.Event()

@@ -1,10 +1,12 @@
 """The gateway's MQTT link: one paho client, its Last Will, and a pump that never blocks callers.
 
 Callers (frame threads, command handlers, telemetry) hand messages to `publish`, which only
-appends to a queue and returns. QoS 1 messages go through the outbox, a queue that keeps
-them until the broker's PUBACK; QoS 0 messages (telemetry, live stream frames) go to a small
+stores or queues an `OutboxMessage` and returns. QoS 1 messages go through the outbox, which
+keeps them until the broker's PUBACK; QoS 0 messages (telemetry, live stream frames) go to a small
 bounded in-memory queue whose oldest entries are dropped, and counted, when it is full. One
-thread, `mqtt.pump`, owned by this class, moves messages from both queues into paho.
+thread, `mqtt.pump`, owned by this class, moves messages from both queues into paho. Command
+replies (`reply`) go to paho directly at QoS 1 without being stored: a reply is only useful to
+a platform that is waiting for it now.
 
 paho's own network thread (`loop_start`) reconnects with capped exponential backoff; every
 successful CONNACK republishes the retained `online` status, then whatever the `on_connect`
@@ -21,8 +23,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -32,7 +34,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig
 from agent.errors import ConfigError
-from agent.mqtt.outbox import Kind
+from agent.mqtt.outbox import Kind, Outbox, OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -46,108 +48,13 @@ def disable_nagle(client: mqtt.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-@dataclass(slots=True)
-class OutMessage:
-    """A message waiting to be published (the outbox's row shape)."""
-
-    id: int
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-    kind: Kind = "event"
-    camera: str | None = None
-    properties: dict[str, str] | None = None
-
-
-class OutboxLike(Protocol):
-    """What the link needs of an outbox (agent.mqtt.outbox.Outbox on disk, MemoryOutbox as fallback)."""
-
-    def put(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 1,
-        retain: bool = False,
-        kind: Kind,
-        camera: str | None = None,
-        properties: dict[str, str] | None = None,
-    ) -> int: ...
-
-    def next_batch(self, limit: int) -> list[Any]: ...
-
-    def mark_inflight(self, ids: list[int]) -> None: ...
-
-    def ack(self, message_id: int) -> None: ...
-
-    def requeue_inflight(self) -> object: ...
-
-    def depth(self) -> int: ...
-
-
-@dataclass
-class MemoryOutbox:
-    """An outbox in memory only: used when the on-disk outbox cannot be opened at all."""
-
-    max_messages: int = 10_000
-    _rows: dict[int, OutMessage] = field(default_factory=dict)
-    _inflight: set[int] = field(default_factory=set)
-    _next_id: int = 1
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    dropped_count: int = 0
-
-    def put(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 1,
-        retain: bool = False,
-        kind: Kind = "event",
-        camera: str | None = None,
-        properties: dict[str, str] | None = None,
-    ) -> int:
-        with self._lock:
-            if len(self._rows) >= self.max_messages:
-                oldest = next(iter(self._rows))
-                del self._rows[oldest]
-                self._inflight.discard(oldest)
-                self.dropped_count += 1
-            mid = self._next_id
-            self._next_id += 1
-            self._rows[mid] = OutMessage(mid, topic, payload, qos, retain, kind, camera, properties)
-            return mid
-
-    def next_batch(self, limit: int) -> list[Any]:
-        with self._lock:
-            out = [m for i, m in self._rows.items() if i not in self._inflight]
-            return out[:limit]
-
-    def mark_inflight(self, ids: list[int]) -> None:
-        with self._lock:
-            self._inflight.update(ids)
-
-    def ack(self, message_id: int) -> None:
-        with self._lock:
-            self._rows.pop(message_id, None)
-            self._inflight.discard(message_id)
-
-    def requeue_inflight(self) -> None:
-        with self._lock:
-            self._inflight.clear()
-
-    def depth(self) -> int:
-        with self._lock:
-            return len(self._rows)
-
-
 @dataclass
 class LinkStats:
+    """Counters for telemetry's `mqtt` section."""
+
     connects: int = 0
     disconnects: int = 0
     qos0_dropped: int = 0
-    published: int = 0
 
 
 class MqttLink:
@@ -160,7 +67,7 @@ class MqttLink:
         self,
         cfg: MqttConfig,
         client_id: str,
-        outbox: OutboxLike,
+        outbox: Outbox,
         will_topic: str,
         will_payload: bytes,
     ) -> None:
@@ -176,7 +83,7 @@ class MqttLink:
         self._wake = threading.Event()
         # _lock guards _qos0 only: callers append, the pump pops.
         self._lock = threading.Lock()
-        self._qos0: deque[OutMessage] = deque()
+        self._qos0: deque[OutboxMessage] = deque()
         # paho mid -> outbox id for messages handed to paho and awaiting PUBACK. Only the pump
         # touches it: paho's thread merely appends acknowledged mids to `_acked` (deque appends
         # are atomic), because paho calls on_publish while holding its own message lock, and
@@ -232,7 +139,8 @@ class MqttLink:
             self.client.subscribe(topic, qos=1)
 
     def start(self) -> None:
-        # Rows that a previous process handed to a broker without a PUBACK go out again.
+        """Connect in the background and start the pump; `publish` works before and after."""
+        # A new client session resends nothing an earlier one was handed: that is unsent again.
         self.outbox.requeue_inflight()
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         self.client.loop_start()
@@ -251,7 +159,12 @@ class MqttLink:
         return self._connected.is_set()
 
     def stop(self, final: tuple[str, bytes] | None = None, timeout: float = 2.0) -> None:
-        """Drain briefly, publish `final` (the retained offline status) and disconnect cleanly."""
+        """Drain briefly, publish `final` (the retained offline status) and disconnect cleanly.
+
+        The pump is joined before this returns, so the owner closes the outbox afterwards: stop
+        the publishers (cameras, commands, telemetry), then `link.stop()`, then `outbox.close()`.
+        Whatever was not acknowledged stays in the outbox for the next start.
+        """
         deadline = time.monotonic() + timeout
         while self._connected.is_set() and time.monotonic() < deadline:
             with self._lock:
@@ -263,7 +176,9 @@ class MqttLink:
         self._stop.set()
         self._wake.set()
         if self._pump is not None:
-            self._pump.join(timeout=1.0)
+            self._pump.join(timeout=max(1.0, deadline - time.monotonic()))
+            if self._pump.is_alive():
+                log.warning("mqtt pump did not stop within its deadline")
         if final is not None and self._connected.is_set():
             info = self.client.publish(final[0], final[1], qos=1, retain=True)
             try:
@@ -280,31 +195,36 @@ class MqttLink:
         topic: str,
         payload: bytes,
         *,
+        kind: Kind,
         qos: int = 1,
         retain: bool = False,
-        kind: Kind = "event",
         camera: str | None = None,
         properties: dict[str, str] | None = None,
     ) -> None:
-        """Queue a message; never blocks on the network. QoS 1 is durable via the outbox."""
-        if qos >= 1:
-            self.outbox.put(
-                topic, payload, qos=1, retain=retain, kind=kind, camera=camera, properties=properties
-            )
+        """Queue a message; never blocks on the network. QoS 1 (or 2, sent as 1) is stored in the
+        outbox until acknowledged; QoS 0 waits in a bounded queue that drops its oldest when full.
+
+        A bad topic, kind or payload raises ValueError/TypeError here, in the caller's thread;
+        OutboxError means the outbox failed or is already closed.
+        """
+        message = OutboxMessage(
+            topic,
+            payload,
+            kind=kind,
+            qos=min(qos, 1),
+            retain=retain,
+            camera=camera,
+            properties=dict(properties) if properties else {},  # the caller may reuse its dict
+        )
+        if message.qos == 1:
+            self.outbox.put(message)
         else:
             with self._lock:
                 if len(self._qos0) >= self.QOS0_QUEUE:
                     self._qos0.popleft()
                     self.stats.qos0_dropped += 1
-                self._qos0.append(OutMessage(0, topic, payload, 0, retain, kind, camera, properties))
+                self._qos0.append(message)
         self._wake.set()
-
-    def publish_now(
-        self, topic: str, payload: bytes, *, qos: int = 0, properties: dict[str, str] | None = None
-    ) -> None:
-        """Hand a message straight to paho (replies, stream frames): dropped when offline."""
-        if self._connected.is_set():
-            self.client.publish(topic, payload, qos=qos, properties=self._props(properties))
 
     def _props(self, user: dict[str, str] | None, correlation: bytes | None = None) -> Properties | None:
         if not self.v5 or (not user and correlation is None):
@@ -317,7 +237,8 @@ class MqttLink:
         return props
 
     def reply(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
-        """Publish a command reply, echoing MQTT 5 Correlation Data when given."""
+        """Publish a command reply at QoS 1, not retained, echoing MQTT 5 Correlation Data when
+        given. Not stored: while offline it is dropped (the platform repeats the request id)."""
         if self._connected.is_set():
             self.client.publish(topic, payload, qos=1, properties=self._props(None, correlation))
 
@@ -360,7 +281,6 @@ class MqttLink:
                 m.topic, m.payload, qos=1, retain=m.retain, properties=self._props(m.properties)
             )
             self._mids[info.mid] = m.id
-            self.stats.published += 1
         if len(batch) == room:
             self._wake.set()
 

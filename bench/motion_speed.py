@@ -1,8 +1,8 @@
 """Speed of motion detection (one core) and of replay against a bare OpenCV decode loop.
 
-Prints ms per frame of `MotionDetector.detect` and of the reference running-average detector at
-640x360 and 1920x1080 on generated street frames, then the wall time of `replay()` over a ~20 s
-generated 1080p video against `cap.read()` until the end of the same file.
+Prints ms per frame of `MotionDetector.detect` and of the reference running-average motion
+detector at 640x360 and 1920x1080 on generated street frames, then the wall time of `replay()`
+over a ~20 s generated 1080p video against `cap.read()` until the end of the same file.
 
     .venv/bin/python bench/motion_speed.py [--frames N]
 """
@@ -31,7 +31,7 @@ TARGET_RATIO = 1.25
 
 
 def per_frame_ms(
-    detector: MotionDetector | ReferenceDetector, size: tuple[int, int], frames: int
+    motion_detector: MotionDetector | ReferenceDetector, size: tuple[int, int], frames: int
 ) -> tuple[float, float]:
     """Best and median over 15 rounds of the mean ms per detect() call on pre-rendered frames.
 
@@ -43,14 +43,14 @@ def per_frame_ms(
         scene.seed_noise(i)
         images.append(scene.render(i * 3).copy())
     for i, img in enumerate(images):  # warm up: background learnt, caches hot
-        detector.detect(img, i * 0.1)
+        motion_detector.detect(img, i * 0.1)
     rounds = []
     ts = 10.0
     for _ in range(15):
         t0 = time.perf_counter()
         for i in range(frames):
             ts += 0.1
-            detector.detect(images[i % len(images)], ts)
+            motion_detector.detect(images[i % len(images)], ts)
         rounds.append((time.perf_counter() - t0) / frames * 1000)
     return min(rounds), statistics.median(rounds)
 

@@ -120,7 +120,7 @@ def test_a_flicker_below_min_hits_raises_nothing() -> None:
 
 
 def test_a_parked_car_does_not_keep_raising_events() -> None:
-    """A car drives in and parks; people walking by make the detector see it again and again."""
+    """A car drives in and parks; people walking by make the model see it again and again."""
     tracker = ObjectTracker("cam-1", SETTINGS)
     rng = np.random.default_rng(3)
     phases: list[EventPhase] = []

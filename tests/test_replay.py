@@ -98,6 +98,5 @@ def test_pipeline_settings_update_applies(cross_video: tuple[Path, list[tuple[fl
     path, _ = cross_video
     camera = _camera(path)
     pipeline = CameraPipeline(camera)
-    pipeline.update_settings(MotionSettings(enabled=False))
+    pipeline.reconfigure(MotionSettings(enabled=False), camera.detection, None)
     assert list(replay(path, camera, pipeline=pipeline)) == []
-    assert pipeline.camera.motion.enabled is False

@@ -312,7 +312,7 @@ def decode(jpeg: bytes) -> tuple[int, int]:
 def test_detect_source_feeds_detection_and_the_main_stream_feeds_snapshots(gateway: Gateway) -> None:
     event_snapshots = gateway.sub.on("/cam/cam-sub/snapshot")  # the event's best frame
     assert event_snapshots
-    assert decode(event_snapshots[-1].payload) == (320, 180)  # the pixels the detector judged
+    assert decode(event_snapshots[-1].payload) == (320, 180)  # the pixels the motion detector judged
     result, jpeg = gateway.client.snapshot("cam-sub")
     assert (result["width"], result["height"]) == (640, 360)
     assert decode(jpeg) == (640, 360)

@@ -1,7 +1,7 @@
 """Motion detection on a small grey copy of each frame, robust to noise and lighting.
 
-The detector keeps a running-average background of a ~160x90 grey image and marks pixels that
-differ from it by more than a threshold. What it adds to the classic NVR recipe (Frigate's
+The motion detector keeps a running-average background of a ~160x90 grey image and marks pixels
+that differ from it by more than a threshold. What it adds to the classic NVR recipe (Frigate's
 running average, contrast normalisation and "lightning" recalibration):
 
 - Cheap downscale first: a strided sample of one channel, then an area average. Memory traffic is
@@ -84,7 +84,7 @@ _STILL = MotionResult(motion=False)
 
 
 class MotionDetector:
-    """Per-camera motion detector; `detect` is called with frames in time order."""
+    """Per-camera motion detector; `detect` is called with frames in time order, on one thread."""
 
     def __init__(self, settings: MotionSettings) -> None:
         self._settings = settings
@@ -112,7 +112,11 @@ class MotionDetector:
         self._prev_q: npt.NDArray[np.float64] | None = None  # previous frame's percentiles
 
     def update_settings(self, settings: MotionSettings) -> None:
-        """Apply new settings from the next frame on; the learnt background is kept."""
+        """Apply new settings from the next frame on; the learnt background is kept.
+
+        Not thread-safe by design: call it between two `detect` calls, on their thread (the
+        camera's detect thread applies every change there), so no frame sees half a change.
+        """
         self._settings = settings
         if self._geometry is not None:
             self._set_mask(settings)
@@ -269,17 +273,19 @@ class MotionDetector:
         return cv2.blur(small, (3, 3))
 
     def _set_mask(self, settings: MotionSettings) -> None:
-        """Rasterise the mask polygons at working size (255 where motion counts)."""
+        """Rasterise the mask polygons at working size (255 where motion counts); the mask and
+        its active pixel count are replaced together, once both are built."""
         w, h = self._work_size
-        self._active_px = w * h
-        self._mask = None
-        if not settings.masks:
-            return
-        mask = np.full((h, w), 255, np.uint8)
-        polys = [np.round(np.array(poly, np.float64) * (w, h)).astype(np.int32) for poly in settings.masks]
-        cv2.fillPoly(mask, polys, 0)
-        self._active_px = max(1, cv2.countNonZero(mask))
-        self._mask = mask
+        mask: Plane | None = None
+        active = w * h
+        if settings.masks:
+            mask = np.full((h, w), 255, np.uint8)
+            polys = [
+                np.round(np.array(poly, np.float64) * (w, h)).astype(np.int32) for poly in settings.masks
+            ]
+            cv2.fillPoly(mask, polys, 0)
+            active = max(1, cv2.countNonZero(mask))
+        self._mask, self._active_px = mask, active
 
     def _regions(self, moving: Plane) -> MotionResult:
         """Group nearby moving pixels into boxes; keep those with enough raw moving pixels."""

@@ -1,8 +1,10 @@
-"""One camera's analysis pipeline: frame skipping to `detect_fps`, then a list of stages.
+"""One camera's analysis pipeline: frames thinned to `detect_fps`, then motion, then objects.
 
-Each stage sees a `FrameContext` that earlier stages may enrich (the motion stage leaves its
-`MotionResult` there), so an object-detection stage can later be appended that looks only at
-moving regions, without this module changing shape.
+Each stage sees a `FrameContext` that earlier stages may enrich: the motion stage leaves its
+`MotionResult` there, and the object stage (present once detection was enabled with a service)
+looks only at the moving regions. The pipeline owns its stages: settings reach them only through
+`reconfigure`, which the caller runs on the thread that calls `process`, between two frames, so
+a frame never sees half of a change.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from typing import Protocol
 from agent.analysis.events import EventPhase
 from agent.analysis.motion import MotionDetector, MotionResult
 from agent.analysis.motion_events import MotionEventTracker
+from agent.analysis.objects.service import DetectionService
+from agent.analysis.objects.stage import ObjectStage
+from agent.capture.cadence import Cadence
 from agent.capture.source import Frame, Image
-from agent.config import CameraConfig, MotionSettings
+from agent.config import CameraConfig, DetectionSettings, MotionSettings
 
 
 @dataclass(slots=True)
@@ -33,8 +38,9 @@ class Stage(Protocol):
     def close(self, ts: float, offset_s: float) -> list[EventPhase]: ...
 
 
-class Detector(Protocol):
-    """What the motion stage needs of a detector (lets a bench swap in a reference one)."""
+class MotionDetecting(Protocol):
+    """What the motion stage needs of a motion detector (lets a bench swap in a reference one
+    and a test watch what each frame saw)."""
 
     def detect(self, image: Image, ts: float) -> MotionResult: ...
 
@@ -44,13 +50,17 @@ class Detector(Protocol):
 class MotionStage:
     """Motion detector plus motion event tracker."""
 
-    def __init__(self, camera_id: str, settings: MotionSettings, detector: Detector | None = None) -> None:
-        self.detector: Detector = detector if detector is not None else MotionDetector(settings)
+    def __init__(
+        self, camera_id: str, settings: MotionSettings, motion_detector: MotionDetecting | None = None
+    ) -> None:
+        self.motion_detector: MotionDetecting = (
+            motion_detector if motion_detector is not None else MotionDetector(settings)
+        )
         self.tracker = MotionEventTracker(camera_id, settings)
 
     def process(self, ctx: FrameContext) -> list[EventPhase]:
         frame = ctx.frame
-        result = self.detector.detect(frame.image, frame.ts)
+        result = self.motion_detector.detect(frame.image, frame.ts)
         ctx.motion = result
         return self.tracker.feed(result, frame.ts, frame.image, frame.pts)
 
@@ -58,57 +68,77 @@ class MotionStage:
         return self.tracker.close(ts, offset_s)
 
     def update_settings(self, settings: MotionSettings) -> None:
-        self.detector.update_settings(settings)
+        self.motion_detector.update_settings(settings)
         self.tracker.update_settings(settings)
 
 
 class CameraPipeline:
-    """Analyses the frames of one camera at up to `camera.detect_fps`."""
+    """Analyses the frames of one camera at up to `camera.detect_fps`.
 
-    def __init__(self, camera: CameraConfig, detector: Detector | None = None) -> None:
-        self.camera = camera
-        self.motion = MotionStage(camera.id, camera.motion, detector)
-        self.stages: list[Stage] = [self.motion]
-        self._interval = 1.0 / camera.detect_fps
-        self._due: float | None = None  # pts from which the next frame is wanted
+    Not thread-safe by design: `process`, `reconfigure` and `close` belong to one thread (the
+    camera's detect thread, or the caller of replay). `objects` is the shared detection service
+    when the camera's detection is on; `objects_inline` detects on the calling thread (replay).
+    """
+
+    def __init__(
+        self,
+        camera: CameraConfig,
+        motion_detector: MotionDetecting | None = None,
+        *,
+        objects: DetectionService | None = None,
+        objects_inline: bool = False,
+    ) -> None:
+        self.camera_id = camera.id
+        self._motion = MotionStage(camera.id, camera.motion, motion_detector)
+        self._objects: ObjectStage | None = None
+        self._objects_inline = objects_inline
+        self._stages: list[Stage] = [self._motion]
+        self._cadence = Cadence(camera.detect_fps)
         self.analysed = 0
         self.skipped = 0
+        self._add_objects(camera.detection, objects)
 
-    def add_stage(self, stage: Stage) -> None:
-        """Append a stage (e.g. object detection) that runs after motion on each analysed frame."""
-        self.stages.append(stage)
+    def reconfigure(
+        self, motion: MotionSettings, detection: DetectionSettings, objects: DetectionService | None
+    ) -> None:
+        """Apply a camera's full runtime settings from the next frame on, without a restart.
+
+        The object stage is created when `detection` is enabled and `objects` is given and there
+        is none yet; an existing one takes `detection` (when disabled it submits nothing more, so its
+        open tracks end by themselves).
+        Raises ConfigError (labels the model lacks) before anything has changed.
+        """
+        if self._objects is not None:
+            self._objects.update_settings(detection)
+        else:
+            self._add_objects(detection, objects)
+        self._motion.update_settings(motion)
+
+    def _add_objects(self, detection: DetectionSettings, objects: DetectionService | None) -> None:
+        if detection.enabled and objects is not None and self._objects is None:
+            stage = ObjectStage(self.camera_id, detection, objects, synchronous=self._objects_inline)
+            self._objects = stage
+            self._stages.append(stage)
 
     def wants(self, pts: float) -> bool:
         """Whether the frame at `pts` will be analysed; skipped frames need not be decoded."""
-        if self._due is None or pts < self._due - 3 * self._interval:
-            return True  # first frame, or the source jumped back (loop, reconnect)
-        return pts >= self._due - 1e-3 * self._interval
+        return self._cadence.wants(pts)
 
     def process(self, frame: Frame) -> list[EventPhase]:
         """Run the stages on `frame` if it is due, else skip it; return completed event phases."""
-        if not self.wants(frame.pts):
+        if not self._cadence.take(frame.pts):
             self.skipped += 1
             return []
-        pts, step = frame.pts, self._interval
-        if self._due is None or pts < self._due - 3 * step or pts >= self._due + step:
-            self._due = pts + step  # (re)start the grid: first frame, a jump back, or a gap
-        else:
-            self._due += step  # stay on the grid, so e.g. 25 fps in gives exactly 10 fps out
         self.analysed += 1
         ctx = FrameContext(frame)
         phases: list[EventPhase] = []
-        for stage in self.stages:
+        for stage in self._stages:
             phases.extend(stage.process(ctx))
         return phases
 
     def close(self, ts: float, offset_s: float) -> list[EventPhase]:
         """End every open event (shutdown, end of a video)."""
         phases: list[EventPhase] = []
-        for stage in self.stages:
+        for stage in self._stages:
             phases.extend(stage.close(ts, offset_s))
         return phases
-
-    def update_settings(self, motion: MotionSettings) -> None:
-        """Apply new motion settings without a restart."""
-        self.camera = self.camera.model_copy(update={"motion": motion})
-        self.motion.update_settings(motion)

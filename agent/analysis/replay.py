@@ -61,19 +61,19 @@ def replay(
     """Yield each event phase found in `video` as the protocol's event fields plus `offset_s`.
 
     When the camera enables object detection, objects are detected on every analysed frame
-    with motion, on this thread (no rate cap), with the model `detector` names. `pipeline`
-    replaces the default (benches pass one with another detector). Raises SourceError when the
-    file is missing, unreadable or has no decodable frame, AgentError when the model cannot load.
+    with motion, on this thread (no rate cap), with the TFLite model that `detector` (the
+    config's `[detector]` section) names. `pipeline` replaces the default (benches pass one with
+    another motion detector). Raises SourceError when the file is missing, unreadable or has no
+    decodable frame, AgentError when the model cannot load.
     """
     video = Path(video)
     if pipeline is None:
-        pipeline = CameraPipeline(camera)
+        objects = None
         if camera.detection.enabled:
             from agent.analysis.objects.service import load_detection_service
-            from agent.analysis.objects.stage import ObjectStage
 
-            service = load_detection_service(detector)
-            pipeline.add_stage(ObjectStage(camera.id, camera.detection, service, synchronous=True))
+            objects = load_detection_service(detector)
+        pipeline = CameraPipeline(camera, objects=objects, objects_inline=True)
     cap, fps, first = _open(video)  # raise here, at the call, not at the first next()
     return _run(cap, fps, first, pipeline)
 

@@ -7,8 +7,9 @@ decision must come before the read, so `FrameDemand` predicts the next frame's `
 last one and the source's rate, and says "read" whenever that prediction, a quarter frame late,
 is wanted by either consumer: in doubt it reads, so jitter never costs an analysed frame.
 
-- The analysis consumer takes frames on the same grid as `CameraPipeline` (`Cadence`), so every
-  frame queued for analysis is one the pipeline then analyses (25 fps in gives exactly 10 out).
+- The analysis consumer takes frames on a `Cadence`, the one frame-rate grid, which
+  `CameraPipeline` also keeps: every frame queued for analysis is one the pipeline then analyses
+  (25 fps in gives exactly 10 out).
 - The keeping consumer (the frame sink that feeds the pre-event buffer) mirrors the buffer's own
   rule: a frame at least 0.9 / fps after the last one kept. The buffer judges by capture time,
   which jitters; when it turns a frame down (`kept(pts, False)`), the next frame is read for it.
@@ -29,7 +30,8 @@ class Cadence:
     """Frames at up to `fps` on a pts grid: the first frame at or after each due time.
 
     The grid restarts on the first frame, when pts jumps back (a file loops, a stream reconnects)
-    and after a gap longer than one step, exactly as `CameraPipeline` does.
+    and after a gap longer than one step; otherwise it advances by exactly one step per frame
+    taken, so 25 fps in gives exactly 10 out. `CameraPipeline` and `FrameDemand` both keep one.
     """
 
     def __init__(self, fps: float) -> None:
@@ -39,8 +41,9 @@ class Cadence:
         self._due: float | None = None
 
     def wants(self, pts: float) -> bool:
+        """Whether the frame at `pts` would be taken (the grid does not move)."""
         if self._due is None or pts < self._due - 3 * self.step:
-            return True
+            return True  # first frame, or the source jumped back (loop, reconnect)
         return pts >= self._due - 1e-3 * self.step
 
     def take(self, pts: float) -> bool:
@@ -49,9 +52,9 @@ class Cadence:
             return False
         step = self.step
         if self._due is None or pts < self._due - 3 * step or pts >= self._due + step:
-            self._due = pts + step
+            self._due = pts + step  # (re)start: first frame, a jump back, or a gap
         else:
-            self._due += step
+            self._due += step  # stay on the grid
         return True
 
 

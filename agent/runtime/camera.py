@@ -6,13 +6,18 @@ when analysis falls behind, the oldest frame is dropped and counted rather than 
 latency grow. `camera[id].detect` runs the pipeline and hands event phases to the sink. A
 camera that fails never touches another camera's threads.
 
+Runtime settings (config.set) arrive on other threads. `apply()` only leaves them in a one-slot
+mailbox; the detect thread applies the newest between two frames (and while idle), so the
+pipeline, its motion detector and its object stage are only ever touched by that one thread and
+every frame is analysed with one complete set of settings.
+
 Decode less: a frame that neither the pipeline (at `detect_fps`) nor the frame sink (at
 `frame_fps`, the pre-event buffer's rate) will use is passed with the source's `skip()` where it
 has one (see agent.capture.cadence), and counted in `stats.skipped`. A camera with a
 `detect_source` substream gets a third thread, `camera[id].capture.detect`, that reads the
 substream for the pipeline; the main stream then only feeds the sink, the latest frame
 (snapshots, streams) and the camera's size and fps. Event snapshots then show the substream's
-pixels, the ones the detector judged.
+pixels, the ones the motion detector judged.
 """
 
 from __future__ import annotations
@@ -29,13 +34,14 @@ from typing import Literal
 from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
 
 from agent.analysis.events import EventPhase
-from agent.analysis.pipeline import CameraPipeline
+from agent.analysis.objects.service import DetectionService
+from agent.analysis.pipeline import CameraPipeline, MotionDetecting
 from agent.capture.cadence import KEEP_ALL, FrameDemand
 from agent.capture.source import Frame, FrameSource, open_source
 from agent.clock import iso
-from agent.config import CameraConfig, MotionSettings
+from agent.config import CameraConfig, DetectionSettings, MotionSettings
 from agent.contract.messages import CameraStatus
-from agent.errors import SourceError
+from agent.errors import AgentError, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,15 @@ HEALTHY_SESSION_S = 30.0  # a session that delivered frames this long resets the
 
 # What one capture thread reads: "both" a camera's only stream, else its main or detect stream.
 Role = Literal["both", "main", "detect"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """One complete set of a camera's runtime settings, as `CameraWorker.apply` hands it over."""
+
+    motion: MotionSettings
+    detection: DetectionSettings
+    objects: DetectionService | None
 
 
 @dataclass
@@ -73,8 +88,10 @@ class CameraWorker:
         source_factory: Callable[[str], FrameSource] = open_source,
         backoff_max_s: float = 30.0,
         frame_fps: float | None = None,
+        motion_detector: MotionDetecting | None = None,
     ) -> None:
-        """`frame_fps`: the most frames per second `on_frame` needs (None: every frame)."""
+        """`frame_fps`: the most frames per second `on_frame` needs (None: every frame).
+        `motion_detector` replaces the built-in one (a bench's reference, a test's observer)."""
         self.cfg = cfg
         self.id = cfg.id
         self.stats = CameraStats()
@@ -84,7 +101,11 @@ class CameraWorker:
         self._keep_fps = 0.0 if on_frame is None else (KEEP_ALL if frame_fps is None else frame_fps)
         self._source_factory = source_factory
         self._backoff_max_s = backoff_max_s
-        self.pipeline = CameraPipeline(cfg)
+        # Read its counters only: the detect thread alone drives it (settings go through apply()).
+        self.pipeline = CameraPipeline(cfg, motion_detector)
+        # _pending_lock guards _pending, the newest settings not yet applied (a one-slot mailbox).
+        self._pending_lock = threading.Lock()
+        self._pending: _Settings | None = None
         self._frames: queue.Queue[Frame] = queue.Queue(maxsize=2)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -148,8 +169,19 @@ class CameraWorker:
         with self._status_lock:
             return self._latest
 
-    def update_motion(self, settings: MotionSettings) -> None:
-        self.pipeline.update_settings(settings)
+    def apply(
+        self, motion: MotionSettings, detection: DetectionSettings, objects: DetectionService | None
+    ) -> None:
+        """Hand the camera's full runtime settings to its detect thread; applied between two frames.
+
+        `objects` is the shared detection service when detection is enabled and loaded, else
+        None. Never blocks: a newer call replaces settings not yet applied (each call carries
+        the complete settings, so only the latest matters). Call once before start() for the
+        first frame's settings; later calls land within 0.2 s even while no frames flow. Labels
+        the model lacks are logged and the camera keeps its previous settings, whole.
+        """
+        with self._pending_lock:
+            self._pending = _Settings(motion, detection, objects)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -314,10 +346,12 @@ class CameraWorker:
     def _detect_loop(self) -> None:
         last: Frame | None = None
         while not self._stop.is_set():
+            self._apply_pending()  # also while no frames flow
             try:
                 frame = self._frames.get(timeout=0.2)
             except queue.Empty:
                 continue
+            self._apply_pending()  # a change made while waiting holds from this frame on
             last = frame
             try:
                 phases = self.pipeline.process(frame)
@@ -329,6 +363,19 @@ class CameraWorker:
         now = time.time()
         for phase in self.pipeline.close(now, last.pts if last else 0.0):
             self._emit_phase(phase)
+
+    def _apply_pending(self) -> None:
+        """Apply the newest settings handed to apply(), if any; on the detect thread only."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            self.pipeline.reconfigure(pending.motion, pending.detection, pending.objects)
+        except AgentError as exc:
+            log.error("camera %s: settings not applied, the previous ones stay: %s", self.id, exc)
+        except Exception:  # a bug must not end the camera's analysis
+            log.exception("camera %s: applying settings failed", self.id)
 
     def _emit_phase(self, phase: EventPhase) -> None:
         try:

@@ -139,13 +139,13 @@ class DetectionService:
 
     def add_camera(self, camera_id: str, settings: DetectionSettings, on_result: ResultCallback) -> None:
         """Register a camera; `on_result` runs on the worker thread and must return quickly."""
-        self._check_labels(camera_id, settings)
+        self.check_labels(camera_id, settings)
         with self._lock:
             self._cameras[camera_id] = _Camera.make(settings, on_result)
 
     def update_settings(self, camera_id: str, settings: DetectionSettings) -> None:
         """Apply new settings (e.g. from config.set) from the next submitted frame on."""
-        self._check_labels(camera_id, settings)
+        self.check_labels(camera_id, settings)
         with self._lock:
             cam = self._cameras.get(camera_id)
             if cam is None:
@@ -156,7 +156,8 @@ class DetectionService:
         with self._lock:
             self._cameras.pop(camera_id, None)
 
-    def _check_labels(self, camera_id: str, settings: DetectionSettings) -> None:
+    def check_labels(self, camera_id: str, settings: DetectionSettings) -> None:
+        """Raise ConfigError naming every label of `settings` that the model does not have."""
         known = {name for name in self.model.labels if name}
         unknown = [name for name in settings.labels if name not in known]
         if unknown:

@@ -1,5 +1,6 @@
 """The camera pipeline's object stage: motion regions in, object events out.
 
+`CameraPipeline` creates it once a camera's detection is enabled and passes it later settings.
 It submits each moving frame's regions to the gateway's shared `DetectionService` and takes the
 results back through a small per-camera queue, so the tracker is only ever touched by the
 camera's own thread; results that pile up (a stalled camera thread) are dropped oldest first.
@@ -9,16 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import queue
+from typing import TYPE_CHECKING
 
 from agent.analysis.events import EventPhase
 from agent.analysis.objects.service import DetectionResult, DetectionService
 from agent.analysis.objects.tracker import ObjectTracker
-from agent.analysis.pipeline import FrameContext
 from agent.config import DetectionSettings
+
+if TYPE_CHECKING:  # the pipeline imports this module to build the stage
+    from agent.analysis.pipeline import FrameContext
 
 
 class ObjectStage:
-    """One camera's detection stage (see `agent.analysis.pipeline.Stage`)."""
+    """One camera's object detection stage (see `agent.analysis.pipeline.Stage`)."""
 
     def __init__(
         self,
@@ -82,5 +86,6 @@ class ObjectStage:
         return phases
 
     def update_settings(self, settings: DetectionSettings) -> None:
+        """Raises ConfigError (labels the model lacks) before anything has changed."""
         self.service.update_settings(self.camera_id, settings)
         self.tracker.update_settings(settings)

@@ -199,7 +199,7 @@ def main() -> None:
                 time.sleep(1.0)  # camera fps settles
                 camera_fps = client.describe()["cameras"][0]["fps"]
                 frames = FirstFrames()
-                client.subscribe("cctv/v1/bench/gw-1/cam/cam-1/stream/+", frames.on_frame, timeout=5)
+                client.subscribe(client.topics.stream_filter("cam-1"), frames.on_frame, timeout=5)
 
                 rtts = bench_ping(client, args.pings)
                 delays = bench_first_frame(client, frames, args.starts)

@@ -1,8 +1,8 @@
 """The platform client (agent.sdk.client) and the ctl helpers, against the real dispatcher on a real broker.
 
-The responder here is the agent's own command stack (Dispatcher, StreamManager, the real clip
-store) over the in-process `FakeGateway` of test_commands_gateway, wired to the session broker
-with paho: what the client sees is what a gateway sends. Unlike the agent subprocess, it lets a
+The responder here is the agent's own command stack (CommandServer, Dispatcher, StreamManager,
+the real clip store) over the in-process `FakeGateway` of test_commands_gateway, wired to the
+session broker with paho: what the client sees is what a gateway sends. Unlike the agent subprocess, it lets a
 test lose or damage chunks on the way, which is how resuming and checksum checks are exercised.
 """
 
@@ -26,10 +26,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.clock import iso, parse_iso
-from agent.commands import COMMANDS, CommandSpec, Dispatcher, StreamManager
+from agent.commands import COMMANDS, CommandServer, CommandSpec, Dispatcher, StreamManager
 from agent.commands.audit import AuditLog
 from agent.commands.models import NoArgs
 from agent.config import parse_config
+from agent.mqtt.outbox import Kind
 from agent.sdk.client import ClientError, CommandFailed, ConnectFailed, NoReply, PlatformClient
 from agent.sdk.ctl import UsageError, parse_assignments, parse_time
 from tests.conftest import Broker, free_port, start_mosquitto, stop_mosquitto
@@ -54,26 +55,23 @@ class Responder:
         self.dispatcher = Dispatcher(
             self.gw, self.audit, streams=self.streams, commands={**COMMANDS, "sleep": slow}
         )
+        # More workers than the agent's two: tests run several slow commands side by side.
+        self.server = CommandServer(self.dispatcher, self._reply, workers=4)
+        self.server.start()
         self.mqtt = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5
         )
         self.subscribed = threading.Event()
-        self.mqtt.on_connect = lambda c, *a: c.subscribe(f"{self.root}/cmd", qos=1)  # again on reconnects
+        cmd = self.gw.topics.cmd
+        self.mqtt.on_connect = lambda c, *a: c.subscribe(cmd, qos=1)  # again on reconnects
         self.mqtt.on_subscribe = lambda *a: self.subscribed.set()
-        self.mqtt.message_callback_add(f"{self.root}/cmd", self._on_cmd)
+        self.mqtt.message_callback_add(cmd, self._on_cmd)
         self.mqtt.reconnect_delay_set(1, 2)
         self.mqtt.connect(broker.host, broker.port)
         self.mqtt.loop_start()
         assert self.subscribed.wait(5)
-        self._workers: list[threading.Thread] = []
 
     def _on_cmd(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        # A thread per request, like the agent's workers: a slow command must not hold up the rest.
-        t = threading.Thread(target=self._handle, args=(msg,), name="responder.cmd")
-        self._workers.append(t)
-        t.start()
-
-    def _handle(self, msg: mqtt.MQTTMessage) -> None:
         response_topic = getattr(msg.properties, "ResponseTopic", None)
         corr = getattr(msg.properties, "CorrelationData", None)
         try:
@@ -81,12 +79,13 @@ class Responder:
         except ValueError:
             request = None
         self.seen.append((request, response_topic, corr))
-        out = self.dispatcher.handle(bytes(msg.payload), response_topic, corr)
-        if out is not None:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            if out[2] is not None:
-                props.CorrelationData = out[2]
-            self.mqtt.publish(out[0], out[1], qos=1, properties=props)
+        self.server.submit(msg)
+
+    def _reply(self, topic: str, payload: bytes, corr: bytes | None) -> None:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if corr is not None:
+            props.CorrelationData = corr
+        self.mqtt.publish(topic, payload, qos=1, properties=props)
 
     def send(
         self, topic: str, payload: bytes, qos: int, retain: bool, properties: dict[str, str] | None
@@ -105,8 +104,7 @@ class Responder:
 
     def close(self) -> None:
         self.streams.stop()
-        for t in self._workers:
-            t.join(5)
+        self.server.stop(timeout=5)
         self.mqtt.disconnect()
         self.mqtt.loop_stop()
         self.audit.close()
@@ -125,9 +123,16 @@ class _BrokerGateway(FakeGateway):
         self._responder = responder
 
     def publish(
-        self, topic: str, payload: bytes, qos: int, retain: bool, properties: dict[str, str] | None
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        kind: Kind,
+        qos: int = 1,
+        retain: bool = False,
+        properties: dict[str, str] | None = None,
     ) -> None:
-        super().publish(topic, payload, qos, retain, properties)
+        super().publish(topic, payload, kind=kind, qos=qos, retain=retain, properties=properties)
         self._responder.send(topic, payload, qos, retain, properties)
 
 

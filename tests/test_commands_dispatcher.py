@@ -290,7 +290,7 @@ def test_forbidden_camera_is_refused_and_audited(env: Env) -> None:
     assert record["requester"]["agency"] == "fire"
     (published,) = env.gw.on(ROOT + "/audit")
     assert json.loads(published.payload) == record
-    assert published.qos == 1
+    assert (published.qos, published.kind) == (1, "audit")
 
 
 def test_config_set_is_admin_only_and_audited(env: Env) -> None:
@@ -433,7 +433,7 @@ def test_clip_commands_with_the_clip_store(env: Env, tmp_path: Path) -> None:
     assert result["count"] == count
     assert result["bytes"] == exported["bytes"]
     assert [c.properties for c in chunks] == [{"index": str(i), "count": str(count)} for i in range(count)]
-    assert all(c.qos == 1 for c in chunks)
+    assert all((c.qos, c.kind) == (1, "clip") for c in chunks)
     mp4 = b"".join(c.payload for c in chunks)
     assert mp4 == adapter.store.path(exported["clip_id"]).read_bytes()
     assert result["sha256"] == exported["sha256"] == hashlib.sha256(mp4).hexdigest()

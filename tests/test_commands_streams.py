@@ -64,7 +64,7 @@ def test_frames_arrive_in_order_with_seq_and_ts(live: FakeGateway, manager: Stre
     assert info.topic == f"{ROOT}/cam/cam-1/stream/{info.session}"
     frames = wait_for(live, info.session, 5)
     assert [f.properties["seq"] for f in frames[:5] if f.properties] == ["0", "1", "2", "3", "4"]
-    assert all(f.qos == 0 and not f.retain for f in frames)
+    assert all(f.qos == 0 and not f.retain and f.kind == "snapshot" for f in frames)
     timestamps = [f.properties["ts"] for f in frames if f.properties]
     assert timestamps == sorted(timestamps)
     assert len(set(timestamps)) == len(timestamps)

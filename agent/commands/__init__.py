@@ -1,21 +1,24 @@
 """Commands from the platform: schema, validation, access control, execution and audit.
 
-The runtime builds one `Dispatcher` (with its `AuditLog` and `StreamManager`) and feeds it every
-message from `{root}/cmd`; the dispatcher reaches the rest of the agent only through `Gateway`.
+The runtime builds one `Dispatcher` (with its `AuditLog` and `StreamManager`) and one
+`CommandServer` that feeds it every message from `{root}/cmd` on its own workers; the dispatcher
+reaches the rest of the agent only through `Gateway`.
 """
 
 from agent.commands.dispatcher import Dispatcher, ReplyOut
-from agent.commands.gateway import ClipStore, ClipSummary, Gateway, HoldSummary
+from agent.commands.gateway import ClipAccess, ClipSummary, Gateway, HoldSummary
 from agent.commands.handlers import COMMANDS, CommandContext, CommandSpec
 from agent.commands.models import CommandError, Request
+from agent.commands.server import CommandServer
 from agent.commands.streams import StreamLimits, StreamManager
 
 __all__ = [
     "COMMANDS",
-    "ClipStore",
+    "ClipAccess",
     "ClipSummary",
     "CommandContext",
     "CommandError",
+    "CommandServer",
     "CommandSpec",
     "Dispatcher",
     "Gateway",

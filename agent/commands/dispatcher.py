@@ -1,8 +1,9 @@
 """Turns one request payload from `{root}/cmd` into at most one reply, never raising.
 
-The MQTT link calls `Dispatcher.handle(payload, response_topic, correlation_data)` for every
-message on the command topic and publishes what it returns (QoS 1, not retained), echoing the
-correlation data as MQTT 5 Correlation Data. The steps, in order:
+The command server (agent.commands.server) calls `Dispatcher.handle(payload, response_topic,
+correlation_data)` on one of its workers for every message on the command topic, and publishes
+what it returns (QoS 1, not retained), echoing the correlation data as MQTT 5 Correlation Data.
+The steps, in order:
 
 1. size: more than `max_payload_bytes` (64 KiB) → bad_request, without parsing;
 2. UTF-8, JSON (no NaN/Infinity), a JSON object → else bad_request;
@@ -14,9 +15,10 @@ correlation data as MQTT 5 Correlation Data. The steps, in order:
 7. access: the camera's allowed_agencies / gateway.admin_agencies → forbidden;
 8. execution; `CommandError` becomes its code, anything else `internal` (logged with traceback).
 
-The reply goes to the MQTT 5 Response Topic when given, else to the request's `reply_to`; with
-neither, the command still runs and `handle` returns None. Requests failing steps 1-3 are not
-remembered for idempotency (their id cannot be trusted); from step 4 on every reply is.
+The reply goes where agent.commands.replies says: the MQTT 5 Response Topic when usable, else
+the request's `reply_to`; with neither, the command still runs and `handle` returns None.
+Requests failing steps 1-3 are not remembered for idempotency (their id cannot be trusted);
+from step 4 on every reply is.
 
 Commands that expose imagery or change state are audited from step 5 on whatever the outcome,
 one record per camera whose imagery went out (or one with the requested camera / null), each
@@ -42,6 +44,7 @@ from agent.commands.gateway import Gateway
 from agent.commands.handlers import COMMANDS, CommandContext, CommandSpec
 from agent.commands.idempotency import IdempotencyCache
 from agent.commands.models import CommandError, ErrorCode
+from agent.commands.replies import reply_error, reply_ok, usable_reply_to, valid_reply_topic
 from agent.commands.streams import StreamManager
 from agent.config import format_errors
 from agent.errors import AgentError, ConfigError
@@ -51,31 +54,11 @@ log = logging.getLogger(__name__)
 ReplyOut = tuple[str, bytes, bytes | None]
 """(reply topic, reply payload, correlation data to echo)"""
 
-DEFAULT_MAX_PAYLOAD = 64 * 1024
 _ID_RE = re.compile(m.REQUEST_ID_PATTERN)
 
 
-def reply_ok(request_id: str, result: dict[str, Any]) -> bytes:
-    return m.Reply(id=request_id, result=result).model_dump_json().encode("utf-8")
-
-
-def reply_error(request_id: str | None, code: ErrorCode, message: str) -> bytes:
-    # Messages may quote what the platform sent (e.g. a dict key); a lone surrogate from a JSON
-    # escape like "\udc00" cannot be encoded as UTF-8 and would turn the reply into `internal`.
-    safe = message[:1000].encode("utf-8", "backslashreplace").decode("utf-8")
-    body = m.ErrorBody(code=code, message=safe)
-    return m.ErrorReply(id=request_id, error=body).model_dump_json().encode("utf-8")
-
-
-def valid_reply_topic(topic: object) -> str | None:
-    """`topic` when it can be published to (non-empty, no wildcards or NUL), else None."""
-    if not isinstance(topic, str) or not topic or len(topic.encode("utf-8", "replace")) > 65535:
-        return None
-    return None if any(c in topic for c in "+#\x00") else topic
-
-
 def _error_code(exc: Exception) -> ErrorCode | None:
-    """The protocol code an AgentError carries in `.code` (CommandError, agent.footage.store.ClipError)."""
+    """The protocol code an AgentError carries in `.code` (CommandError, agent.footage.clips.ClipError)."""
     if not isinstance(exc, AgentError):
         return None
     code = getattr(exc, "code", None)
@@ -106,7 +89,7 @@ class Dispatcher:
         audit: AuditLog,
         *,
         streams: StreamManager | None = None,
-        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
+        max_payload_bytes: int = m.MAX_REQUEST_BYTES,
         max_skew_s: float = 30.0,
         idempotency: IdempotencyCache | None = None,
         clock: Callable[[], float] = time.time,
@@ -135,20 +118,18 @@ class Dispatcher:
             if isinstance(request, _Rejected):
                 obj = request.parsed
                 if isinstance(obj, dict):  # salvage a reply address and the id for the answer
-                    reply_to = obj.get("reply_to")
-                    if isinstance(reply_to, str) and len(reply_to) <= m.MAX_TOPIC_CHARS:
-                        address = address or valid_reply_topic(reply_to)
+                    address = address or usable_reply_to(obj.get("reply_to"))
                     rid = obj.get("id")
                     request_id = rid if isinstance(rid, str) and _ID_RE.match(rid) else None
-                log.info("command rejected: %s", request.message)
+                log.info("command rejected: %r", request.message)
                 reply = reply_error(request_id, "bad_request", request.message)
                 return self._out(address, reply, correlation_data)
             request_id = request.id
-            address = address or request.reply_to
+            address = address or usable_reply_to(request.reply_to)
             claim = self._idem.claim(request.id)
             if claim.replay is not None:
                 log.info(
-                    "command %s (%s): repeated id, sending the first reply again", request.id, request.cmd
+                    "command %s (%r): repeated id, sending the first reply again", request.id, request.cmd
                 )
                 return self._out(address, claim.replay, correlation_data)
             if claim.timed_out:
@@ -206,12 +187,12 @@ class Dispatcher:
         except Exception as exc:
             code = _error_code(exc)
             if code is None:
-                log.exception("command %s (%s) failed", request.id, request.cmd)
+                log.exception("command %s (%r) failed", request.id, request.cmd)
                 code, message = "internal", f"{request.cmd} failed ({type(exc).__name__}); see agent log"
             else:
                 message = exc.message if isinstance(exc, CommandError) else str(exc)
                 log.info(
-                    "command %s (%s) by %s: %s: %s",
+                    "command %s (%r) by %s: %s: %r",
                     request.id,
                     request.cmd,
                     request.requester.agency,
@@ -282,11 +263,10 @@ class Dispatcher:
             }
             record = m.AuditRecord.model_validate(self._audit.append(fields), strict=False)
         except Exception:
-            log.exception("AUDIT LOG WRITE FAILED for command %s (%s)", request.id, request.cmd)
+            log.exception("AUDIT LOG WRITE FAILED for command %s (%r)", request.id, request.cmd)
             return
         try:
-            topic = f"{self._gw.topic_root}/audit"
-            self._gw.publish(topic, record.model_dump_json().encode("utf-8"), 1, False, None)
+            self._gw.publish(self._gw.topics.audit, record.model_dump_json().encode("utf-8"), kind="audit")
         except Exception:
             log.exception("publishing the audit record of %s failed", request.id)
 

@@ -13,10 +13,12 @@ from typing import Any, Protocol
 from agent.capture.source import Frame
 from agent.config import AgentConfig
 from agent.contract.messages import CameraStatus
+from agent.mqtt.outbox import Kind
+from agent.mqtt.topics import Topics
 
 
 class ClipSummary(Protocol):
-    """What the clip commands report about a stored clip (agent.footage.store.ClipInfo fits)."""
+    """What the clip commands report about a stored clip (agent.footage.clips.ClipInfo fits)."""
 
     @property
     def clip_id(self) -> str: ...
@@ -31,18 +33,18 @@ class ClipSummary(Protocol):
 
 
 class HoldSummary(Protocol):
-    """What clip.hold reports (agent.footage.store.HoldResult fits)."""
+    """What clip.hold reports (agent.footage.clips.HoldResult fits)."""
 
     @property
     def clip_ids(self) -> tuple[str, ...]: ...
 
 
-class ClipStore(Protocol):
-    """The clip store as the clip.* commands use it; agent.footage.store.ClipStore fits all but `export`,
-    for which the runtime binds the camera's buffered frames and privacy masks.
+class ClipAccess(Protocol):
+    """Clips as the clip.* commands use them (agent.footage.access.Footage implements it over
+    agent.footage.store.ClipStore, binding the camera's buffered frames and masks to `export`).
 
     Failures the platform should see are raised as an `AgentError` carrying a protocol error
-    code in `.code` (agent.footage.store.ClipError, or CommandError): the dispatcher answers with it.
+    code in `.code` (agent.footage.clips.ClipError, or CommandError): the dispatcher answers with it.
     """
 
     def export(self, camera: str, start: float, end: float) -> ClipSummary:
@@ -63,7 +65,12 @@ class Gateway(Protocol):
 
     @property
     def config(self) -> AgentConfig:
-        """The configuration in force (reflects applied config.set changes)."""
+        """The configuration as loaded at start; settings changed at runtime (config.set) are
+        in `get_settings`, not here."""
+
+    @property
+    def topics(self) -> Topics:
+        """The contract's topics under this gateway's root: build every topic from these."""
 
     @property
     def topic_root(self) -> str:
@@ -73,14 +80,11 @@ class Gateway(Protocol):
     def agent_version(self) -> str: ...
 
     @property
-    def clips(self) -> ClipStore | None:
+    def clips(self) -> ClipAccess | None:
         """The clip store, or None while the gateway has none (clip.* then answer not_found)."""
 
     def uptime_s(self) -> float:
         """Seconds since the agent started."""
-
-    def camera_ids(self) -> list[str]:
-        """Configured cameras, in config order."""
 
     def camera_state(self, camera: str) -> CameraStatus | None:
         """Current state, fps and frame size of a camera; None for an unknown camera."""
@@ -93,10 +97,19 @@ class Gateway(Protocol):
         by more than one frame interval."""
 
     def publish(
-        self, topic: str, payload: bytes, qos: int, retain: bool, properties: dict[str, str] | None
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        kind: Kind,
+        qos: int = 1,
+        retain: bool = False,
+        properties: dict[str, str] | None = None,
     ) -> None:
-        """Queue a message for the broker without blocking; `properties` become MQTT 5 user
-        properties (dropped on 3.1.1)."""
+        """Queue a message for the broker without blocking. `kind` is the outbox's class of the
+        message (what is dropped first when it is full): "snapshot" for imagery, "clip" for clip
+        chunks, "audit" for audit records. `properties` become MQTT 5 user properties (dropped on
+        3.1.1)."""
 
     def get_settings(self) -> dict[str, Any]:
         """The runtime-adjustable settings, the shape of config.get's result."""

@@ -18,14 +18,12 @@ from pydantic import BaseModel
 from agent.capture.source import Frame
 from agent.clock import iso, parse_iso
 from agent.commands import models as m
-from agent.commands.gateway import ClipStore, Gateway
+from agent.commands.gateway import ClipAccess, Gateway
 from agent.commands.geo import covers
-from agent.commands.models import CommandError
+from agent.commands.models import DEFAULT_CHUNK_BYTES, CommandError
 from agent.commands.streams import StreamManager
 from agent.config import CameraConfig
 from agent.footage.images import SNAPSHOT_QUALITY, encode_outgoing
-
-DEFAULT_CHUNK_BYTES = 256 * 1024
 
 
 @dataclass(slots=True)
@@ -44,9 +42,6 @@ class CommandContext:
         if cam is None:
             raise CommandError("not_found", f"no camera {camera_id!r} on this gateway")
         return cam
-
-    def snapshot_topic(self, camera_id: str) -> str:
-        return f"{self.gateway.topic_root}/cam/{camera_id}/snapshot/{self.request.id}"
 
 
 Handler = Callable[[CommandContext, Any], dict[str, Any]]
@@ -82,7 +77,7 @@ def _streams(ctx: CommandContext) -> StreamManager:
     return ctx.streams
 
 
-def _clips(ctx: CommandContext) -> ClipStore:
+def _clips(ctx: CommandContext) -> ClipAccess:
     store = ctx.gateway.clips
     if store is None:
         raise CommandError("not_found", "this gateway keeps no clips (no clip store configured)")
@@ -150,9 +145,9 @@ def _publish_snapshot(
     ctx: CommandContext, cam: CameraConfig, frame: Frame, max_width: int | None
 ) -> m.SnapshotResult:
     jpeg = encode_outgoing(frame.image, cam.privacy_masks, max_width=max_width, quality=SNAPSHOT_QUALITY)
-    topic = ctx.snapshot_topic(cam.id)
+    topic = ctx.gateway.topics.snapshot_reply(cam.id, ctx.request.id)
     ts = iso(frame.ts)
-    ctx.gateway.publish(topic, jpeg.data, 1, False, {"ts": ts, "id": ctx.request.id})
+    ctx.gateway.publish(topic, jpeg.data, kind="snapshot", properties={"ts": ts, "id": ctx.request.id})
     ctx.audit_cameras.append(cam.id)
     return m.SnapshotResult(topic=topic, ts=ts, width=jpeg.width, height=jpeg.height, bytes=len(jpeg.data))
 
@@ -234,13 +229,13 @@ def clip_export(ctx: CommandContext, args: m.ClipExportArgs) -> dict[str, Any]:
 def clip_fetch(ctx: CommandContext, args: m.ClipFetchArgs) -> dict[str, Any]:
     store = _clips(ctx)
     info = store.get(args.clip_id)
-    topic = f"{ctx.gateway.topic_root}/clips/{info.clip_id}"
+    topic = ctx.gateway.topics.clip(info.clip_id)
     digest = hashlib.sha256()
     sent = count = 0
     for index, count, data in store.chunks(info.clip_id, args.chunk_bytes or DEFAULT_CHUNK_BYTES):
         digest.update(data)
         sent += len(data)
-        ctx.gateway.publish(topic, data, 1, False, {"index": str(index), "count": str(count)})
+        ctx.gateway.publish(topic, data, kind="clip", properties={"index": str(index), "count": str(count)})
     return _dump(m.ClipFetchResult(topic=topic, count=count, bytes=sent, sha256=digest.hexdigest()))
 
 

@@ -1,6 +1,6 @@
 """The command side of the contract as pydantic models: these classes ARE the documented schema.
 
-Requests arrive on `{root}/cmd` as JSON objects (see ../shared/protocol.md, "Commands"). Every
+Requests arrive on `{root}/cmd` as JSON objects (see docs/protocol.md, "Commands"). Every
 model is strict (no string-to-number coercion, no bools for integers) and forbids unknown keys,
 so a typo such as `"ttl": 30` is answered `bad_request` naming the key rather than ignored.
 
@@ -30,7 +30,9 @@ RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-
 PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 MAX_TTL_S = 600.0  # the longest a request stays valid: the idempotency window
 MAX_TTL_ACCEPTED_S = 86400.0  # larger ttl_s values are accepted and capped at MAX_TTL_S
-MAX_TOPIC_CHARS = 256
+MAX_TOPIC_CHARS = 256  # of a request's reply_to
+MAX_REQUEST_BYTES = 64 * 1024  # larger requests are bad_request, unparsed
+DEFAULT_CHUNK_BYTES = 256 * 1024  # clip.fetch without chunk_bytes
 
 ErrorCode = Literal["bad_request", "unknown_command", "not_found", "forbidden", "expired", "busy", "internal"]
 ERROR_CODES: tuple[ErrorCode, ...] = (
@@ -177,7 +179,10 @@ class ClipExportArgs(_Span):
 class ClipFetchArgs(Model):
     clip_id: Token
     chunk_bytes: int | None = Field(
-        default=None, ge=1024, le=16 * 1024 * 1024, description="Chunk size; default 256 KiB"
+        default=None,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description=f"Chunk size; default {DEFAULT_CHUNK_BYTES // 1024} KiB",
     )
 
 

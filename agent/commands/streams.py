@@ -1,7 +1,7 @@
-"""Live JPEG streams to the platform, and the one pipeline every outgoing image goes through.
+"""Live JPEG streams to the platform.
 
-`encode_outgoing` is that pipeline: privacy masks at full resolution (so no resize can blur
-them away), then downscale to `max_width`, then JPEG. Snapshots, locate and streams all use it.
+Every frame goes out through agent.footage.images.encode_outgoing (privacy masks at full
+resolution, then downscale, then JPEG), like every other image that leaves the gateway.
 
 `StreamManager` owns the stream sessions and ONE worker thread (`commands.streams`) that
 publishes each session's frames at its fps on `{root}/cam/{camera}/stream/{session}`, QoS 0,
@@ -85,14 +85,14 @@ class StreamManager:
         self._gw = gateway
         self._limits = limits or StreamLimits()
         self._clock = clock
-        # _cond's lock guards _sessions, _limits and every _Session's fields; it is never held
-        # while encoding, only around bookkeeping and the (non-blocking) publish call.
+        # _cond's lock guards _sessions, _limits and every _Session's fields except `first` and
+        # `failures`, which only the worker touches. It is never held while encoding, only around
+        # bookkeeping and the (non-blocking) publish call. set_limits swaps _limits under it, and
+        # open() reads it under it, so a command worker's new limits are seen whole, never half.
         self._cond = threading.Condition()
         self._sessions: dict[str, _Session] = {}
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.frames_sent = 0
-        self.bytes_sent = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -125,13 +125,8 @@ class StreamManager:
 
     # -- commands --------------------------------------------------------------------------
 
-    @property
-    def limits(self) -> StreamLimits:
-        with self._cond:
-            return self._limits
-
     def set_limits(self, limits: StreamLimits) -> None:
-        """New limits apply to the next stream.start; running sessions go on."""
+        """New limits apply to the next stream.start; running sessions go on. Safe from any thread."""
         with self._cond:
             self._limits = limits
 
@@ -178,7 +173,7 @@ class StreamManager:
             session = _Session(
                 id=sid,
                 camera=camera,
-                topic=f"{self._gw.topic_root}/cam/{camera}/stream/{sid}",
+                topic=self._gw.topics.stream(camera, sid),
                 fps=fps,
                 rate_fps=eff_fps,
                 max_width=max_width,
@@ -268,12 +263,10 @@ class StreamManager:
                 if not s.active:
                     return
                 props = {"seq": str(s.seq), "ts": iso(frame.ts)}
-                self._gw.publish(s.topic, jpeg.data, 0, False, props)
+                self._gw.publish(s.topic, jpeg.data, kind="snapshot", qos=0, properties=props)
                 s.seq += 1
                 s.last_frame = (frame.ts, frame.seq)
                 s.frame_bytes = 0.8 * s.frame_bytes + 0.2 * len(jpeg.data)
-                self.frames_sent += 1
-                self.bytes_sent += len(jpeg.data)
         except Exception:
             s.failures += 1
             if s.failures in (1, 10, 100) or s.failures % 1000 == 0:

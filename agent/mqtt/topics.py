@@ -46,5 +46,17 @@ class Topics:
     def stream(self, camera: str, session: str) -> str:
         return f"{self.root}/cam/{camera}/stream/{session}"
 
+    def stream_filter(self, camera: str) -> str:
+        """Every stream session of `camera`: subscribe before stream.start to see the first frame."""
+        return f"{self.root}/cam/{camera}/stream/+"
+
+    @property
+    def reply_prefix(self) -> str:
+        """Where platform clients take replies: the gateway's broker ACL allows only its root."""
+        return f"{self.root}/reply"
+
+    def reply(self, client_id: str) -> str:
+        return f"{self.reply_prefix}/{client_id}"
+
     def clip(self, clip_id: str) -> str:
         return f"{self.root}/clips/{clip_id}"

@@ -265,7 +265,7 @@ def _to_toml(cfg: AgentConfig) -> str:
 # -- entry point ---------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, with_ctl: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description="District CCTV edge agent")
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -308,14 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, default=0.0, help="stop after this long (default: Ctrl-C)")
     s.set_defaults(func=cmd_demo)
 
-    from agent.sdk.ctl import add_ctl_parser
+    if with_ctl:
+        from agent.sdk.ctl import add_ctl_parser
 
-    add_ctl_parser(sub)
+        add_ctl_parser(sub)
+    else:  # listed in --help, but the platform's SDK is loaded only when `ctl` is used
+        sub.add_parser("ctl", help="send commands to a gateway as the platform would")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(with_ctl="ctl" in argv).parse_args(argv)
     _setup_logging(args.log_level)
     try:
         return int(args.func(args))

@@ -15,10 +15,11 @@ from agent.capture.source import Frame
 from agent.clock import iso
 from agent.config import CameraConfig
 from agent.contract.messages import Event
+from agent.footage.clips import ClipError
 from agent.footage.prebuffer import PreEventBuffer
 from agent.footage.recorder import ClipRecorder, ClipSettings
 from agent.footage.retention import Retention
-from agent.footage.store import ClipError, ClipStore
+from agent.footage.store import ClipStore
 
 FPS = 10.0
 MASK = ((0.0, 0.0), (0.4, 0.0), (0.4, 0.5), (0.0, 0.5))

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from agent.capture.source import Frame
+from agent.footage.clips import ClipInfo
 from agent.footage.prebuffer import PreEventBuffer
 from agent.footage.retention import Retention
-from agent.footage.store import ClipInfo, ClipStore
+from agent.footage.store import ClipStore
 
 T0 = time.time() - 7200.0
 

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,12 +130,20 @@ class SettingsStore:
                 )
         return new
 
-    def apply(self, partial: dict[str, Any]) -> RuntimeSettings:
-        """Validate `partial` merged over the current settings, persist, and make it current."""
+    def apply(
+        self, partial: dict[str, Any], check: Callable[[RuntimeSettings], None] | None = None
+    ) -> RuntimeSettings:
+        """Validate `partial` merged over the current settings, persist, and make it current.
+
+        `check` may refuse the validated result (raising ConfigError) before anything is persisted:
+        the runtime uses it for what only the loaded model knows, such as its labels.
+        """
         if not isinstance(partial, dict):
             raise ConfigError("settings", ["<root>: expected an object"])
         with self._lock:
             new = self._validate(partial, self._current)
+            if check is not None:
+                check(new)
             self._persist(new)
             self._current = new
             return new

@@ -1,6 +1,6 @@
 """Messages the agent publishes, as pydantic models: the documented schema of the contract.
 
-Field names and shapes follow ../shared/protocol.md (version 1) exactly; `edge-agent schema`
+Field names and shapes follow docs/protocol.md (version 1) exactly; `edge-agent schema`
 prints their JSON Schema.
 """
 

@@ -11,14 +11,15 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 
 from agent.config import AgentConfig
+from agent.footage.clips import ClipError, ClipInfo, HoldResult
 from agent.footage.prebuffer import PreEventBuffer
-from agent.footage.store import ClipError, ClipInfo, ClipStore, HoldResult
+from agent.footage.store import ClipStore
 
 log = logging.getLogger(__name__)
 
 
 class Footage:
-    """Implements agent.commands.gateway.ClipStore over the real store and the buffers."""
+    """Implements agent.commands.gateway.ClipAccess over the real store and the buffers."""
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from agent.capture.source import Frame, Image
+from agent.config import CameraConfig
 from agent.footage.images import encode_jpeg
 
 __all__ = ["BufferStats", "BufferedFrame", "PreEventBuffer"]
@@ -97,6 +98,18 @@ class PreEventBuffer:
         self._pushed = 0
         self._skipped_for_rate = 0
         self._evicted_for_bytes = 0
+
+    @classmethod
+    def for_camera(cls, cam: CameraConfig) -> PreEventBuffer:
+        """The buffer a camera's `[cameras.buffer]` section describes."""
+        b = cam.buffer
+        return cls(
+            seconds=b.pre_event_s,
+            max_bytes=b.max_bytes,
+            jpeg_quality=b.jpeg_quality,
+            max_width=b.max_width,
+            fps=b.fps,
+        )
 
     def _due(self, ts: float) -> bool:
         """Whether a frame at `ts` should be kept under the configured rate cap."""

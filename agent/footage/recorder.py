@@ -32,10 +32,11 @@ from dataclasses import dataclass, field, replace
 from agent.analysis.events import EventPhase
 from agent.clock import parse_iso
 from agent.config import CameraConfig
+from agent.footage.clips import ClipError
 from agent.footage.prebuffer import BufferedFrame, PreEventBuffer
 from agent.footage.privacy import PolygonLike
 from agent.footage.retention import Retention
-from agent.footage.store import ClipError, ClipStore
+from agent.footage.store import ClipStore
 
 __all__ = ["ClipRecorder", "ClipSettings", "RecorderStats"]
 
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ClipSettings:
-    """What the recorder needs to know about one camera, looked up per event (runtime-adjustable)."""
+    """What the recorder needs to know about one camera, looked up per event from the config file
+    (clip settings and privacy masks are not changed at run time: `config.set` cannot reach them)."""
 
     enabled: bool = True
     pre_roll_s: float = 5.0

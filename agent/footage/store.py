@@ -10,335 +10,58 @@ Layout (flat, so a clip is found by id alone)::
 Writes are atomic: the MP4 is written to `<id>.part.mp4` and fsynced, the sidecar is written
 (tmp + rename), then the MP4 is renamed into place. A crash at any point leaves either nothing, or
 a `.part` file and/or a sidecar without its video, both of which the startup scan removes.
-
-Encoding: H.264 (libx264, `+faststart` so players can start before the whole file arrives) via
-the ffmpeg CLI when it is on PATH with libx264, else OpenCV's `mp4v`. Frames are resampled to a
-constant rate (each output slot shows the newest frame at or before it), so a clip plays at true
-speed even when the buffer kept frames irregularly.
+What a clip is (`ClipInfo`, holds) lives in agent.footage.clips; how frames become an MP4 in
+agent.footage.encoding.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import itertools
 import json
 import logging
 import math
 import os
-import re
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
-import cv2
-import numpy as np
-
-from agent.capture.source import Image
 from agent.clock import iso, parse_iso
-from agent.config import ID_PATTERN
-from agent.errors import AgentError
-from agent.footage.privacy import PolygonLike, apply_privacy_masks
+from agent.footage.clips import (
+    CLIP_ID_RE,
+    ClipError,
+    ClipInfo,
+    Discarded,
+    Hold,
+    HoldResult,
+    JpegFrame,
+    check_camera,
+    check_span,
+    validate_clip_id,
+)
+from agent.footage.encoding import (
+    Encoder,
+    PlanItem,
+    constant_rate,
+    encode_clip,
+    ffmpeg_has_x264,
+    plan_frames,
+)
+from agent.footage.privacy import PolygonLike
 
-__all__ = [
-    "DEFAULT_CHUNK_BYTES",
-    "MAX_EXPORT_S",
-    "ClipError",
-    "ClipInfo",
-    "ClipStore",
-    "Discarded",
-    "Hold",
-    "HoldResult",
-    "JpegFrame",
-    "validate_clip_id",
-]
+__all__ = ["MAX_EXPORT_S", "ClipStore"]
 
 log = logging.getLogger(__name__)
 
-CLIP_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-CAMERA_RE = re.compile(ID_PATTERN)
 MAX_EXPORT_S = 600.0
 """Longest span one export may cover: bounds the CPU and disk one command can demand."""
-DEFAULT_CHUNK_BYTES = 256 * 1024
 MIN_CHUNK_BYTES = 1024
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
-MAX_FPS = 30
-ENCODE_TIMEOUT_S = 120.0
-"""An encoder still running after this (plus 0.5 s per frame) is killed and the clip fails."""
-
-ErrorCode = Literal["bad_request", "not_found", "internal"]
-Encoder = Literal["auto", "ffmpeg", "opencv"]
-
-
-class ClipError(AgentError):
-    """A clip request failed; `code` is the protocol error code to answer with."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        self.code: ErrorCode = code
-        super().__init__(message)
-
-
-class JpegFrame(Protocol):
-    """What a clip is made from: a capture time and JPEG bytes (e.g. prebuffer.BufferedFrame)."""
-
-    @property
-    def ts(self) -> float: ...
-
-    @property
-    def jpeg(self) -> bytes: ...
-
-
-def validate_clip_id(clip_id: object) -> str:
-    """Return the id if it is a canonical lowercase UUID; anything path-like is refused."""
-    if not isinstance(clip_id, str) or not CLIP_ID_RE.fullmatch(clip_id):
-        raise ClipError("bad_request", f"clip_id {clip_id!r:.80} is not a clip id (a lowercase UUID)")
-    return clip_id
-
-
-@dataclass(frozen=True, slots=True)
-class ClipInfo:
-    """A stored clip as its sidecar describes it. start/end are the first/last frame's times."""
-
-    clip_id: str
-    camera: str
-    start: float
-    end: float
-    event_id: str | None
-    sha256: str
-    bytes: int
-    frames: int
-    width: int
-    height: int
-    fps: float
-    codec: str
-    created_at: float
-    held_until: float | None = None
-
-    @property
-    def duration_s(self) -> float:
-        """Playing time of the MP4 (frames at the constant rate)."""
-        return self.frames / self.fps
-
-    def chunk_count(self, chunk_bytes: int) -> int:
-        return max(1, math.ceil(self.bytes / chunk_bytes))
-
-    def export_result(self) -> dict[str, Any]:
-        """The `clip.export` result of the protocol."""
-        return {
-            "clip_id": self.clip_id,
-            "duration_s": round(self.duration_s, 3),
-            "bytes": self.bytes,
-            "sha256": self.sha256,
-        }
-
-    def fetch_result(self, topic: str, chunk_bytes: int) -> dict[str, Any]:
-        """The `clip.fetch` result of the protocol, for chunks of `chunk_bytes` sent on `topic`."""
-        return {
-            "topic": topic,
-            "count": self.chunk_count(chunk_bytes),
-            "bytes": self.bytes,
-            "sha256": self.sha256,
-        }
-
-    def to_sidecar(self) -> dict[str, Any]:
-        return {
-            "clip_id": self.clip_id,
-            "camera": self.camera,
-            "start": iso(self.start),
-            "end": iso(self.end),
-            "event_id": self.event_id,
-            "sha256": self.sha256,
-            "bytes": self.bytes,
-            "frames": self.frames,
-            "width": self.width,
-            "height": self.height,
-            "fps": self.fps,
-            "codec": self.codec,
-            "created_at": iso(self.created_at),
-            "held_until": iso(self.held_until) if self.held_until is not None else None,
-        }
-
-    @classmethod
-    def from_sidecar(cls, data: object, expected_id: str | None = None) -> ClipInfo:
-        """Parse a sidecar; raise ValueError or TypeError naming the first bad field."""
-        if not isinstance(data, dict):
-            raise TypeError("sidecar is not a JSON object")
-
-        def need(key: str, kind: type | tuple[type, ...]) -> Any:
-            value = data.get(key)
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise TypeError(f"sidecar field {key!r} is missing or has the wrong type")
-            return value
-
-        def when(key: str) -> float:
-            try:
-                return parse_iso(need(key, str))
-            except ValueError:
-                raise ValueError(f"sidecar field {key!r} is not a timestamp") from None
-
-        held = data.get("held_until")
-        info = cls(
-            clip_id=validate_clip_id(need("clip_id", str)),
-            camera=need("camera", str),
-            start=when("start"),
-            end=when("end"),
-            event_id=data.get("event_id") if isinstance(data.get("event_id"), str) else None,
-            sha256=need("sha256", str),
-            bytes=need("bytes", int),
-            frames=need("frames", int),
-            width=need("width", int),
-            height=need("height", int),
-            fps=float(need("fps", (int, float))),
-            codec=need("codec", str),
-            created_at=when("created_at"),
-            held_until=when("held_until") if held is not None else None,
-        )
-        if expected_id is not None and info.clip_id != expected_id:
-            raise ValueError(f"sidecar names clip {info.clip_id}, not {expected_id}")
-        if not re.fullmatch(r"[0-9a-f]{64}", info.sha256):
-            raise ValueError("sidecar field 'sha256' is not a hex digest")
-        if info.bytes <= 0 or info.frames <= 0 or info.fps <= 0 or info.end < info.start:
-            raise ValueError("sidecar has non-positive sizes or an inverted span")
-        return info
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """Footage of `camera` overlapping [start, end] is kept from retention until `until`."""
-
-    camera: str
-    start: float
-    end: float
-    until: float
-
-    def covers(self, camera: str, start: float, end: float) -> bool:
-        return camera == self.camera and start <= self.end and end >= self.start
-
-
-@dataclass(frozen=True, slots=True)
-class HoldResult:
-    hold: Hold
-    clip_ids: tuple[str, ...]
-
-    def result(self) -> dict[str, Any]:
-        """The `clip.hold` result (the protocol leaves it open; this is what we answer)."""
-        return {
-            "camera": self.hold.camera,
-            "start": iso(self.hold.start),
-            "end": iso(self.hold.end),
-            "until": iso(self.hold.until),
-            "clip_ids": list(self.clip_ids),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Discarded:
-    """A file the scan removed or set aside, and why."""
-
-    path: Path
-    reason: str
-
-
-# -- frame plans: what goes into a clip, decoded lazily in time order -------------------------------
-
-
-class _Item(Protocol):
-    ts: float
-
-    def image(self) -> Image: ...
-
-
-@dataclass(slots=True)
-class _JpegItem:
-    ts: float
-    jpeg: bytes
-
-    def image(self) -> Image:
-        img = cv2.imdecode(np.frombuffer(self.jpeg, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ClipError("internal", f"a buffered frame at {iso(self.ts)} is not a decodable JPEG")
-        return np.asarray(img, dtype=np.uint8)
-
-
-class _SequentialReader:
-    """Decodes a recorded clip front to back; items ask for frame numbers in increasing order."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._cap: cv2.VideoCapture | None = None
-        self._pos = -1
-        self._last: Image | None = None
-
-    def frame(self, index: int) -> Image:
-        if self._cap is None:
-            self._cap = cv2.VideoCapture(str(self.path))
-        while self._pos < index:
-            ok, img = self._cap.read()
-            if not ok:
-                break
-            self._pos += 1
-            self._last = np.asarray(img, dtype=np.uint8)
-        if self._last is None:
-            raise ClipError("internal", f"recorded clip {self.path.name} cannot be decoded")
-        return self._last
-
-    def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
-
-
-@dataclass(slots=True)
-class _RecordedItem:
-    ts: float
-    reader: _SequentialReader
-    index: int
-
-    def image(self) -> Image:
-        return self.reader.frame(self.index)
-
-
-def _constant_rate(items: Sequence[_Item]) -> tuple[float, list[int]]:
-    """Pick a frame rate from the median gap and map each output slot to an input item."""
-    if len(items) == 1:
-        return 1.0, [0]
-    gaps = sorted(b.ts - a.ts for a, b in itertools.pairwise(items) if b.ts > a.ts)
-    median = gaps[len(gaps) // 2] if gaps else 1.0
-    fps = float(min(MAX_FPS, max(1, round(1.0 / median))))
-    span = items[-1].ts - items[0].ts
-    slots = math.floor(span * fps + 0.5) + 1
-    picks: list[int] = []
-    j = 0
-    for k in range(slots):
-        t = items[0].ts + k / fps + 0.5 / fps
-        while j + 1 < len(items) and items[j + 1].ts <= t:
-            j += 1
-        picks.append(j)
-    return fps, picks
-
-
-@functools.cache
-def _ffmpeg_has_x264() -> bool:
-    """Whether ffmpeg on PATH can encode H.264 (asked once per process)."""
-    exe = shutil.which("ffmpeg")
-    if exe is None:
-        return False
-    try:
-        out = subprocess.run(
-            [exe, "-hide_banner", "-encoders"], capture_output=True, timeout=10, check=False
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return b" libx264 " in out
 
 
 class ClipStore:
@@ -364,7 +87,7 @@ class ClipStore:
         self._clips: dict[str, ClipInfo] = {}
         self._holds: list[Hold] = []
         if encoder == "auto":
-            encoder = "ffmpeg" if _ffmpeg_has_x264() else "opencv"
+            encoder = "ffmpeg" if ffmpeg_has_x264() else "opencv"
         self.encoder: Encoder = encoder
         self.ffmpeg_threads = ffmpeg_threads
         self.discarded: list[Discarded] = []
@@ -490,8 +213,8 @@ class ClipStore:
         The hold also covers clips written later for that span (e.g. an event still recording).
         """
         now = time.time() if now is None else now
-        _check_camera(camera)
-        _check_span(start, end)
+        check_camera(camera)
+        check_span(start, end)
         if not math.isfinite(until) or until <= now:
             raise ClipError(
                 "bad_request", f"until {iso(until) if math.isfinite(until) else until} is not in the future"
@@ -550,7 +273,7 @@ class ClipStore:
     # -- fetch -----------------------------------------------------------------------------------
 
     def chunks(
-        self, clip_id: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES, start_index: int = 0
+        self, clip_id: str, chunk_bytes: int, start_index: int = 0
     ) -> Iterator[tuple[int, int, bytes]]:
         """Yield (index, count, data) from chunk `start_index` on, for a resumable `clip.fetch`.
 
@@ -605,8 +328,8 @@ class ClipStore:
         frame. Raises ClipError: bad_request for a bad span or id, not_found when nothing covers
         the span, internal when encoding or writing fails (e.g. the disk is full).
         """
-        _check_camera(camera)
-        _check_span(start, end)
+        check_camera(camera)
+        check_span(start, end)
         if end - start > MAX_EXPORT_S:
             raise ClipError(
                 "bad_request", f"span of {end - start:.0f} s exceeds the {MAX_EXPORT_S:.0f} s limit"
@@ -615,48 +338,53 @@ class ClipStore:
         with self._lock:
             if clip_id in self._clips:
                 raise ClipError("bad_request", f"clip {clip_id} already exists")
-        buffered: list[_Item] = sorted(
-            (_JpegItem(f.ts, f.jpeg) for f in frames if start <= f.ts <= end), key=lambda i: i.ts
-        )
-        first_buffered = buffered[0].ts if buffered else math.inf
-        readers: list[_SequentialReader] = []
-        items: list[_Item] = []
-        for rec in self.clips(camera):
-            if rec.end < start or rec.start > min(end, first_buffered):
-                continue
-            reader = _SequentialReader(self.root / f"{rec.clip_id}.mp4")
-            readers.append(reader)
-            for k in range(rec.frames):
-                ts = rec.start + k / rec.fps
-                if start <= ts <= end and ts < first_buffered - 0.5 / rec.fps:
-                    items.append(_RecordedItem(ts, reader, k))
-        items.sort(key=lambda i: i.ts)
-        items.extend(buffered)
+        items, readers = plan_frames(self.root, self.clips(camera), start, end, frames)
         if not items:
             raise ClipError(
                 "not_found", f"nothing buffered or recorded for {camera} between {iso(start)} and {iso(end)}"
             )
+        try:
+            info = self._write(clip_id, camera, items, masks, event_id, time.time() if now is None else now)
+        finally:
+            for reader in readers:
+                reader.close()
+        log.info(
+            "clip %s: %s %d frames @ %.0f fps, %d bytes", clip_id, camera, info.frames, info.fps, info.bytes
+        )
+        return info
+
+    def _write(
+        self,
+        clip_id: str,
+        camera: str,
+        items: Sequence[PlanItem],
+        masks: Sequence[PolygonLike],
+        event_id: str | None,
+        now: float,
+    ) -> ClipInfo:
+        """Encode `items` to `<id>.part.mp4`, write the sidecar, then rename the MP4 into place."""
         part = self.root / f"{clip_id}.part.mp4"
         try:
-            fps, picks = _constant_rate(items)
-            width, height, codec = self._encode(items, picks, fps, masks, part)
-            digest, size = _sha256(part), part.stat().st_size
+            fps, picks = constant_rate(items)
+            width, height, codec = encode_clip(
+                items, picks, fps, masks, part, encoder=self.encoder, ffmpeg_threads=self.ffmpeg_threads
+            )
             info = ClipInfo(
                 clip_id=clip_id,
                 camera=camera,
                 start=items[0].ts,
                 end=items[-1].ts,
                 event_id=event_id,
-                sha256=digest,
-                bytes=size,
+                sha256=_sha256(part),
+                bytes=part.stat().st_size,
                 frames=len(picks),
                 width=width,
                 height=height,
                 fps=fps,
                 codec=codec,
-                created_at=time.time() if now is None else now,
+                created_at=now,
             )
-            info = replace(info, held_until=self.held_until(info, now=info.created_at))
+            info = replace(info, held_until=self.held_until(info, now=now))
             with self._lock:
                 self._write_sidecar(info)
                 part.replace(self.root / f"{clip_id}.mp4")
@@ -669,124 +397,10 @@ class ClipStore:
         except ClipError:
             part.unlink(missing_ok=True)
             raise
-        finally:
-            for reader in readers:
-                reader.close()
-        log.info("clip %s: %s %d frames @ %.0f fps, %d bytes", clip_id, camera, info.frames, fps, size)
         return info
 
     def _write_sidecar(self, info: ClipInfo) -> None:
         _write_atomic(self.root / f"{info.clip_id}.json", json.dumps(info.to_sidecar(), indent=1).encode())
-
-    def _frames(
-        self, items: Sequence[_Item], picks: Sequence[int], masks: Sequence[PolygonLike]
-    ) -> Iterator[Image]:
-        """Decoded, masked frames for each output slot, all at the first frame's (even) size."""
-        cache: tuple[int, Image] | None = None
-        size: tuple[int, int] | None = None
-        for j in picks:
-            if cache is None or cache[0] != j:
-                img = items[j].image()
-                if size is None:
-                    h, w = img.shape[:2]
-                    size = (w - w % 2, h - h % 2)  # yuv420p needs even dimensions
-                    if size[0] < 2 or size[1] < 2:
-                        raise ClipError("internal", f"frame of {w}x{h} is too small for a video")
-                h, w = img.shape[:2]
-                if (w - w % 2, h - h % 2) == size:
-                    img = img[: size[1], : size[0]]
-                else:  # the source changed resolution mid-clip
-                    img = np.asarray(cv2.resize(img, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
-                cache = (j, np.ascontiguousarray(apply_privacy_masks(img, masks)))
-            yield cache[1]
-
-    def _encode(
-        self,
-        items: Sequence[_Item],
-        picks: Sequence[int],
-        fps: float,
-        masks: Sequence[PolygonLike],
-        out: Path,
-    ) -> tuple[int, int, str]:
-        frames = self._frames(items, picks, masks)
-        first = next(frames)
-        height, width = first.shape[:2]
-        if self.encoder == "ffmpeg":
-            _encode_ffmpeg(first, frames, count=len(picks), fps=fps, out=out, threads=self.ffmpeg_threads)
-            codec = "h264"
-        else:
-            _encode_opencv(first, frames, fps, out)
-            codec = "mp4v"
-        with out.open("rb") as fh:
-            os.fsync(fh.fileno())
-        return width, height, codec
-
-
-def _encode_ffmpeg(
-    first: Image, rest: Iterator[Image], *, count: int, fps: float, out: Path, threads: int
-) -> None:
-    height, width = first.shape[:2]
-    exe = shutil.which("ffmpeg") or "ffmpeg"
-    cmd = [
-        exe, "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-framerate", f"{fps:g}",
-        "-i", "pipe:0",
-        "-an", "-c:v", "libx264", "-preset", "veryfast", "-crf", "26", "-pix_fmt", "yuv420p",
-        "-threads", str(threads), "-movflags", "+faststart", "-f", "mp4", str(out),
-    ]  # fmt: skip
-    with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
-        killer = threading.Timer(ENCODE_TIMEOUT_S + 0.5 * count, proc.kill)
-        killer.name = "clips.encode-watchdog"
-        killer.daemon = True
-        killer.start()
-        try:
-            assert proc.stdin is not None
-            try:
-                proc.stdin.write(first.tobytes())
-                for img in rest:
-                    proc.stdin.write(img.tobytes())
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # ffmpeg died; its exit status and stderr say why
-            except BaseException:
-                proc.kill()
-                raise
-            code = proc.wait()
-        finally:
-            killer.cancel()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        if code != 0:
-            errors.seek(0)
-            detail = errors.read().decode("utf-8", "replace").strip().splitlines()
-            raise ClipError("internal", f"ffmpeg failed ({code}): {detail[-1] if detail else 'killed'}")
-
-
-def _encode_opencv(first: Image, rest: Iterator[Image], fps: float, out: Path) -> None:
-    height, width = first.shape[:2]
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise ClipError("internal", f"OpenCV cannot write {out.name}")
-    try:
-        writer.write(first)
-        for img in rest:
-            writer.write(img)
-    finally:
-        writer.release()
-
-
-def _check_camera(camera: object) -> None:
-    if not isinstance(camera, str) or not CAMERA_RE.fullmatch(camera):
-        raise ClipError("bad_request", f"camera {camera!r:.80} is not a camera id")
-
-
-def _check_span(start: float, end: float) -> None:
-    if not (math.isfinite(start) and math.isfinite(end)):
-        raise ClipError("bad_request", "start and end must be finite times")
-    if end <= start:
-        raise ClipError("bad_request", f"end {iso(end)} is not after start {iso(start)}")
 
 
 def _sha256(path: Path) -> str:

@@ -1,0 +1,119 @@
+"""The `telemetry` topic: what an operator needs to see that a gateway and its cameras are well.
+
+Sampling only reads: counters of the outbox, link, recorder, detector and cameras, and the last
+retention report (retention itself runs on its own timer, agent.runtime.housekeeping). Published
+at QoS 0 every `gateway.telemetry_interval_s` on thread `telemetry`; docs/protocol.md lists every
+section.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from agent.clock import iso
+from agent.footage.recorder import ClipRecorder
+from agent.footage.retention import Retention
+from agent.mqtt.link import MqttLink
+from agent.mqtt.outbox import Outbox
+from agent.mqtt.topics import Topics
+from agent.runtime.camera import CameraWorker
+from agent.runtime.health import GatewayHealth
+from agent.runtime.settings import SharedDetector
+from agent.runtime.ticker import Ticker
+
+
+class Telemetry:
+    """Owns the `telemetry` thread; `sample()` builds one message body."""
+
+    def __init__(
+        self,
+        *,
+        link: MqttLink,
+        topics: Topics,
+        interval_s: float,
+        health: GatewayHealth,
+        outbox: Outbox,
+        cameras: Iterable[CameraWorker],
+        detector: SharedDetector,
+        recorder: ClipRecorder | None = None,
+        retention: Retention | None = None,
+    ) -> None:
+        self._link = link
+        self._topics = topics
+        self._health = health
+        self._outbox = outbox
+        self._cameras = list(cameras)
+        self._detector = detector
+        self._recorder = recorder
+        self._retention = retention
+        self._ticker = Ticker("telemetry", interval_s, self._publish)
+
+    def start(self) -> None:
+        self._ticker.start()
+
+    def request_stop(self) -> None:
+        self._ticker.request_stop()
+
+    def stop(self, timeout: float) -> None:
+        self._ticker.stop(timeout)
+
+    def alive(self) -> bool:
+        return self._ticker.alive()
+
+    def _publish(self) -> None:
+        payload = json.dumps(self.sample()).encode()
+        self._link.publish(self._topics.telemetry, payload, qos=0, kind="telemetry")
+
+    def sample(self) -> dict[str, Any]:
+        body = self._health.sample()
+        body["ts"] = iso()
+        body["outbox_depth"] = self._outbox.depth()
+        body["outbox"] = self._outbox_section()
+        report = self._retention.last if self._retention is not None else None
+        if report is not None:
+            body["storage"] = report.telemetry()
+        if self._recorder is not None:
+            rs = self._recorder.stats()
+            body["clips"] = {
+                "written": rs.written,
+                "failed": rs.failed,
+                "skipped_disk_full": rs.skipped_disk_full,
+                "skipped_busy": rs.skipped_busy,
+                "last_error": rs.last_error,
+            }
+        detection = self._detector.telemetry()
+        if detection is not None:
+            body["detection"] = detection
+        stats = self._link.stats
+        body["mqtt"] = {
+            "connected": self._link.connected,
+            "connects": stats.connects,
+            "disconnects": stats.disconnects,
+            "qos0_dropped": stats.qos0_dropped,
+        }
+        body["cameras"] = {
+            w.id: {
+                "state": w.status.state,
+                "fps": round(w.stats.fps, 2),
+                "frames": w.stats.frames,
+                "dropped_frames": w.stats.dropped,
+                "skipped_frames": w.stats.skipped,
+                "reconnects": w.stats.reconnects,
+            }
+            for w in self._cameras
+        }
+        return body
+
+    def _outbox_section(self) -> dict[str, Any]:
+        box = self._outbox
+        discarded = box.discarded
+        return {
+            "durable": box.durable,
+            "bytes": box.bytes_used(),
+            "dropped": box.dropped(),
+            "discarded": None
+            if discarded is None
+            else {"reason": discarded.reason, "moved_to": str(discarded.moved_to)},
+        }

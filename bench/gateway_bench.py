@@ -549,6 +549,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="shorter windows, fewer N (a smoke run)")
     ap.add_argument("--sections", default="scale,procs,substream,skip,gil,latency,startup")
     ap.add_argument("--keep", type=Path, help="keep videos and logs in this folder")
+    ap.add_argument("--counts", help="N of the scale section, comma-separated (default 1,2,4,8,16)")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
 
@@ -563,7 +564,9 @@ def main() -> int:
 
     base: dict[str, float] = {}
     warmup, window = (3.0, 4.0) if args.quick else (4.0, 8.0)
-    counts = (1, 4, 16) if args.quick else (1, 2, 4, 8, 16)
+    counts: tuple[int, ...] = (1, 4, 16) if args.quick else (1, 2, 4, 8, 16)
+    if args.counts:
+        counts = tuple(int(n) for n in args.counts.split(","))
     started = time.monotonic()
     print(f"# gateway bench: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
           f"load average {os.getloadavg()[0]:.1f} at start")

@@ -131,3 +131,36 @@ def test_message_in_reply_and_audit_out(agent: Agent, broker: Broker) -> None:
     saved = json.loads((agent.cfg.gateway.data_dir / "settings.json").read_text())
     assert saved["cameras"]["cam-1"]["motion"]["threshold"] == 33
     assert saved["cameras"]["cam-1"]["detection"]["enabled"] is False
+
+
+def test_retention_runs_on_its_own_timer(
+    tmp_path: Path, broker: Broker, unique_gateway: str, crossing: Path
+) -> None:
+    """A full disk shows on the camera at start, though telemetry is an hour away."""
+    path = write_config(
+        tmp_path / "agent.toml",
+        district=DISTRICT,
+        gateway=unique_gateway,
+        port=broker.port,
+        data_dir=tmp_path / "data",
+        cameras=f'[[cameras]]\nid = "cam-1"\nsource = "file://{crossing}"\n',
+        extra=f"\n[storage]\nmin_free_bytes = {10**15}\n",
+    )
+    text = path.read_text().replace("telemetry_interval_s = 1", "telemetry_interval_s = 3600")
+    path.write_text(text)
+    sub = Subscriber(broker.host, broker.port, f"cctv/v1/{DISTRICT}/{unique_gateway}/#")
+    running = Agent(load_config(path))
+    running.start()
+    try:
+        assert sub.wait_for(
+            lambda ms: any(
+                m.topic.endswith("/cam/cam-1/status")
+                and (m.json().get("error") or "").startswith("disk full: clips paused")
+                for m in ms
+            ),
+            10,
+        ), [m.payload for m in sub.on("/status")]
+        assert not sub.on("/telemetry")
+    finally:
+        running.stop()
+        sub.close()

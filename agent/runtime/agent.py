@@ -3,7 +3,7 @@
 `Agent` builds every part and hands each what it needs; the work is done by the parts:
 cameras (`CameraWorker`: capture and analysis threads), `EventPublisher` (status, events,
 snapshots), `CommandServer` (the command queue and workers), `SettingsApplier` (config.set, handed
-to the cameras' threads), `Telemetry` and `Housekeeping` (timers), the clip recorder and the
+to the cameras' threads), `Telemetry` and `Housekeeping` (run by `Ticker` timers), the clip recorder and the
 MQTT link with its durable outbox.
 
 A frame's path: capture thread → 2-deep queue → detect thread (pipeline: motion, objects) →
@@ -48,12 +48,13 @@ from agent.mqtt.topics import Topics
 from agent.runtime.camera import CameraWorker
 from agent.runtime.gateway import GatewayFacade
 from agent.runtime.health import GatewayHealth
-from agent.runtime.housekeeping import Housekeeping
+from agent.runtime.housekeeping import RETENTION_INTERVAL_S, Housekeeping
 from agent.runtime.open_events import OpenEvents
 from agent.runtime.publishing import EventPublisher, gateway_status
 from agent.runtime.settings import SettingsApplier, SharedDetector
 from agent.runtime.systemd import notify, watchdog_interval_s
 from agent.runtime.telemetry import Telemetry
+from agent.runtime.ticker import Ticker
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,6 @@ class Agent:
         self.telemetry = Telemetry(
             link=self.link,
             topics=self.topics,
-            interval_s=cfg.gateway.telemetry_interval_s,
             health=GatewayHealth(data_dir),
             outbox=self.outbox,
             cameras=self.cameras.values(),
@@ -110,7 +110,12 @@ class Agent:
             recorder=self.recorder,
             retention=self.retention,
         )
-        self.housekeeping = Housekeeping(self.retention, self.cameras.values()) if self.retention else None
+        self.timers = [Ticker("telemetry", cfg.gateway.telemetry_interval_s, self.telemetry.publish)]
+        if self.retention is not None:
+            housekeeping = Housekeeping(self.retention, self.cameras.values())
+            self.timers.append(
+                Ticker("housekeeping", RETENTION_INTERVAL_S, housekeeping.run_once, run_at_start=True)
+            )
         self.link.on_connect(self._republish_camera_status)
         self.link.on_connect(self.settings.report)
         self.link.subscribe(self.topics.cmd, self.commands.submit)
@@ -188,9 +193,8 @@ class Agent:
         self.detector.start()
         if self.recorder is not None:
             self.recorder.start()
-        self.telemetry.start()
-        if self.housekeeping is not None:
-            self.housekeeping.start()
+        for timer in self.timers:
+            timer.start()
         self.commands.start()
         self.link.wait_connected(5.0)
         notify("READY=1")
@@ -199,9 +203,7 @@ class Agent:
         """Names of owned threads that died; while any has, systemd's watchdog restarts the agent."""
         dead = [w.id for w in self.cameras.values() if not w.alive()]
         dead += self.commands.dead_threads()
-        dead += [] if self.telemetry.alive() else ["telemetry"]
-        if self.housekeeping is not None and not self.housekeeping.alive():
-            dead.append("housekeeping")
+        dead += [timer.name for timer in self.timers if not timer.alive()]
         if not self.link.alive():
             dead.append("mqtt.pump")
         return dead
@@ -218,16 +220,14 @@ class Agent:
         self.streams.stop(timeout=0.5)
         for worker in self.cameras.values():
             worker.request_stop()
-        self.telemetry.request_stop()
-        if self.housekeeping is not None:
-            self.housekeeping.request_stop()
+        for timer in self.timers:
+            timer.request_stop()
         deadline = time.monotonic() + 1.5
         for worker in self.cameras.values():
             worker.stop(timeout=max(0.1, deadline - time.monotonic()))
         self.commands.stop(timeout=0.5)
-        self.telemetry.stop(timeout=0.2)
-        if self.housekeeping is not None:
-            self.housekeeping.stop(timeout=0.2)
+        for timer in self.timers:
+            timer.stop(timeout=0.2)
         self.detector.stop(timeout=0.5)
         if self.recorder is not None:
             self.recorder.stop(timeout_s=1.0)

@@ -2,7 +2,7 @@
 
 Sampling only reads: counters of the outbox, link, recorder, detector and cameras, and the last
 retention report (retention itself runs on its own timer, agent.runtime.housekeeping). Published
-at QoS 0 every `gateway.telemetry_interval_s` on thread `telemetry`; docs/protocol.md lists every
+at QoS 0 every `gateway.telemetry_interval_s` by a `Ticker` the agent owns; docs/protocol.md lists every
 section.
 """
 
@@ -21,18 +21,16 @@ from agent.mqtt.topics import Topics
 from agent.runtime.camera import CameraWorker
 from agent.runtime.health import GatewayHealth
 from agent.runtime.settings import SharedDetector
-from agent.runtime.ticker import Ticker
 
 
 class Telemetry:
-    """Owns the `telemetry` thread; `sample()` builds one message body."""
+    """`sample()` builds one message body; the agent runs `publish` on a `Ticker` named `telemetry`."""
 
     def __init__(
         self,
         *,
         link: MqttLink,
         topics: Topics,
-        interval_s: float,
         health: GatewayHealth,
         outbox: Outbox,
         cameras: Iterable[CameraWorker],
@@ -48,21 +46,9 @@ class Telemetry:
         self._detector = detector
         self._recorder = recorder
         self._retention = retention
-        self._ticker = Ticker("telemetry", interval_s, self._publish)
 
-    def start(self) -> None:
-        self._ticker.start()
-
-    def request_stop(self) -> None:
-        self._ticker.request_stop()
-
-    def stop(self, timeout: float) -> None:
-        self._ticker.stop(timeout)
-
-    def alive(self) -> bool:
-        return self._ticker.alive()
-
-    def _publish(self) -> None:
+    def publish(self) -> None:
+        """Sample and publish once (QoS 0: a lost sample is replaced by the next)."""
         payload = json.dumps(self.sample()).encode()
         self._link.publish(self._topics.telemetry, payload, qos=0, kind="telemetry")
 

@@ -11,6 +11,16 @@ class Topics:
 
     root: str
 
+    @classmethod
+    def of_gateway(cls, prefix: str, district: str, gateway: str) -> Topics:
+        """The root the contract gives a gateway: `{prefix}/{district}/{gateway}`."""
+        return cls(f"{prefix}/{district}/{gateway}")
+
+    @property
+    def everything(self) -> str:
+        """Every topic of the gateway (`{root}/#`): what a watcher subscribes to."""
+        return f"{self.root}/#"
+
     @property
     def status(self) -> str:
         return f"{self.root}/status"

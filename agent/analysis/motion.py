@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import cv2
 import numpy as np
@@ -83,6 +83,16 @@ class MotionResult:
 _STILL = MotionResult(motion=False)
 
 
+class _Foreground(NamedTuple):
+    """One frame's foreground: the mask (255 = changed), the global threshold it used, and the
+    share of the active view it covers and how much that share grew since the previous frame."""
+
+    mask: Plane
+    threshold: float
+    share: float
+    jump: float
+
+
 class MotionDetector:
     """Per-camera motion detector; `detect` is called with frames in time order, on one thread."""
 
@@ -126,8 +136,13 @@ class MotionDetector:
         """Current noise estimate, grey levels of the working image (for diagnostics)."""
         return self._sigma
 
-    def detect(self, image: Image, ts: float) -> MotionResult:  # noqa: PLR0911 (one exit per verdict)
-        """Compare one BGR frame with the background and return where it moved."""
+    def detect(self, image: Image, ts: float) -> MotionResult:
+        """Compare one BGR frame with the background and return where it moved.
+
+        The steps' order matters: each reads what the one before left, and a frame found to be a
+        light switch or a whole-view change returns before it can teach noise, dynamics or
+        background anything.
+        """
         if not self._settings.enabled:
             return _STILL
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or min(image.shape[:2]) < 8:
@@ -144,47 +159,80 @@ class MotionDetector:
             self._recalibrate(cur)
             self._dyn = np.zeros_like(cur)
             return _STILL
-        bg, prev = self._bg, self._prev
-
-        # Noise from the frame-to-frame change: the median of |N(0, sqrt2 sigma)| is 0.954 sigma.
-        step = cv2.absdiff(cur, prev)
+        step = cv2.absdiff(cur, self._prev)
         # Slow statistics alternate between frames to keep the per-frame cost down.
         even = self._frames % 2 == 0
         warming = self._frames <= _WARMUP_FRAMES
+        sigma_now = self._measure_noise(step, even=even, warming=warming)
+        diff, spread, switched = self._compensate(small, cur)
+        fg = self._foreground(diff, spread)
+        verdict = self._whole_view(cur, fg, ts, switched=switched, warming=warming)
+        if verdict is not None:
+            return verdict
+        self._learn_noise(step, sigma_now, dt, even=even)
+        moving = self._persistent(fg.mask)
+        self._prev = cur
+        self._update_background(cur, fg.mask, step, fg.threshold, dt)
+        if self._calibrating > 0:
+            self._calibrating -= 1
+            return _STILL
+        if cv2.countNonZero(moving) == 0:
+            return _STILL
+        return self._regions(moving)
+
+    def _measure_noise(self, step: Plane, *, even: bool, warming: bool) -> float:
+        """Noise from the frame-to-frame change, robust to movers (median |N(0, sqrt2 sigma)| is
+        0.954 sigma): averaged in on every warm-up frame, so the first reported frame has a sound
+        threshold; after that measured every other frame and learnt only if the frame is ordinary."""
         sigma_now = _median(step) / 0.954 if even or warming else self._sigma
         if warming:
             self._sigma += (sigma_now - self._sigma) / (self._frames - 1)
+        return sigma_now
 
+    def _compensate(self, small: Plane, cur: Plane) -> tuple[Plane, float, bool]:
+        """(|frame - background|, background spread p90-p10, light switched), the frame's global
+        gain and offset removed so that exposure drift and light ramps leave no residue; the
+        background's percentiles drift slowly, so they are refreshed every few frames only."""
+        bg = self._bg
+        assert bg is not None
         if self._frames % _BG_STATS_EVERY == 0 or self._bg_stats is None:
-            self._bg_stats = _quantiles(cv2.convertScaleAbs(bg), _PHOTO_QS)  # bg drifts slowly
+            self._bg_stats = _quantiles(cv2.convertScaleAbs(bg), _PHOTO_QS)
         q = _quantiles(small, _PHOTO_QS)
         switched = self._prev_q is not None and _light_switched(self._prev_q, q)
         self._prev_q = q
         gain, offset, spread = _photometric(q, self._bg_stats)
         expected = cv2.addWeighted(bg, gain, bg, 0.0, offset)
-        diff = cv2.absdiff(cur, expected)
+        return cv2.absdiff(cur, expected), spread, switched
+
+    def _foreground(self, diff: Plane, spread: float) -> _Foreground:
+        """Threshold the difference: the configured level, scaled down in low contrast (night),
+        never below the noise floor nor, per pixel, below that pixel's own recent flicker."""
         s = self._settings
+        dyn = self._dyn
+        assert dyn is not None
         contrast = min(1.0, max(_MIN_CONTRAST_SCALE, spread / _REF_SPREAD))
         threshold = max(s.threshold * contrast, _NOISE_K * self._sigma, 2.0)
-        # Per pixel, never below what that pixel's own recent flicker (leaves, water) reaches.
-        limit = cv2.max(cv2.addWeighted(self._dyn, _DYN_K, self._dyn, 0.0, 0.0), _scalar(threshold))
+        limit = cv2.max(cv2.addWeighted(dyn, _DYN_K, dyn, 0.0, 0.0), _scalar(threshold))
         fg = cv2.compare(diff, limit, cv2.CMP_GT)
         if self._mask is not None:
             cv2.bitwise_and(fg, self._mask, dst=fg)
         share = cv2.countNonZero(fg) / self._active_px
         jump = share - self._share
         self._share = share
+        return _Foreground(fg, threshold, share, jump)
 
+    def _whole_view(
+        self, cur: Plane, fg: _Foreground, ts: float, *, switched: bool, warming: bool
+    ) -> MotionResult | None:
+        """The verdict on a frame that changed as a whole, else None: warm-up, a light switch or a
+        change too wide or sudden for gain/offset re-seeds and reports nothing, until the whole view
+        has kept changing for `_GLOBAL_MOTION_S` (camera moved, view filled): that is motion."""
         if switched and not warming:
-            # The whole frame got brighter or darker from one frame to the next: a light
-            # switch or an exposure step. Re-seed even if gain/offset explains most of it, as
-            # saturated or unevenly lit parts would otherwise linger as motion.
+            # A light switch or exposure step: re-seed even if gain/offset explains most of it,
+            # as saturated or unevenly lit parts would otherwise linger as motion.
             self._recalibrate(cur)
             return _STILL
-        if warming or share > _LIGHTING_SHARE or jump > _LIGHTING_JUMP:
-            # Warm-up, or light changed in a way gain/offset cannot explain: re-seed, report nothing.
-            # But a whole view that keeps changing for a while is no light switch: the camera
-            # moves or something fills the view, and that is reported as motion everywhere.
+        if warming or fg.share > _LIGHTING_SHARE or fg.jump > _LIGHTING_JUMP:
             self._recalibrate(cur)
             if warming:
                 return _STILL
@@ -192,26 +240,28 @@ class MotionDetector:
                 self._global_since = ts
             if ts - self._global_since < _GLOBAL_MOTION_S:
                 return _STILL
-            return MotionResult(True, [_bounding(fg)], round(1.0 - math.exp(-share / _SCORE_AREA), 4))
-        if share < _LIGHTING_SHARE / 3:
+            score = round(1.0 - math.exp(-fg.share / _SCORE_AREA), 4)
+            return MotionResult(True, [_bounding(fg.mask)], score)
+        if fg.share < _LIGHTING_SHARE / 3:
             self._global_since = None  # hysteresis: a run of whole-view change ends when it calms
+        return None
+
+    def _learn_noise(self, step: Plane, sigma_now: float, dt: float, *, even: bool) -> None:
+        """Learn from a frame known to be ordinary: the noise level on even frames, the per-pixel
+        dynamics on odd ones, so that no frame pays for both."""
         if even:  # a single odd frame (cut, glitch) can at most double or halve the estimate
             bounded = min(max(sigma_now, 0.5 * self._sigma), 2.0 * self._sigma + 0.5)
             self._sigma += _SIGMA_RATE * (bounded - self._sigma)
         else:
             self._track_dynamics(step, 2 * dt)
 
-        moving = cv2.bitwise_and(fg, cv2.dilate(self._prev_fg, self._kernel))
+    def _persistent(self, fg: Plane) -> Plane:
+        """Foreground that also changed nearby in the previous frame: noise speckles do not persist."""
+        prev_fg = self._prev_fg
+        assert prev_fg is not None
+        moving = cv2.bitwise_and(fg, cv2.dilate(prev_fg, self._kernel))
         self._prev_fg = fg
-        self._prev = cur
-        self._update_background(cur, fg, step, threshold, dt)
-
-        if self._calibrating > 0:
-            self._calibrating -= 1
-            return _STILL
-        if cv2.countNonZero(moving) == 0:
-            return _STILL
-        return self._regions(moving)
+        return moving
 
     def _recalibrate(self, cur: Plane) -> None:
         self._bg = cur.copy()
@@ -231,14 +281,7 @@ class MotionDetector:
         cv2.subtract(dyn, _scalar(eta * _DYN_SHARE), dst=dyn, mask=cv2.bitwise_not(above))
         cv2.max(dyn, _scalar(0.0), dst=dyn)
 
-    def _update_background(
-        self,
-        cur: Plane,
-        fg: Plane,
-        step: Plane,
-        threshold: float,
-        dt: float,
-    ) -> None:
+    def _update_background(self, cur: Plane, fg: Plane, step: Plane, threshold: float, dt: float) -> None:
         """Fast where still; moderately fast where foreground stands still (stopped cars,
         ghosts); barely where something moves, so slow movers are not absorbed."""
         bg = self._bg

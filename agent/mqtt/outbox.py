@@ -1,10 +1,9 @@
 """The durable outbox: every QoS 1 message waits here until the broker has acknowledged it.
 
-Storage is one SQLite file in WAL mode. `put` commits before it returns, with
-`synchronous=NORMAL`: a commit survives a crash or kill of the agent (the WAL is in the OS's
-hands), while a power cut can lose the last few commits but never corrupts the file. Full
-`synchronous=FULL` would fsync on every message, which on an SD card costs milliseconds each;
-losing a few hundred milliseconds of events on a power cut is the documented trade.
+Storage is one SQLite file in WAL mode, and `put` commits before it returns: a stored message
+survives a crash or kill of the agent, a power cut may lose the last few. The file itself (schema,
+durability trade, what a corrupt, locked or impossible file turns into) is agent.mqtt.outbox_file;
+this module is what is stored in it and in which order it leaves.
 
 Delivery cycle, as the MQTT link drives it::
 
@@ -40,12 +39,9 @@ A retained status or config/reported message supersedes any older one for the sa
 still waiting: only the newest retained state matters, and replaying stale ones would delay
 fresh traffic. Superseded messages are counted separately from drops.
 
-A file that cannot be opened as a sane outbox (garbage, truncated, not a database, locked by
-someone else, wrong schema) is renamed to `<name>.corrupt-<UTC timestamp>` with one warning
-line and a fresh outbox is started; `discarded` says what happened. When not even a fresh file
-can be created (read-only or missing data_dir), the outbox keeps its messages in SQLite
-`:memory:` instead (`durable` is False): the constructor never raises for I/O or SQLite errors,
-so the agent never refuses to start because of its outbox.
+A bad file is set aside and a fresh one started, at open or while running (`discarded` says what
+happened); an impossible one means SQLite `:memory:` (`durable` is False). The constructor never
+raises for I/O or SQLite errors, so the agent never refuses to start because of its outbox.
 """
 
 from __future__ import annotations
@@ -53,17 +49,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import KW_ONLY, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TypeVar, get_args
 
 from agent.errors import AgentError
+from agent.mqtt.outbox_file import COLUMNS, DiscardedOutbox, open_outbox_file, reopen_after_corruption
 
 __all__ = ["KINDS", "DiscardedOutbox", "Kind", "Outbox", "OutboxError", "OutboxMessage"]
 
@@ -86,28 +81,6 @@ PRIORITY: dict[Kind, int] = {
 _T = TypeVar("_T")
 
 SUPERSEDING_KINDS: frozenset[Kind] = frozenset({"status", "config"})
-
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    camera TEXT,
-    properties TEXT,
-    size INTEGER NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_by_priority ON messages (priority, id);
-CREATE INDEX IF NOT EXISTS messages_retained_by_topic ON messages (topic) WHERE retain = 1;
-CREATE TABLE IF NOT EXISTS drops (kind TEXT PRIMARY KEY, count INTEGER NOT NULL);
-"""
-_COLUMNS = "id, topic, payload, qos, retain, kind, camera, properties, created_at"
 
 
 class OutboxError(AgentError):
@@ -149,14 +122,6 @@ class OutboxMessage:
             raise ValueError("user properties must map str to str")
 
 
-@dataclass(frozen=True, slots=True)
-class DiscardedOutbox:
-    """An outbox file that was moved aside instead of used, and why."""
-
-    moved_to: Path
-    reason: str
-
-
 class Outbox:
     """A bounded, durable FIFO of messages awaiting PUBACK; see the module docstring for the cycle.
 
@@ -189,99 +154,25 @@ class Outbox:
         self._lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # id -> size, insertion-ordered
         self._superseded = 0
-        self.discarded: DiscardedOutbox | None = None
         self._closed = False
-        self.durable = True
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # SQLite deletes the -wal file when a connection that failed to open is closed; a
-            # hard link keeps its committed messages for the copy set aside if the file is bad.
-            keep = self._keep_wal()
-            try:
-                self._conn = self._open(self.path)
-            except sqlite3.Error as exc:
-                self._move_aside(f"{type(exc).__name__}: {exc}", kept_wal=keep)
-                self._conn = self._open(self.path)
-            finally:
-                if keep is not None:
-                    with contextlib.suppress(OSError):
-                        keep.unlink(missing_ok=True)
-        except (OSError, sqlite3.Error) as exc:
-            # Even a fresh file is impossible (read-only or missing data_dir): keep publishing.
-            log.error(
-                "outbox %s cannot be created (%s): messages are kept in memory only and will not"
-                " survive a restart",
-                self.path,
-                exc,
-            )
-            self.durable = False
-            self._conn = self._open(":memory:")
+        opened = open_outbox_file(self.path, busy_timeout_s)
+        self._conn = opened.conn
+        self.durable = opened.durable
+        self.discarded: DiscardedOutbox | None = opened.discarded
         self._count, self._bytes = self._totals()
 
-    # -- opening and recovery ------------------------------------------------------------------
-
-    def _open(self, target: Path | str) -> sqlite3.Connection:
-        """Open, check and if needed create the schema; any sqlite3.Error means 'not usable'."""
-        conn = sqlite3.connect(
-            target, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            row = conn.execute("PRAGMA quick_check").fetchone()
-            if row is None or row[0] != "ok":
-                raise sqlite3.DatabaseError(f"quick_check failed: {row[0] if row else 'no result'}")
-            # BEGIN IMMEDIATE also proves nobody else holds the write lock.
-            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
-            version = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if version is None:
-                conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif version[0] != str(SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(f"unknown outbox schema version {version[0]!r}")
-            # A schema from elsewhere with the same table names would fail here, not later.
-            conn.execute(f"SELECT {_COLUMNS}, priority, size FROM messages LIMIT 1").fetchall()  # noqa: S608
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            conn.close()
-            raise
-        return conn
-
-    def _keep_wal(self) -> Path | None:
-        wal = self.path.with_name(self.path.name + "-wal")
-        keep = self.path.with_name(self.path.name + "-wal.keep")
-        keep.unlink(missing_ok=True)
-        try:
-            os.link(wal, keep)
-        except OSError:
-            return None
-        return keep
-
-    def _move_aside(self, reason: str, kept_wal: Path | None = None) -> None:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            src = self.path.with_name(self.path.name + suffix)
-            if src.exists():
-                src.replace(target.with_name(target.name + suffix))
-        if kept_wal is not None and kept_wal.exists() and not target.with_name(target.name + "-wal").exists():
-            kept_wal.replace(target.with_name(target.name + "-wal"))
-        log.warning(
-            "outbox %s is unusable (%s): moved aside to %s, starting a fresh one", self.path, reason, target
-        )
-        self.discarded = DiscardedOutbox(moved_to=target, reason=reason)
+    # -- recovery ------------------------------------------------------------------------------
 
     def _recover(self, exc: sqlite3.DatabaseError) -> None:
         """The file went bad while running: set it aside and carry on with a fresh one."""
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
         self._inflight.clear()
-        try:
-            self._move_aside(f"{type(exc).__name__}: {exc}")
-            self._conn = self._open(self.path)
-        except (OSError, sqlite3.Error) as again:
-            log.error("outbox %s cannot be recreated (%s): keeping messages in memory only", self.path, again)
-            self.durable = False
-            self._conn = self._open(":memory:")
+        opened = reopen_after_corruption(self.path, exc, self._busy_timeout_s)
+        self._conn = opened.conn
+        self.durable = self.durable and opened.durable
+        if opened.discarded is not None:
+            self.discarded = opened.discarded
         self._count, self._bytes = self._totals()
 
     def _totals(self) -> tuple[int, int]:
@@ -435,7 +326,7 @@ class Outbox:
                 return []
             marks = ",".join("?" * len(ids))
             rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE id IN ({marks}) ORDER BY id",  # noqa: S608
+                f"SELECT {COLUMNS} FROM messages WHERE id IN ({marks}) ORDER BY id",  # noqa: S608
                 ids,
             ).fetchall()
             return [

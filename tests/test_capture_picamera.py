@@ -1,4 +1,9 @@
-"""PicameraSource against a fake picamera2 (tests/fakes/picamera2.py), and on a real Pi when present."""
+"""PicameraSource against a fake picamera2 (tests/fakes/picamera2.py), and on a real Pi when present.
+
+The fake covers the source's own logic everywhere. The last test, marked `hardware`, runs only on a
+Raspberry Pi with picamera2 and a camera attached: `scripts/test` and CI deselect that mark, so on
+any other machine it never runs (run it on a Pi with `pytest -m hardware`).
+"""
 
 from __future__ import annotations
 
@@ -148,6 +153,7 @@ def test_bad_uri_names_the_problem(uri: str, problem: str) -> None:
 
 @pytest.mark.hardware
 def test_real_camera_delivers_bgr_frames_of_the_asked_size() -> None:
+    """Raspberry Pi only (picamera2 + a camera): never run by scripts/test or CI."""
     picamera2 = pytest.importorskip("picamera2", reason="needs picamera2 on Raspberry Pi OS")
     if not picamera2.Picamera2.global_camera_info():
         pytest.skip("no camera attached")

@@ -10,6 +10,8 @@
 - Replies are matched by Correlation Data, else by the `id` in the reply; replies nobody waits
   for (late ones, after a timeout) are dropped.
 - An error reply raises `CommandFailed(code, message)`; no reply in time raises `NoReply`.
+- With a `signing_key` every envelope carries `sig`, the platform's Ed25519 signature that
+  gateways with `gateway.platform_keys` require (agent.commands.signing).
 
 Threads: paho's network thread (started in `connect`, stopped in `close`) runs the callbacks. The
 pending-request map and the subscription bookkeeping have their own locks, so one connection may
@@ -26,16 +28,19 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.clock import iso
+from agent.commands.signing import load_private_key, sign_envelope
 from agent.config import TlsConfig
 from agent.mqtt.topics import Topics
 from agent.sdk.errors import ClientError, CommandFailed, ConnectFailed, NoReply
@@ -78,6 +83,7 @@ class Connection:
         password: str | None = None,
         client_id: str | None = None,
         keepalive_s: int = 30,
+        signing_key: Ed25519PrivateKey | str | Path | None = None,
     ) -> None:
         if protocol not in ("5", "3.1.1"):
             raise ValueError(f"protocol must be '5' or '3.1.1', got {protocol!r}")
@@ -89,6 +95,9 @@ class Connection:
         if incident is not None:
             self.requester["incident"] = incident
         self.protocol = protocol
+        if isinstance(signing_key, str | Path):  # read now: a bad key file fails here, not mid-command
+            signing_key = load_private_key(Path(signing_key))
+        self._signing_key = signing_key
         self.v5 = protocol == "5"
         self.client_uuid = uuid.uuid4().hex
         self.reply_topic = self.topics.reply(self.client_uuid)
@@ -182,8 +191,9 @@ class Connection:
         request_id: str | None = None,
         issued_at: float | None = None,
     ) -> dict[str, Any]:
-        """The request object `request()` would send (exposed for tests and tools)."""
-        return {
+        """The request object `request()` would send (exposed for tests and tools), signed when
+        the client has a signing key."""
+        body = {
             "id": request_id or str(uuid.uuid4()),
             "cmd": cmd,
             "args": args or {},
@@ -192,6 +202,7 @@ class Connection:
             "requester": dict(self.requester),
             "reply_to": self.reply_topic,
         }
+        return body if self._signing_key is None else sign_envelope(body, self._signing_key)
 
     def request(
         self,

@@ -98,6 +98,7 @@ def _client(args: argparse.Namespace) -> PlatformClient:
         tls=tls,
         username=username,
         password=password,
+        signing_key=args.sign_key,
     )
 
 
@@ -143,6 +144,13 @@ def add_ctl_parser(sub: Subparsers) -> None:
         "--operator", default=os.environ.get("EDGE_CTL_OPERATOR") or os.environ.get("USER") or "ctl"
     )
     who.add_argument("--incident", help="incident reference")
+    who.add_argument(
+        "--sign-key",
+        type=Path,
+        default=os.environ.get("EDGE_CTL_SIGN_KEY"),
+        metavar="FILE",
+        help="sign commands with this Ed25519 private key (edge-agent keygen); or set EDGE_CTL_SIGN_KEY",
+    )
     ctl.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
     ctl.add_argument("--json", action="store_true", help="print results as JSON")
     cmds = ctl.add_subparsers(dest="ctl_command", required=True)

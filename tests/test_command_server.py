@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,9 @@ def _exit(ctx: Any, args: NoArgs) -> dict[str, Any]:
 class Bench:
     """Agent side (server, dispatcher, paho on `{root}/cmd`) and platform side (raw client)."""
 
-    def __init__(self, broker: Broker, tmp: Path, *, workers: int = 1, queue_size: int = 8) -> None:
+    def __init__(
+        self, broker: Broker, tmp: Path, *, workers: int = 1, queue_size: int = 8, **dispatcher: Any
+    ) -> None:
         self.gw = FakeGateway(parse_config(base_config(tmp, id="gw-" + uuid.uuid4().hex[:10])))
         self.topics = self.gw.topics
         self.gate = Gate()
@@ -91,7 +93,7 @@ class Bench:
             "exit": CommandSpec("exit", NoArgs, _exit, "any", audited=False),
         }
         self.audit = AuditLog.in_data_dir(tmp)
-        self.dispatcher = Dispatcher(self.gw, self.audit, commands={**COMMANDS, **extra})
+        self.dispatcher = Dispatcher(self.gw, self.audit, commands={**COMMANDS, **extra}, **dispatcher)
         self.fail_replies_to: set[str] = set()  # reply topics whose next reply raises, once each
         self.server = CommandServer(self.dispatcher, self._reply, workers=workers, queue_size=queue_size)
         self.agent = _client(broker)
@@ -157,6 +159,7 @@ class Bench:
         for client in (self.agent, self.platform):
             client.disconnect()
             client.loop_stop()
+        self.dispatcher.close()
         self.audit.close()
 
 
@@ -252,5 +255,74 @@ def test_workers_are_named_and_a_dead_one_is_reported(broker: Broker, tmp_path: 
         b.server.stop(timeout=5)
         assert b.server.dead_threads() == []
         assert not {"commands.0", "commands.1"} & {t.name for t in threading.enumerate()}
+    finally:
+        b.close()
+
+
+def test_a_retained_command_is_refused_when_the_broker_hands_it_over(bench: Bench) -> None:
+    """A retained message on `{root}/cmd` comes to every new subscription: it never runs."""
+    cmd = bench.topics.cmd
+    done = threading.Event()
+    bench.agent.on_unsubscribe = lambda *a: done.set()
+    bench.agent.unsubscribe(cmd)
+    assert done.wait(5)
+    body = {"id": "kept-1", "cmd": "boom", "issued_at": iso(), "requester": {"agency": "police"}}
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.ResponseTopic = bench.topics.reply("retained")
+    props.CorrelationData = b"kept-1"
+    bench.platform.publish(
+        cmd, json.dumps(body).encode(), qos=1, retain=True, properties=props
+    ).wait_for_publish(5)
+    try:
+        _subscribe(bench.agent, cmd)  # as the agent does after every (re)connect
+        reply = bench.reply_for("kept-1")
+        assert reply.topic == bench.topics.reply("retained")
+        assert reply.body["error"]["code"] == "bad_request"
+        assert "retained" in reply.body["error"]["message"]
+        (record,) = [json.loads(line) for line in bench.audit.path.read_text().splitlines()]
+        assert (record["id"], record["cmd"], record["outcome"]) == ("kept-1", "boom", "bad_request")
+    finally:
+        bench.platform.publish(cmd, b"", qos=1, retain=True).wait_for_publish(5)  # clear it
+    assert bench.ping_answers()
+
+
+def test_busy_is_never_sent_outside_the_reply_prefixes(broker: Broker, tmp_path: Path) -> None:
+    b = Bench(broker, tmp_path, workers=1, queue_size=1)
+    b.server.start()
+    seen: list[str] = []
+    b.platform.message_callback_add(f"{b.topics.root}/status", lambda c, u, msg: seen.append(msg.topic))
+    _subscribe(b.platform, f"{b.topics.root}/status")
+    try:
+        b.send("gate", reply_to=b.topics.reply("held"))
+        assert b.gate.entered.wait(5)
+        b.send("ping", reply_to=b.topics.reply("queued"))
+        b.send("ping", response_topic=f"{b.topics.root}/status")  # queue full: busy, but not there
+        fine = b.send("ping", response_topic=b.topics.reply("fine"))
+        assert b.wait(lambda r: r.topic == b.topics.reply("fine")).body["error"]["code"] == "busy"
+        b.gate.release.set()
+        assert b.ping_answers()
+        assert seen == []
+        assert not any(r.body.get("id") == fine for r in b.replies)
+    finally:
+        b.close()
+
+
+def test_user_properties_reach_the_verifier(broker: Broker, tmp_path: Path) -> None:
+    seen: list[dict[str, str]] = []
+
+    class Recorder:
+        def verify(self, envelope: dict[str, Any], user_properties: Mapping[str, str]) -> None:
+            seen.append(dict(user_properties))
+
+    b = Bench(broker, tmp_path, verifier=Recorder())
+    b.server.start()
+    try:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ResponseTopic = b.topics.reply("signed")
+        props.UserProperty = [("sig", "c2ln"), ("sig", "second"), ("other", "x")]
+        body = {"id": "u-1", "cmd": "ping", "issued_at": iso(), "requester": {"agency": "police"}}
+        b.platform.publish(b.topics.cmd, json.dumps(body).encode(), qos=1, properties=props)
+        assert b.reply_for("u-1").body["ok"] is True
+        assert seen == [{"sig": "c2ln", "other": "x"}]
     finally:
         b.close()

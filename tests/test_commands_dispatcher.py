@@ -24,7 +24,7 @@ from tests.test_commands_gateway import T0, ClipsAdapter, FakeGateway, base_conf
 
 NOW = T0 + 1.0  # the dispatcher's clock: one second after the first buffered frame
 ROOT = "cctv/v1/gangnam/gw-01"
-RESP = "platform/replies/1"
+RESP = ROOT + "/reply/1"
 
 
 def req(cmd: str, args: dict[str, Any] | None = None, **over: Any) -> dict[str, Any]:
@@ -103,14 +103,14 @@ def test_error_reply_has_the_exact_shape(env: Env) -> None:
 
 
 def test_reply_to_is_used_without_a_response_topic(env: Env) -> None:
-    out = env.d.handle(raw(req("ping", reply_to="legacy/replies/7")), None, None)
+    out = env.d.handle(raw(req("ping", reply_to=ROOT + "/reply/legacy-7")), None, None)
     assert out is not None
-    assert out[0] == "legacy/replies/7"
+    assert out[0] == ROOT + "/reply/legacy-7"
     assert out[2] is None
 
 
 def test_mqtt5_response_topic_wins_over_reply_to(env: Env) -> None:
-    out = env.d.handle(raw(req("ping", reply_to="legacy/replies/7")), RESP, b"x")
+    out = env.d.handle(raw(req("ping", reply_to=ROOT + "/reply/legacy-7")), RESP, b"x")
     assert out is not None
     assert out[0] == RESP
     assert out[2] == b"x"
@@ -127,11 +127,11 @@ def test_unparseable_without_any_address_is_dropped(env: Env) -> None:
 
 
 def test_invalid_request_with_reply_to_is_answered_there(env: Env) -> None:
-    body = req("ping", reply_to="legacy/replies/7")
+    body = req("ping", reply_to=ROOT + "/reply/legacy-7")
     del body["requester"]
     out = env.d.handle(raw(body), None, None)
     assert out is not None
-    assert out[0] == "legacy/replies/7"
+    assert out[0] == ROOT + "/reply/legacy-7"
     reply = json.loads(out[1])
     assert reply["id"] == "r-1"
     assert reply["error"]["code"] == "bad_request"
@@ -139,14 +139,14 @@ def test_invalid_request_with_reply_to_is_answered_there(env: Env) -> None:
 
 
 def test_wildcard_reply_to_is_refused(env: Env) -> None:
-    assert env.d.handle(raw(req("ping", reply_to="replies/+")), None, None) is None
-    assert "reply_to" in env.error(req("ping", reply_to="replies/#"), "bad_request")
+    assert env.d.handle(raw(req("ping", reply_to=ROOT + "/reply/+")), None, None) is None
+    assert "reply_to" in env.error(req("ping", reply_to=ROOT + "/reply/#"), "bad_request")
 
 
 def test_wildcard_response_topic_is_not_used(env: Env) -> None:
-    out = env.d.handle(raw(req("ping", reply_to="legacy/r")), "bad/+/topic", None)
+    out = env.d.handle(raw(req("ping", reply_to=ROOT + "/reply/legacy")), "bad/+/topic", None)
     assert out is not None
-    assert out[0] == "legacy/r"
+    assert out[0] == ROOT + "/reply/legacy"
 
 
 # -- bad_request ---------------------------------------------------------------------------
@@ -336,11 +336,11 @@ def test_handler_raising_is_internal_and_the_agent_carries_on(
 def test_repeated_id_replays_identical_bytes_and_runs_once(env: Env) -> None:
     body = raw(req("snapshot", {"camera": "cam-1"}))
     first = env.d.handle(body, RESP, b"a")
-    second = env.d.handle(body, "other/replies", b"b")
+    second = env.d.handle(body, ROOT + "/reply/other", b"b")
     assert first is not None
     assert second is not None
     assert first[1] == second[1]
-    assert second[0] == "other/replies"
+    assert second[0] == ROOT + "/reply/other"
     assert second[2] == b"b"
     assert len(env.gw.on("/snapshot/r-1")) == 1
     assert len(env.audit_lines()) == 1

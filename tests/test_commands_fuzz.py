@@ -4,8 +4,14 @@ Every request that carries a reply address (an MQTT 5 Response Topic, or a usabl
 JSON object) must get exactly one well-formed error reply; requests without one get none; the
 agent stays up, its memory stays bounded, and a valid ping still works at the end.
 
-Each case has its own reply topic, `{root}/fz/{n}`, so replies are matched by topic whatever the
-request's id was. Sending is flow-controlled (at most WINDOW addressed requests unanswered, well
+Each case has its own reply topic, `{root}/reply/fz/{n}`, so replies are matched by topic whatever
+the request's id was. The kinds of issue 13 are here too: lone surrogates and bad UTF-8 in every
+string field, retained commands, another agency re-sending a known id, and reply topics the gateway
+must never write to (watched: nothing may arrive there). Requests come from eight agencies, so the
+per-agency rate limits leave most cases to the dispatcher's checks; `rate_limited` is a normal
+answer. After the run a plain ping still answers within 100 ms and events still flow.
+
+Sending is flow-controlled (at most WINDOW addressed requests unanswered, well
 below the agent's 256-deep command queue) so the run measures the dispatcher, not the queue; a
 final burst without flow control shows what overload looks like (replies are `busy` then).
 """
@@ -35,17 +41,22 @@ from agent.clock import iso
 from agent.commands import COMMANDS
 from agent.sdk.client import PlatformClient
 from tests.conftest import Broker
-from tests.harness import AgentProcess, wait_answering, wait_frames, write_config
+from tests.harness import AgentProcess, Subscriber, wait_answering, wait_frames, write_config
 
 pytestmark = pytest.mark.broker
 
-CODES = {"bad_request", "unknown_command", "not_found", "forbidden", "expired", "busy", "internal"}
+CODES = {
+    "bad_request", "unknown_command", "not_found", "forbidden", "expired", "busy", "internal",
+    "rate_limited", "unauthenticated",
+}  # fmt: skip
+AGENCIES = ("police", "fz1", "fz2", "fz3", "fz4", "fz5", "fz6", "fz7")
 LIMIT = 64 * 1024  # the dispatcher's payload limit
 WINDOW = 48
 CAMERAS = (
     '[[cameras]]\nid = "cam-1"\nsource = "synthetic:street?fps=5&width=320&height=180"\n'
-    'allowed_agencies = ["police"]\n'
+    f"allowed_agencies = {json.dumps(list(AGENCIES))}\n"
 )
+STRING_FIELDS = ("id", "cmd", "issued_at", "agency", "operator", "incident", "reply_to", "sig", "args")
 
 
 @dataclass
@@ -55,6 +66,7 @@ class Case:
     payload: bytes
     response_topic: str | None  # MQTT 5 Response Topic, if any
     reply_topic: str | None  # where the reply must arrive; None: no reply may arrive
+    retain: bool = False
 
 
 @dataclass
@@ -81,6 +93,7 @@ class Fuzzer:
         self.root = root
         self.rng = random.Random(seed)
         self.answered_ids: list[str] = []  # ids whose (error) reply the agent has cached
+        self.hostile_topics: set[str] = set()  # reply topics nothing may ever be published to
 
     def base(self, cmd: str = "ping", args: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
@@ -89,7 +102,7 @@ class Fuzzer:
             "args": args or {},
             "issued_at": iso(),
             "ttl_s": 30,
-            "requester": {"agency": "police", "operator": "fuzz"},
+            "requester": {"agency": self.rng.choice(AGENCIES), "operator": "fuzz"},
         }
 
     def text(self, n: int) -> str:
@@ -190,7 +203,7 @@ class Fuzzer:
             ("clip.fetch", {"clip_id": str(uuid.uuid4()), "chunk_bytes": 1}),
             ("clip.hold", {"camera": "cam-1", "start": iso(), "end": iso(), "until": iso()}),
             ("config.get", {"x": 1}),
-            ("config.set", {"streams": {"max_sessions": 1}}),  # police is no admin: forbidden
+            ("config.set", {"streams": {"max_sessions": 1}}),  # no fuzz agency is admin: forbidden
         ]
         cmd, args = self.rng.choice(cases)
         return self.base(cmd, args), True
@@ -230,6 +243,39 @@ class Fuzzer:
     def from_the_future(self) -> tuple[Any, bool]:
         body = self.base()
         body["issued_at"] = iso(time.time() + self.rng.uniform(120, 10**7))
+        return body, True
+
+    def bad_strings(self) -> tuple[Any, bool]:
+        """A lone surrogate (as a JSON escape) or an invalid UTF-8 byte in one string field."""
+        body = self.base("snapshot", {"camera": "cam-1"})
+        marker = "MARKER-7f3a"
+        where = self.rng.choice(STRING_FIELDS)
+        if where in ("agency", "operator", "incident"):
+            body["requester"][where] = marker
+        elif where == "args":
+            body["args"] = {"camera": marker} if self.rng.random() < 0.5 else {marker: 1, "camera": "cam-1"}
+        else:
+            body[where] = marker
+        text = json.dumps(body)
+        bad = self.rng.choice(["\\udc00", "\\ud800x", "\\udfff\\ud800"])
+        if self.rng.random() < 0.5:
+            return text.replace(marker, "a" + bad).encode(), False
+        raw_bad = self.rng.choice([b"\xff", b"\xc3(", b"\xed\xa0\x80", b"\x80"])
+        return text.encode().replace(marker.encode(), b"a" + raw_bad), False
+
+    def cross_agency(self) -> tuple[Any, bool]:
+        """Another agency re-sends an id an agency was answered for: it gets its own answer."""
+        if not self.answered_ids:
+            return self.forbidden()
+        body = self.base("snapshot", {"camera": "cam-1"})
+        body["id"] = self.rng.choice(self.answered_ids)
+        body["requester"]["agency"] = "fire"  # not allowed for cam-1: forbidden, never a replay
+        return body, True
+
+    def retained(self) -> tuple[Any, bool]:
+        """Published with the retain flag: refused (retained), else forbidden; never a success."""
+        body = self.base("snapshot", {"camera": "cam-1"})
+        body["requester"]["agency"] = "fire"
         return body, True
 
     def replay(self) -> tuple[Any, bool]:
@@ -289,15 +335,36 @@ class Fuzzer:
     KINDS: tuple[str, ...] = (
         "random_bytes", "not_an_object", "wrong_type", "bad_reply_to", "extra_or_missing_key",
         "unknown_command", "bad_args", "forbidden", "expired", "from_the_future", "replay", "huge", "deep",
-        "json_tricks", "invalid_utf8", "admin_config",
+        "json_tricks", "invalid_utf8", "admin_config", "bad_strings", "cross_agency", "retained",
+        "hostile_reply",
     )  # fmt: skip
-    WEIGHTS: tuple[int, ...] = (10, 4, 14, 4, 6, 8, 14, 5, 6, 3, 5, 1, 2, 3, 5, 3)
+    WEIGHTS: tuple[int, ...] = (10, 4, 14, 4, 6, 8, 14, 5, 6, 3, 5, 1, 2, 3, 5, 3, 6, 3, 2, 4)
+
+    def hostile_reply(self) -> tuple[Any, bool]:
+        """Valid requests whose reply topic the gateway must not write to (marked by `case`)."""
+        return self.base(self.rng.choice(["ping", "snapshot"]), {}), True
+
+    def hostile_topic(self, n: int) -> str:
+        other = self.root.rsplit("/", 1)[0] + "/gw-elsewhere"
+        topic = self.rng.choice(
+            [f"{self.root}/evil/{n}", f"{self.root}/replyx/{n}", f"{self.root}/status/{n}", f"{other}/cmd"]
+        )
+        self.hostile_topics.add(topic)
+        return topic
 
     def case(self, n: int) -> Case:
         kind = self.rng.choices(self.KINDS, self.WEIGHTS)[0]
         make: Callable[[], tuple[Any, bool]] = getattr(self, kind)
         body, may_reply_to = make()
-        topic = f"{self.root}/fz/{n}"
+        topic = f"{self.root}/reply/fz/{n}"
+        if kind == "hostile_reply":
+            bad = self.hostile_topic(n)
+            if self.rng.random() < 0.5:
+                body["reply_to"] = bad
+                return Case(n, kind, json.dumps(body).encode(), topic, None)
+            return Case(n, kind, json.dumps(body).encode(), bad, None)
+        if kind == "retained":
+            return Case(n, kind, json.dumps(body).encode(), topic, topic, retain=True)
         with_reply_to = may_reply_to and isinstance(body, dict) and self.rng.random() < 0.3
         if with_reply_to:
             body["reply_to"] = topic
@@ -310,11 +377,13 @@ class Fuzzer:
 
 
 class Sender:
-    """A raw MQTT 5 client: publishes cases, collects replies under `{root}/fz/#`."""
+    """A raw MQTT 5 client: publishes cases, collects replies under `{root}/reply/fz/#` and
+    anything published where no reply may go (`hostile`)."""
 
     def __init__(self, broker: Broker, root: str) -> None:
         self.root = root
         self.replies = Replies()
+        self.hostile: list[str] = []  # topics of messages seen under the watched hostile filters
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5
         )
@@ -324,10 +393,18 @@ class Sender:
         self.client.on_message = self._on_message
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
-        self.client.subscribe(f"{root}/fz/#", qos=1)
+        self.client.subscribe(f"{root}/reply/fz/#", qos=1)
         assert subscribed.wait(5)
+        other = root.rsplit("/", 1)[0] + "/gw-elsewhere"
+        for watched in (f"{root}/evil/#", f"{root}/replyx/#", f"{root}/status/+", f"{other}/cmd"):
+            subscribed.clear()
+            self.client.subscribe(watched, qos=1)
+            assert subscribed.wait(5)
 
     def _on_message(self, c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        if not msg.topic.startswith(f"{self.root}/reply/fz/"):
+            self.hostile.append(msg.topic)
+            return
         corr = getattr(msg.properties, "CorrelationData", None)
         self.replies.add(int(msg.topic.rsplit("/", 1)[1]), bytes(msg.payload), corr)
 
@@ -336,7 +413,7 @@ class Sender:
         if case.response_topic is not None:
             props.ResponseTopic = case.response_topic
             props.CorrelationData = f"c{case.n}".encode()
-        self.client.publish(f"{self.root}/cmd", case.payload, qos=1, properties=props)
+        self.client.publish(f"{self.root}/cmd", case.payload, qos=1, retain=case.retain, properties=props)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -413,7 +490,7 @@ def run_cases(target: Target, count: int, seed: int, time_budget_s: float) -> di
                 addressed.add(n)
                 outstanding.add(n)
             sender.send(case)
-            if case.kind in ("expired", "unknown_command") and case.reply_topic is not None:
+            if case.kind in ("expired", "unknown_command", "bad_args") and case.reply_topic is not None:
                 fuzzer.answered_ids.append(json.loads(case.payload)["id"])
                 del fuzzer.answered_ids[:-200]
             if n == min(1500, count // 5):
@@ -423,8 +500,11 @@ def run_cases(target: Target, count: int, seed: int, time_budget_s: float) -> di
             time.sleep(0.1)
         time.sleep(0.5)  # anything that should not arrive has had its chance
         got = dict(sender.replies.got)
+        hostile = list(sender.hostile)
+        sender.client.publish(f"{target.root}/cmd", b"", qos=1, retain=True).wait_for_publish(5)
     finally:
         sender.close()
+    assert not hostile, f"replies where none may go: {hostile[:5]}"
     missing = sorted(addressed - set(got))
     assert not missing, (
         f"{len(missing)} unanswered, e.g. {[(cases[n].kind, cases[n].payload[:120]) for n in missing[:5]]}"
@@ -434,7 +514,10 @@ def run_cases(target: Target, count: int, seed: int, time_budget_s: float) -> di
     codes: Counter[str] = Counter()
     for n, replies in got.items():
         assert len(replies) == 1, (cases[n].kind, replies)
-        codes[check_reply(cases[n], *replies[0])] += 1
+        code = check_reply(cases[n], *replies[0])
+        codes[code] += 1
+        if cases[n].kind == "cross_agency":
+            assert code in ("forbidden", "rate_limited"), (cases[n].payload, replies)
     return {
         "codes": codes,
         "kinds": Counter(c.kind for c in cases.values()),
@@ -452,7 +535,8 @@ def burst(target: Target, count: int) -> Counter[str]:
     try:
         for n in range(count):
             body = json.dumps(fuzzer.base("snapshot", {"camera": "cam-1", "max_width": 64})).encode()
-            sender.send(Case(n, "burst", body, f"{target.root}/fz/{n}", f"{target.root}/fz/{n}"))
+            topic = f"{target.root}/reply/fz/{n}"
+            sender.send(Case(n, "burst", body, topic, topic))
         end = time.monotonic() + 60
         while sender.replies.count(set(range(count))) < count and time.monotonic() < end:
             time.sleep(0.1)
@@ -469,8 +553,9 @@ def burst(target: Target, count: int) -> Counter[str]:
             assert set(reply["result"]) == {"topic", "ts", "width", "height", "bytes"}
             outcomes["ok"] += 1
         else:
-            outcomes[check_reply(Case(n, "burst", b"", f"{target.root}/fz/{n}", None), *replies[0])] += 1
-    assert set(outcomes) <= {"ok", "busy"}, outcomes
+            case = Case(n, "burst", b"", f"{target.root}/reply/fz/{n}", None)
+            outcomes[check_reply(case, *replies[0])] += 1
+    assert set(outcomes) <= {"ok", "busy", "rate_limited"}, outcomes
     return outcomes
 
 
@@ -482,11 +567,22 @@ def fuzz(target: Target, count: int, seed: int, budget_s: float) -> dict[str, An
     assert report["end_rss"] < 1.5 * report["warm_rss"], report
     assert report["codes"]["internal"] == 0, report  # nothing from outside reaches `internal`
     report["burst"] = burst(target, 2000)
-    with PlatformClient(
-        target.broker.host, target.broker.port, target.root, agency="police", operator="f"
-    ) as c:
-        assert c.ping()["uptime_s"] > 0
-        assert c.snapshot("cam-1", max_width=64)[1][:2] == b"\xff\xd8"
+    events = Subscriber(target.broker.host, target.broker.port, f"{target.root}/cam/cam-1/event")
+    try:
+        with PlatformClient(
+            target.broker.host, target.broker.port, target.root, agency="police", operator="f"
+        ) as c:
+            time.sleep(1.0)  # the burst's last replies are out
+            rtts = []
+            for _ in range(5):
+                t0 = time.monotonic()
+                assert c.ping()["uptime_s"] > 0
+                rtts.append(time.monotonic() - t0)
+            assert sorted(rtts)[2] < 0.1, rtts
+            assert c.snapshot("cam-1", max_width=64)[1][:2] == b"\xff\xd8"
+        assert events.wait_for(lambda ms: len(ms) > 0, 60), "no event after the fuzz"
+    finally:
+        events.close()
     assert target.agent.proc.poll() is None
     assert "Traceback" not in target.agent.log(), "the agent logged an unexpected exception"
     print("fuzz report:", json.dumps(report, default=dict))

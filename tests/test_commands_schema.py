@@ -33,16 +33,10 @@ def test_every_contract_command_has_models_and_a_handler() -> None:
         assert spec.args is COMMAND_MODELS[name][0]
 
 
-def test_error_codes_are_exactly_the_contracts() -> None:
-    assert ERROR_CODES == (
-        "bad_request",
-        "unknown_command",
-        "not_found",
-        "forbidden",
-        "expired",
-        "busy",
-        "internal",
-    )
+def test_error_codes_are_the_contracts_then_the_agents_additions() -> None:
+    contract = ("bad_request", "unknown_command", "not_found", "forbidden", "expired", "busy", "internal")
+    assert (*contract, "rate_limited", "unauthenticated") == ERROR_CODES
+    assert "Codes: " + ", ".join(f"`{c}`" for c in contract) + "." in DOCS.read_text(encoding="utf-8")
 
 
 def test_stream_defaults_follow_the_contract() -> None:

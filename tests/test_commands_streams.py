@@ -1,4 +1,4 @@
-"""Stream sessions: frames on the session topic with seq/ts, masks, limits, renew/stop, expiry."""
+"""Stream sessions: frames on the session topic with seq/ts, masks, limits, renew/stop, owner, expiry."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def manager(live: FakeGateway, clock: Clock) -> Iterator[StreamManager]:
 
 
 def test_frames_arrive_in_order_with_seq_and_ts(live: FakeGateway, manager: StreamManager) -> None:
-    info = manager.open("cam-1", fps=30, max_width=320, quality=60, duration_s=60)
+    info = manager.open("cam-1", owner="police", fps=30, max_width=320, quality=60, duration_s=60)
     assert info.topic == f"{ROOT}/cam/cam-1/stream/{info.session}"
     frames = wait_for(live, info.session, 5)
     assert [f.properties["seq"] for f in frames[:5] if f.properties] == ["0", "1", "2", "3", "4"]
@@ -75,37 +75,57 @@ def test_frames_arrive_in_order_with_seq_and_ts(live: FakeGateway, manager: Stre
 
 
 def test_stop_ends_the_frames(live: FakeGateway, manager: StreamManager) -> None:
-    info = manager.open("cam-1", fps=30, max_width=160, quality=50, duration_s=60)
+    info = manager.open("cam-1", owner="police", fps=30, max_width=160, quality=50, duration_s=60)
     wait_for(live, info.session, 2)
-    manager.close(info.session)
+    manager.close(info.session, agency="police")
     count = len(live.on(info.session))
     time.sleep(0.2)
     assert len(live.on(info.session)) == count
     with pytest.raises(CommandError) as err:
-        manager.close(info.session)
+        manager.close(info.session, agency="police")
     assert err.value.code == "not_found"
+
+
+def test_only_the_owner_renews_and_stops_unless_overridden(live: FakeGateway, manager: StreamManager) -> None:
+    info = manager.open("cam-2", owner="police", fps=30, max_width=160, quality=50, duration_s=60)
+    assert info.owner == "police"
+    with pytest.raises(CommandError) as renew:
+        manager.renew(info.session, 600, agency="fire")
+    with pytest.raises(CommandError) as close:
+        manager.close(info.session, agency="fire")
+    for err in (renew, close):
+        assert err.value.code == "forbidden"
+        assert "police" not in err.value.message
+    running = manager.session(info.session)
+    assert running is not None
+    assert running.expires_at == info.expires_at
+    count = len(wait_for(live, info.session, 1))
+    assert len(wait_for(live, info.session, count + 2)) > count  # still streaming
+    stopped = manager.close(info.session, agency="cityops", override=True)
+    assert (stopped.session, stopped.owner) == (info.session, "police")
+    assert manager.session(info.session) is None
 
 
 def test_sessions_expire_on_their_own_and_renew_extends(
     live: FakeGateway, manager: StreamManager, clock: Clock
 ) -> None:
-    a = manager.open("cam-1", fps=10, max_width=160, quality=50, duration_s=10)
-    b = manager.open("cam-2", fps=10, max_width=160, quality=50, duration_s=10)
+    a = manager.open("cam-1", owner="police", fps=10, max_width=160, quality=50, duration_s=10)
+    b = manager.open("cam-2", owner="police", fps=10, max_width=160, quality=50, duration_s=10)
     wait_for(live, a.session, 1)
     clock.now += 8
-    renewed = manager.renew(b.session, 30)
+    renewed = manager.renew(b.session, 30, agency="police")
     assert renewed.expires_at == pytest.approx(clock.now + 30)
     clock.now += 5  # a is past its 10 s, b renewed
     manager.wake()
     deadline = time.monotonic() + 5
-    while manager.camera_of(a.session) is not None and time.monotonic() < deadline:
+    while manager.session(a.session) is not None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert [s.session for s in manager.sessions()] == [b.session]
     count = len(live.on(a.session))
     time.sleep(0.2)
     assert len(live.on(a.session)) == count  # no frames after expiry
     with pytest.raises(CommandError) as err:
-        manager.renew(a.session, 10)
+        manager.renew(a.session, 10, agency="police")
     assert err.value.code == "not_found"
 
 
@@ -113,14 +133,14 @@ def test_session_limit_is_busy(live: FakeGateway, clock: Clock) -> None:
     sm = StreamManager(live, limits=StreamLimits(max_sessions=2), clock=clock)
     sm.start()
     try:
-        sm.open("cam-1", fps=5, max_width=160, quality=50, duration_s=60)
-        second = sm.open("cam-2", fps=5, max_width=160, quality=50, duration_s=60)
+        sm.open("cam-1", owner="police", fps=5, max_width=160, quality=50, duration_s=60)
+        second = sm.open("cam-2", owner="police", fps=5, max_width=160, quality=50, duration_s=60)
         with pytest.raises(CommandError) as err:
-            sm.open("cam-1", fps=5, max_width=160, quality=50, duration_s=60)
+            sm.open("cam-1", owner="police", fps=5, max_width=160, quality=50, duration_s=60)
         assert err.value.code == "busy"
         assert "limit 2" in err.value.message
-        sm.close(second.session)
-        sm.open("cam-1", fps=5, max_width=160, quality=50, duration_s=60)  # room again
+        sm.close(second.session, agency="police")
+        sm.open("cam-1", owner="police", fps=5, max_width=160, quality=50, duration_s=60)  # room again
     finally:
         sm.stop()
 
@@ -132,12 +152,13 @@ def test_bandwidth_limit_is_busy(live: FakeGateway, clock: Clock) -> None:
     )
     sm.start()
     try:
-        sm.open("cam-2", fps=25, max_width=640, quality=90, duration_s=60)  # ~one * 25
+        sm.open("cam-2", owner="police", fps=25, max_width=640, quality=90, duration_s=60)  # ~one * 25
         with pytest.raises(CommandError) as err:
-            sm.open("cam-2", fps=25, max_width=640, quality=90, duration_s=60)
+            sm.open("cam-2", owner="police", fps=25, max_width=640, quality=90, duration_s=60)
         assert err.value.code == "busy"
         assert "kB/s" in err.value.message
-        sm.open("cam-2", fps=2, max_width=160, quality=30, duration_s=60)  # a small one still fits
+        # a small one still fits
+        sm.open("cam-2", owner="police", fps=2, max_width=160, quality=30, duration_s=60)
     finally:
         sm.stop()
 
@@ -145,14 +166,14 @@ def test_bandwidth_limit_is_busy(live: FakeGateway, clock: Clock) -> None:
 def test_not_running_is_busy(live: FakeGateway) -> None:
     sm = StreamManager(live)
     with pytest.raises(CommandError) as err:
-        sm.open("cam-1", fps=5, max_width=160, quality=50, duration_s=60)
+        sm.open("cam-1", owner="police", fps=5, max_width=160, quality=50, duration_s=60)
     assert err.value.code == "busy"
 
 
 def test_stop_joins_the_worker_and_clears_sessions(live: FakeGateway, clock: Clock) -> None:
     sm = StreamManager(live, clock=clock)
     sm.start()
-    sm.open("cam-1", fps=30, max_width=160, quality=50, duration_s=60)
+    sm.open("cam-1", owner="police", fps=30, max_width=160, quality=50, duration_s=60)
     sm.stop()
     assert sm.sessions() == []
     assert not any(t.name == "commands.streams" and t.is_alive() for t in threading.enumerate())
@@ -163,7 +184,7 @@ def test_a_camera_that_stops_producing_sends_nothing_new(tmp_path: Path, clock: 
     sm = StreamManager(gw, clock=clock)
     sm.start()
     try:
-        info = sm.open("cam-1", fps=30, max_width=160, quality=50, duration_s=60)
+        info = sm.open("cam-1", owner="police", fps=30, max_width=160, quality=50, duration_s=60)
         wait_for(gw, info.session, 1)
         time.sleep(0.2)
         assert len(gw.on(info.session)) == 1
@@ -177,7 +198,7 @@ def test_a_camera_without_frames_yet_can_be_streamed(tmp_path: Path, clock: Cloc
     sm = StreamManager(gw, clock=clock)
     sm.start()
     try:
-        info = sm.open("cam-1", fps=5, max_width=640, quality=75, duration_s=60)
+        info = sm.open("cam-1", owner="police", fps=5, max_width=640, quality=75, duration_s=60)
         assert info.bytes_per_s > 0  # estimated until real frames come
         assert [s.session for s in sm.sessions()] == [info.session]
         assert gw.on(info.session) == []

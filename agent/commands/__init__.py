@@ -2,15 +2,19 @@
 
 The runtime builds one `Dispatcher` (with its `AuditLog` and `StreamManager`) and one
 `CommandServer` that feeds it every message from `{root}/cmd` on its own workers; the dispatcher
-reaches the rest of the agent only through `Gateway`.
+reaches the rest of the agent only through `Gateway`. Per-agency rate limits (`RateLimits`), the
+reply store under data_dir and an optional signature verifier (`CommandVerifier`) are the
+dispatcher's; `Dispatcher.stats()` feeds telemetry.
 """
 
 from agent.commands.dispatcher import Dispatcher, ReplyOut
 from agent.commands.gateway import ClipAccess, ClipSummary, Gateway, HoldSummary
 from agent.commands.handlers import COMMANDS, CommandContext, CommandSpec
+from agent.commands.limits import RateLimits
 from agent.commands.models import CommandError, Request
 from agent.commands.server import CommandServer
 from agent.commands.streams import StreamLimits, StreamManager
+from agent.commands.verifying import CommandVerifier
 
 __all__ = [
     "COMMANDS",
@@ -20,9 +24,11 @@ __all__ = [
     "CommandError",
     "CommandServer",
     "CommandSpec",
+    "CommandVerifier",
     "Dispatcher",
     "Gateway",
     "HoldSummary",
+    "RateLimits",
     "ReplyOut",
     "Request",
     "StreamLimits",

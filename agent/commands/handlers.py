@@ -190,27 +190,45 @@ def locate(ctx: CommandContext, args: m.LocateArgs) -> dict[str, Any]:
 def stream_start(ctx: CommandContext, args: m.StreamStartArgs) -> dict[str, Any]:
     ctx.camera(args.camera)
     info = _streams(ctx).open(
-        args.camera, fps=args.fps, max_width=args.max_width, quality=args.quality, duration_s=args.duration_s
+        args.camera,
+        owner=ctx.request.requester.agency,
+        fps=args.fps,
+        max_width=args.max_width,
+        quality=args.quality,
+        duration_s=args.duration_s,
     )
     ctx.audit_cameras.append(info.camera)
     return _dump(m.StreamStartResult(session=info.session, topic=info.topic, expires_at=iso(info.expires_at)))
 
 
 def stream_renew(ctx: CommandContext, args: m.StreamRenewArgs) -> dict[str, Any]:
-    info = _streams(ctx).renew(args.session, args.duration_s)
+    """Only the agency that opened the session may extend it (checked by the StreamManager)."""
+    agency = ctx.request.requester.agency
+    _session_access(ctx, args.session, admin=False)
+    info = _streams(ctx).renew(args.session, args.duration_s, agency=agency)
     return _dump(m.StreamRenewResult(expires_at=iso(info.expires_at)))
 
 
 def stream_stop(ctx: CommandContext, args: m.StreamStopArgs) -> dict[str, Any]:
-    _streams(ctx).close(args.session)
+    """The owning agency may stop its session; an admin agency may stop any, whatever the camera."""
+    agency = ctx.request.requester.agency
+    admin = agency in ctx.gateway.config.gateway.admin_agencies
+    _session_access(ctx, args.session, admin=admin)
+    _streams(ctx).close(args.session, agency=agency, override=admin)
     return _dump(m.EmptyResult())
 
 
-def _session_camera(ctx: CommandContext, args: m.StreamRenewArgs | m.StreamStopArgs) -> str:
-    camera = _streams(ctx).camera_of(args.session)
-    if camera is None:
-        raise CommandError("not_found", f"no stream session {args.session!r} (ended or never started)")
-    return camera
+def _session_access(ctx: CommandContext, session: str, *, admin: bool) -> None:
+    """The access check of stream.renew/stop (spec access "per_camera"): note the session's camera
+    for the audit record, then require the agency to be allowed for it unless it acts as admin.
+    Ownership is checked by the StreamManager under its lock, on the session it changes."""
+    info = _streams(ctx).session(session)
+    if info is None:
+        raise CommandError("not_found", f"no stream session {session!r} (ended or never started)")
+    ctx.subject = info.camera
+    agency = ctx.request.requester.agency
+    if not admin and agency not in ctx.camera(info.camera).allowed_agencies:
+        raise CommandError("forbidden", f"agency {agency!r} is not allowed for camera {info.camera!r}")
 
 
 # --------------------------------------------------------------------------- clips
@@ -272,8 +290,8 @@ COMMANDS: dict[str, CommandSpec] = {
         _spec("describe", describe, "any", audited=False),
         _spec("snapshot", snapshot, "camera", audited=True, camera_of=_args_camera),
         _spec("stream.start", stream_start, "camera", audited=True, camera_of=_args_camera),
-        _spec("stream.renew", stream_renew, "camera", audited=True, camera_of=_session_camera),
-        _spec("stream.stop", stream_stop, "camera", audited=True, camera_of=_session_camera),
+        _spec("stream.renew", stream_renew, "per_camera", audited=True),
+        _spec("stream.stop", stream_stop, "per_camera", audited=True),
         _spec("clip.export", clip_export, "camera", audited=True, camera_of=_args_camera),
         _spec("clip.fetch", clip_fetch, "camera", audited=True, camera_of=_clip_camera),
         _spec("clip.hold", clip_hold, "camera", audited=True, camera_of=_args_camera),

@@ -5,19 +5,22 @@ model is strict (no string-to-number coercion, no bools for integers) and forbid
 so a typo such as `"ttl": 30` is answered `bad_request` naming the key rather than ignored.
 
 Choices where the contract is silent (also written in docs/protocol.md):
-- A request `id` matches `^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$`: UUIDs, ULIDs and `req-42` pass;
-  ids that are path- or topic-like (`..`, `a/b`, `+`, `#`) are refused, because the id becomes a
-  topic level in `{root}/cam/{camera}/snapshot/{id}`.
+- A request `id` is 1..64 characters of `A-Za-z0-9._:-`, starting with a letter or digit and
+  without two dots in a row (`REQUEST_ID_PATTERN`): UUIDs, ULIDs and `req-42` pass; ids that are
+  path- or topic-like (`a..b`, `a/b`, `+`, `#`) are refused, because the id becomes a topic level
+  in `{root}/cam/{camera}/snapshot/{id}`.
 - `ttl_s` may be up to a day, but a request older than 600 s (the idempotency window) is
   expired whatever its ttl, so a request that the cache has forgotten can never run twice.
 - `reply_to` must be a plain topic: 1..256 characters, no `+`, `#` or NUL.
 - `requester.agency` is an id like every other id; `operator` (1..128 printable characters) and
   `incident` are optional, recorded in the audit record when given.
+- `sig` carries the platform's signature (agent.commands.signing); the dispatcher only hands the
+  envelope to its verifier, if it has one.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -25,7 +28,10 @@ from agent.clock import parse_iso
 from agent.config import ID_PATTERN, GeoConfig
 from agent.errors import AgentError
 
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+# Up to 64 characters (a separate length limit): a dot is never followed by another dot. Written
+# without look-arounds, which JSON Schema validators (and pydantic's regex engine) may not support.
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_:-])*\.?$"
+MAX_ID_CHARS = 64
 RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 MAX_TTL_S = 600.0  # the longest a request stays valid: the idempotency window
@@ -34,8 +40,7 @@ MAX_TOPIC_CHARS = 256  # of a request's reply_to
 MAX_REQUEST_BYTES = 64 * 1024  # larger requests are bad_request, unparsed
 DEFAULT_CHUNK_BYTES = 256 * 1024  # clip.fetch without chunk_bytes
 
-ErrorCode = Literal["bad_request", "unknown_command", "not_found", "forbidden", "expired", "busy", "internal"]
-ERROR_CODES: tuple[ErrorCode, ...] = (
+ErrorCode = Literal[
     "bad_request",
     "unknown_command",
     "not_found",
@@ -43,10 +48,25 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     "expired",
     "busy",
     "internal",
-)
-Outcome = Literal[
-    "ok", "bad_request", "unknown_command", "not_found", "forbidden", "expired", "busy", "internal"
+    "rate_limited",
+    "unauthenticated",
 ]
+ERROR_CODES: tuple[ErrorCode, ...] = get_args(ErrorCode)
+"""The contract's seven codes, then the two this agent adds (docs/protocol.md, "Error codes")."""
+Outcome = Literal[
+    "ok",
+    "bad_request",
+    "unknown_command",
+    "not_found",
+    "forbidden",
+    "expired",
+    "busy",
+    "internal",
+    "rate_limited",
+    "unauthenticated",
+]
+SIG_PATTERN = r"^[A-Za-z0-9+/]+={0,2}$"
+MAX_SIG_CHARS = 128  # base64 of a 64-byte Ed25519 signature is 88
 
 
 class CommandError(AgentError):
@@ -78,7 +98,14 @@ Timestamp = Annotated[
     AfterValidator(_parseable_time),
 ]
 Ident = Annotated[str, Field(pattern=ID_PATTERN, description="A camera or agency id, " + ID_PATTERN)]
-Token = Annotated[str, Field(pattern=REQUEST_ID_PATTERN, description="An opaque id, " + REQUEST_ID_PATTERN)]
+Token = Annotated[
+    str,
+    Field(
+        max_length=MAX_ID_CHARS,
+        pattern=REQUEST_ID_PATTERN,
+        description="An opaque id: 1..64 of A-Za-z0-9._:- from a letter or digit, no `..`",
+    ),
+]
 Topic = Annotated[
     str,
     Field(min_length=1, max_length=MAX_TOPIC_CHARS, description="A plain MQTT topic (no wildcards)"),
@@ -114,7 +141,9 @@ class Requester(Model):
 class Request(Model):
     """A command on `{root}/cmd`."""
 
-    id: Token = Field(description="Unique request id; a repeat within 10 minutes gets the first reply")
+    id: Token = Field(
+        description="Unique request id; a repeat by the same agency within 10 minutes gets the first reply"
+    )
     cmd: str = Field(min_length=1, max_length=64, description="Command name, e.g. snapshot")
     args: dict[str, Any] = Field(default_factory=dict, description="Arguments of the command")
     issued_at: Timestamp = Field(description="When the platform issued the request")
@@ -127,6 +156,13 @@ class Request(Model):
     requester: Requester
     reply_to: Topic | None = Field(
         default=None, description="Reply topic for MQTT 3.1.1 clients; the MQTT 5 Response Topic wins"
+    )
+    sig: str | None = Field(
+        default=None,
+        max_length=MAX_SIG_CHARS,
+        pattern=SIG_PATTERN,
+        description="Base64 Ed25519 signature of the envelope without sig; required when the gateway"
+        " holds platform keys",
     )
 
 
@@ -351,7 +387,9 @@ class AuditRecord(Model):
     """One line of the audit log, also published on `{root}/audit`.
 
     `prev` is the `hash` of the record before it (64 zeros for the first); `hash` is the SHA-256 of
-    the record's canonical JSON (sorted keys, no spaces, UTF-8) without the `hash` key.
+    the record's canonical JSON (sorted keys, no spaces, UTF-8) without the `hash` key. A summary
+    of rate-limited requests has cmd and outcome `rate_limited` and the count in `refused`, a key
+    no other record carries.
     """
 
     ts: str
@@ -360,5 +398,10 @@ class AuditRecord(Model):
     camera: str | None
     requester: Requester
     outcome: Outcome
+    refused: int | None = Field(
+        default=None,
+        ge=1,
+        description="Only in rate_limited summaries: requests of the agency refused since the last one",
+    )
     prev: str = Field(pattern=r"^[0-9a-f]{64}$")
     hash: str = Field(pattern=r"^[0-9a-f]{64}$")

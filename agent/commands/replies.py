@@ -4,11 +4,18 @@ The reply address is the MQTT 5 Response Topic when it is a usable topic, else t
 `reply_to` (the MQTT 3.1.1 way) when that is one; the Correlation Data is echoed as it came.
 "Usable" is what MQTT allows a PUBLISH topic to be (`valid_reply_topic`): anything else would
 make paho raise in the middle of answering, so such an address is ignored, never published to.
+
+A usable address must also be one the platform reads replies from (`ReplyTopics`): under
+`{root}/reply/` or under a prefix named in `gateway.reply_prefixes`. Otherwise the gateway would
+write wherever its broker account may, its own status, events and audit topics included, on behalf
+of whoever sent the request; such a request is answered nowhere (`Address.hostile` names the topic).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -53,6 +60,51 @@ def usable_reply_to(value: object) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyTopics:
+    """The topic prefixes replies may go under (each without its trailing `/`)."""
+
+    prefixes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, reply_prefix: str, configured: Iterable[str] = ()) -> ReplyTopics:
+        """`{root}/reply` (agent.mqtt.topics.Topics.reply_prefix) and the configured prefixes."""
+        return cls((reply_prefix, *configured))
+
+    def allows(self, topic: str) -> bool:
+        """Whether `topic` lies strictly under one of the prefixes (`{prefix}/` and at least a level)."""
+        return any(topic.startswith(p + "/") and len(topic) > len(p) + 1 for p in self.prefixes)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a request is answered (`topic`, None: nowhere), and the first address it named that
+    lies outside the reply prefixes (`hostile`; then `topic` is None)."""
+
+    topic: str | None
+    hostile: str | None = None
+
+
+def choose_address(rule: ReplyTopics, response_topic: object, reply_to: object) -> Address:
+    """The MQTT 5 Response Topic, else `reply_to`; nowhere when either lies outside `rule`."""
+    named = [t for t in (valid_reply_topic(response_topic), usable_reply_to(reply_to)) if t is not None]
+    hostile = next((t for t in named if not rule.allows(t)), None)
+    if hostile is not None:
+        return Address(None, hostile)
+    return Address(named[0] if named else None)
+
+
+def user_properties(message: mqtt.MQTTMessage) -> dict[str, str]:
+    """The MQTT 5 user properties of a message, the first value of a repeated name winning."""
+    props = message.properties
+    pairs = getattr(props, "UserProperty", None) if props is not None else None
+    found: dict[str, str] = {}
+    for pair in pairs or ():
+        if isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair):
+            found.setdefault(pair[0], pair[1])
+    return found
+
+
 def response_properties(message: mqtt.MQTTMessage) -> tuple[str | None, bytes | None]:
     """The MQTT 5 Response Topic (not yet checked) and Correlation Data of a request, if any."""
     props = message.properties
@@ -64,14 +116,13 @@ def response_properties(message: mqtt.MQTTMessage) -> tuple[str | None, bytes | 
     )
 
 
-def reply_address(message: mqtt.MQTTMessage, payload: bytes) -> tuple[str | None, bytes | None]:
+def reply_address(
+    message: mqtt.MQTTMessage, payload: bytes, rule: ReplyTopics
+) -> tuple[str | None, bytes | None]:
     """(reply topic or None, correlation data) of a request that is answered without being
     dispatched (queue full, or its handling failed): `payload` is read only for `reply_to`."""
     response_topic, corr = response_properties(message)
-    topic = valid_reply_topic(response_topic)
-    if topic is None:
-        topic = usable_reply_to(_peek_reply_to(payload))
-    return topic, corr
+    return choose_address(rule, response_topic, _peek_reply_to(payload)).topic, corr
 
 
 def _peek_reply_to(payload: bytes) -> object:

@@ -9,6 +9,10 @@ with user properties `seq` (0, 1, … per session) and `ts` (the frame's capture
 is sent only when the camera produced a new one since the session's last. Sessions end on their
 own at `expires_at`; `stream.renew` moves that to now + `duration_s`.
 
+A session belongs to the agency that opened it (`owner`): only that agency may renew it, and
+only it, or a caller the command plane names an admin (`override`), may close it. The check is
+made under the same lock as the lookup, so it holds for the session actually changed.
+
 Limits: at most `max_sessions` sessions, and the sum over sessions of (JPEG bytes per frame
 times fps) must stay under `max_bytes_per_s`, else `stream.start` answers `busy`. A new session's
 frame size is measured by encoding the camera's newest frame at the requested width and quality
@@ -46,6 +50,7 @@ class StreamLimits:
 class SessionInfo:
     session: str
     camera: str
+    owner: str  # the agency that opened it
     topic: str
     fps: float
     expires_at: float  # epoch seconds
@@ -57,6 +62,7 @@ class SessionInfo:
 class _Session:
     id: str
     camera: str
+    owner: str
     topic: str
     fps: float
     rate_fps: float  # fps actually possible: min(fps, the camera's fps), for the bandwidth sum
@@ -131,9 +137,9 @@ class StreamManager:
             self._limits = limits
 
     def open(
-        self, camera: str, *, fps: float, max_width: int, quality: int, duration_s: float
+        self, camera: str, *, owner: str, fps: float, max_width: int, quality: int, duration_s: float
     ) -> SessionInfo:
-        """Start a session; raise CommandError(busy) past the limits."""
+        """Start a session owned by agency `owner`; raise CommandError(busy) past the limits."""
         with self._cond:
             if self._stopping or self._thread is None:
                 raise CommandError("busy", "streaming is not running on this gateway")
@@ -173,6 +179,7 @@ class StreamManager:
             session = _Session(
                 id=sid,
                 camera=camera,
+                owner=owner,
                 topic=self._gw.topics.stream(camera, sid),
                 fps=fps,
                 rate_fps=eff_fps,
@@ -187,30 +194,37 @@ class StreamManager:
             self._cond.notify_all()
             return self._info(session)
 
-    def renew(self, session_id: str, duration_s: float) -> SessionInfo:
+    def renew(self, session_id: str, duration_s: float, *, agency: str) -> SessionInfo:
+        """Move the expiry to now + duration_s; only the owning agency may (else forbidden)."""
         with self._cond:
             now = self._clock()
             self._reap(now)
-            s = self._sessions.get(session_id)
-            if s is None:
-                raise CommandError("not_found", f"no stream session {session_id!r} (ended or never started)")
+            s = self._owned(session_id, agency, override=False, action="renew")
             s.expires_at = now + duration_s
             self._cond.notify_all()
             return self._info(s)
 
-    def close(self, session_id: str) -> SessionInfo:
+    def close(self, session_id: str, *, agency: str, override: bool = False) -> SessionInfo:
+        """End a session of `agency`, or any session with `override` (an admin's stop)."""
         with self._cond:
-            s = self._sessions.pop(session_id, None)
-            if s is None:
-                raise CommandError("not_found", f"no stream session {session_id!r} (ended or never started)")
+            self._reap(self._clock())
+            s = self._owned(session_id, agency, override=override, action="stop")
+            del self._sessions[session_id]
             s.active = False
             self._cond.notify_all()
-            return self._info(s)
+            info = self._info(s)
+        if info.owner != agency:
+            log.warning(
+                "admin agency %r stopped stream session %s of agency %r (camera %s)",
+                agency, session_id, info.owner, info.camera,
+            )  # fmt: skip
+        return info
 
-    def camera_of(self, session_id: str) -> str | None:
+    def session(self, session_id: str) -> SessionInfo | None:
+        """The running session with this id, or None once it ended (or never existed)."""
         with self._cond:
             s = self._sessions.get(session_id)
-            return s.camera if s is not None and s.expires_at > self._clock() else None
+            return self._info(s) if s is not None and s.expires_at > self._clock() else None
 
     def sessions(self) -> list[SessionInfo]:
         with self._cond:
@@ -286,6 +300,19 @@ class StreamManager:
             raise ValueError(f"camera {camera!r} is no longer configured")
         return encode_outgoing(frame.image, cam.privacy_masks, max_width=max_width, quality=quality)
 
+    def _owned(self, session_id: str, agency: str, *, override: bool, action: str) -> _Session:
+        """The session if `agency` may act on it; caller holds _cond. The owner is not named in
+        the refusal: another agency learns nothing about who is watching."""
+        s = self._sessions.get(session_id)
+        if s is None:
+            raise CommandError("not_found", f"no stream session {session_id!r} (ended or never started)")
+        if s.owner != agency and not override:
+            raise CommandError(
+                "forbidden",
+                f"stream session {session_id!r} was opened by another agency; only it may {action} it",
+            )
+        return s
+
     def _reap(self, now: float) -> None:
         """Drop expired sessions; caller holds _cond."""
         for sid in [sid for sid, s in self._sessions.items() if s.expires_at <= now]:
@@ -294,4 +321,6 @@ class StreamManager:
 
     @staticmethod
     def _info(s: _Session) -> SessionInfo:
-        return SessionInfo(s.id, s.camera, s.topic, s.fps, s.expires_at, s.seq, s.frame_bytes * s.rate_fps)
+        return SessionInfo(
+            s.id, s.camera, s.owner, s.topic, s.fps, s.expires_at, s.seq, s.frame_bytes * s.rate_fps
+        )

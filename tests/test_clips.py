@@ -186,7 +186,7 @@ def test_bad_exports_are_named(
 
 def test_export_of_a_span_that_left_the_buffer_uses_recorded_clips(tmp_path: Path) -> None:
     store = ClipStore(tmp_path / "clips")
-    store.export("cam-1", T0, T0 + 4.0, buffered(4.0), masks=MASK)
+    store.export("cam-1", T0, T0 + 4.0, buffered(4.0), masks=MASK, event_id="ev-1", source="event")
     later = buffered(2.0, start=T0 + 4.1)  # what the buffer holds now: after the recorded clip
     info = store.export("cam-1", T0 + 1.0, T0 + 5.0, later, masks=MASK)
     video = decode_all(store.path(info.clip_id))

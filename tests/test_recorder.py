@@ -141,6 +141,12 @@ def test_event_longer_than_the_buffer_keeps_its_beginning(tmp_path: Path) -> Non
     assert info.start == pytest.approx(cam.t0 + 1.0, abs=0.11)
     assert info.end == pytest.approx(cam.t0 + 12.0, abs=0.11)
     assert 108 <= frame_count(store.path(info.clip_id)) <= 113
+    # The recording is footage a later export reads (an export is not, issue 13).
+    gone = cam.buffer.frames_between(cam.t0 + 1.0, cam.t0 + 5.0)
+    assert gone == [], "the span has left the buffer"
+    exported = store.export("cam-1", cam.t0 + 1.0, cam.t0 + 5.0, gone)
+    assert (exported.fps, exported.source) == (10.0, "export")
+    assert 39 <= frame_count(store.path(exported.clip_id)) <= 42
 
 
 def test_memory_budget_thins_frames_but_keeps_the_span(tmp_path: Path) -> None:

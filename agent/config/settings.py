@@ -4,15 +4,18 @@ The config file gives the starting values; changes made by the platform are vali
 whole, persisted atomically under data_dir (so they survive a restart) and overlaid on the file's
 values at the next start. Privacy masks are reported but can only be changed in the config file:
 no request from the platform may weaken them.
+
+settings.json is read and written through agent.files: never through a symbolic link (a link is
+refused and moved aside), created 0600 whatever the umask.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +34,7 @@ from agent.config import (
     format_errors,
 )
 from agent.errors import ConfigError
+from agent.files import read_bytes, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +94,13 @@ class SettingsStore:
 
     def _load(self) -> None:
         try:
-            raw = self.path.read_bytes()
+            raw = read_bytes(self.path)
         except FileNotFoundError:
             return
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self._set_aside("it is a symbolic link, refused")
+                return
             log.error("cannot read persisted settings %s: %s; using the config file's", self.path, exc)
             return
         try:
@@ -107,10 +114,14 @@ class SettingsStore:
             self._current = self._validate(saved, self._file_settings)
             log.info("runtime settings restored from %s", self.path)
         except (ValueError, TypeError, ConfigError) as exc:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.error("persisted settings %s are unusable (%s); moved to %s", self.path, exc, aside.name)
-            with contextlib.suppress(OSError):
-                self.path.replace(aside)
+            self._set_aside(str(exc))
+
+    def _set_aside(self, reason: str) -> None:
+        """Move the file (a link itself, never its target) aside; the config file's values rule."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        log.error("persisted settings %s are unusable (%s); moved to %s", self.path, reason, aside.name)
+        with contextlib.suppress(OSError):
+            self.path.replace(aside)
 
     def _validate(self, partial: dict[str, Any], base: RuntimeSettings) -> RuntimeSettings:
         merged = _merge(base.model_dump(mode="json"), partial)
@@ -149,10 +160,5 @@ class SettingsStore:
             return new
 
     def _persist(self, settings: RuntimeSettings) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("wb") as f:
-            f.write(settings.model_dump_json(indent=2).encode())
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.path)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(self.path, settings.model_dump_json(indent=2).encode())

@@ -1,8 +1,9 @@
 """The gateway's footage, as the clip.* commands see it: buffers plus the clip store.
 
-`clip.export` cuts from the pre-event buffer (and from clips already recorded, which the store
-reads itself); `clip.hold` first exports whatever of the span is still only in the buffer, so
-that the held footage exists on disk before the buffer moves on.
+`clip.export` cuts from the pre-event buffer (and from recordings, which the store reads itself;
+never from earlier exports); `clip.hold` first saves whatever of the span is still only in the
+buffer, as a recording (source "hold") later exports may read, so that the held footage exists on
+disk before the buffer moves on.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Footage:
     def export(self, camera: str, start: float, end: float) -> ClipInfo:
         buffer = self.buffers.get(camera)
         frames = buffer.frames_between(start, end) if buffer is not None else []
-        return self.store.export(camera, start, end, frames, masks=self._masks(camera))
+        return self.store.export(camera, start, end, frames, masks=self._masks(camera), source="export")
 
     def get(self, clip_id: str) -> ClipInfo:
         return self.store.get(clip_id)
@@ -47,10 +48,14 @@ class Footage:
         return self.store.chunks(clip_id, chunk_bytes)
 
     def hold(self, camera: str, start: float, end: float, until: float) -> HoldResult:
+        """Save the buffered part of the span (from the buffer alone: first-generation footage),
+        then record the hold; a failure to save still records the hold over what is on disk."""
         buffer = self.buffers.get(camera)
-        if buffer is not None and buffer.frames_between(start, end):
+        frames = buffer.frames_between(start, end) if buffer is not None else []
+        if frames:
+            lo = min(max(start, min(f.ts for f in frames)), end - 0.001)  # not the recorded part
             try:
-                self.export(camera, start, end)
-            except ClipError as exc:  # the hold itself must still be recorded
+                self.store.export(camera, lo, end, frames, masks=self._masks(camera), source="hold")
+            except ClipError as exc:
                 log.warning("clip.hold: could not save the buffered part of the span: %s", exc)
         return self.store.hold(camera, start, end, until)

@@ -12,12 +12,28 @@ from agent.clock import iso, parse_iso
 from agent.config import ID_PATTERN
 from agent.errors import AgentError
 
-__all__ = ["ClipError", "ClipInfo", "Discarded", "Hold", "HoldResult", "JpegFrame", "validate_clip_id"]
+__all__ = [
+    "RECORDED",
+    "ClipError",
+    "ClipInfo",
+    "ClipSource",
+    "Discarded",
+    "Hold",
+    "HoldResult",
+    "JpegFrame",
+    "validate_clip_id",
+]
 
 CAMERA_RE = re.compile(ID_PATTERN)
 CLIP_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
-ErrorCode = Literal["bad_request", "not_found", "internal"]
+ErrorCode = Literal["bad_request", "not_found", "busy", "internal"]
+
+ClipSource = Literal["event", "hold", "export"]
+"""Who wrote a clip: the recorder for an event, clip.hold saving the buffer, or clip.export."""
+RECORDED: frozenset[ClipSource] = frozenset({"event", "hold"})
+"""Clips that are footage (copies of the buffer) and that an export may read; an export is not:
+reading exports back would feed each export on the last (issue 13)."""
 
 
 class ClipError(AgentError):
@@ -63,6 +79,7 @@ class ClipInfo:
     codec: str
     created_at: float
     held_until: float | None = None
+    source: ClipSource = "event"
 
     @property
     def duration_s(self) -> float:
@@ -88,11 +105,15 @@ class ClipInfo:
             "codec": self.codec,
             "created_at": iso(self.created_at),
             "held_until": iso(self.held_until) if self.held_until is not None else None,
+            "source": self.source,
         }
 
     @classmethod
     def from_sidecar(cls, data: object, expected_id: str | None = None) -> ClipInfo:
-        """Parse a sidecar; raise ValueError or TypeError naming the first bad field."""
+        """Parse a sidecar; raise ValueError or TypeError naming the first bad field.
+
+        A sidecar without `source` was written before exports were told apart: it is an event's.
+        """
         if not isinstance(data, dict):
             raise TypeError("sidecar is not a JSON object")
 
@@ -109,6 +130,9 @@ class ClipInfo:
                 raise ValueError(f"sidecar field {key!r} is not a timestamp") from None
 
         held = data.get("held_until")
+        source = data.get("source", "event")
+        if source not in ("event", "hold", "export"):
+            raise ValueError(f"sidecar field 'source' is {source!r:.40}, not event, hold or export")
         info = cls(
             clip_id=validate_clip_id(need("clip_id", str)),
             camera=need("camera", str),
@@ -124,6 +148,7 @@ class ClipInfo:
             codec=need("codec", str),
             created_at=when("created_at"),
             held_until=when("held_until") if held is not None else None,
+            source=source,
         )
         if expected_id is not None and info.clip_id != expected_id:
             raise ValueError(f"sidecar names clip {info.clip_id}, not {expected_id}")

@@ -27,7 +27,8 @@ import numpy as np
 
 from agent.capture.source import Image
 from agent.clock import iso
-from agent.footage.clips import ClipError, ClipInfo, JpegFrame
+from agent.files import FILE_MODE, is_regular, open_read
+from agent.footage.clips import RECORDED, ClipError, ClipInfo, JpegFrame
 from agent.footage.privacy import PolygonLike, apply_privacy_masks
 
 MAX_FPS = 30
@@ -56,23 +57,32 @@ class JpegItem:
 
 
 class SequentialReader:
-    """Decodes a recorded clip front to back; items ask for frame numbers in increasing order."""
+    """Decodes a recorded clip front to back; items ask for frame numbers in increasing order.
 
-    def __init__(self, path: Path) -> None:
+    The decoder is released as soon as frame `last` has been read, so a long export that walks
+    through many recordings holds one decoder at a time, not one per recording.
+    """
+
+    def __init__(self, path: Path, last: int) -> None:
         self.path = path
+        self.last = last
         self._cap: cv2.VideoCapture | None = None
         self._pos = -1
         self._last: Image | None = None
 
     def frame(self, index: int) -> Image:
-        if self._cap is None:
+        if self._cap is None and self._pos < index:
+            if not is_regular(self.path):  # replaced by a link since the store indexed it
+                raise ClipError("internal", f"recorded clip {self.path.name} is no longer a regular file")
             self._cap = cv2.VideoCapture(str(self.path))
-        while self._pos < index:
+        while self._cap is not None and self._pos < index:
             ok, img = self._cap.read()
             if not ok:
                 break
             self._pos += 1
             self._last = np.asarray(img, dtype=np.uint8)
+        if self._pos >= self.last:
+            self.close()
         if self._last is None:
             raise ClipError("internal", f"recorded clip {self.path.name} cannot be decoded")
         return self._last
@@ -94,26 +104,41 @@ class RecordedItem:
 
 
 def plan_frames(
-    root: Path, recorded: Sequence[ClipInfo], start: float, end: float, frames: Sequence[JpegFrame]
+    root: Path, clips: Sequence[ClipInfo], start: float, end: float, frames: Sequence[JpegFrame]
 ) -> tuple[list[PlanItem], list[SequentialReader]]:
-    """The frames of [start, end] in time order: recorded clips (under `root`) up to the buffer,
-    then the buffered `frames`; the readers must be closed by the caller."""
+    """The frames of [start, end] in time order, each instant once: recordings (under `root`) up
+    to the buffer, then the buffered `frames`; the readers must be closed by the caller.
+
+    Only recordings (`RECORDED` sources) are read, never earlier exports, so the same span and
+    buffer always give the same frames. Where recordings overlap (an event's pre-roll over the
+    last one's post-roll), the earlier one supplies the overlap.
+    """
     buffered: list[PlanItem] = sorted(
         (JpegItem(f.ts, f.jpeg) for f in frames if start <= f.ts <= end), key=lambda i: i.ts
     )
     first_buffered = buffered[0].ts if buffered else math.inf
     readers: list[SequentialReader] = []
     items: list[PlanItem] = []
-    for rec in recorded:
-        if rec.end < start or rec.start > min(end, first_buffered):
+    covered = -math.inf  # time of the last recorded frame taken
+    recordings = sorted(
+        (c for c in clips if c.source in RECORDED), key=lambda c: (c.start, c.source != "event", c.clip_id)
+    )
+    for rec in recordings:
+        if rec.end < start or rec.start > min(end, first_buffered) or rec.end <= covered:
             continue
-        reader = SequentialReader(root / f"{rec.clip_id}.mp4")
+        half = 0.5 / rec.fps
+        wanted = [
+            (k, ts)
+            for k in range(rec.frames)
+            if start <= (ts := rec.start + k / rec.fps) <= end and covered + half < ts < first_buffered - half
+        ]
+        path = root / f"{rec.clip_id}.mp4"
+        if not wanted or not is_regular(path):
+            continue
+        reader = SequentialReader(path, last=wanted[-1][0])
         readers.append(reader)
-        for k in range(rec.frames):
-            ts = rec.start + k / rec.fps
-            if start <= ts <= end and ts < first_buffered - 0.5 / rec.fps:
-                items.append(RecordedItem(ts, reader, k))
-    items.sort(key=lambda i: i.ts)
+        items.extend(RecordedItem(ts, reader, k) for k, ts in wanted)
+        covered = wanted[-1][1]
     items.extend(buffered)
     return items, readers
 
@@ -183,7 +208,10 @@ def encode_clip(
     encoder: Encoder,
     ffmpeg_threads: int,
 ) -> tuple[int, int, str]:
-    """Encode the planned frames (masks burnt in) to `out` and fsync it; (width, height, codec)."""
+    """Encode the planned frames (masks burnt in) to `out` and fsync it; (width, height, codec).
+
+    `out` should exist already (created 0600): both encoders truncate it and keep its mode.
+    """
     frames = _frames(items, picks, masks)
     first = next(frames)
     height, width = first.shape[:2]
@@ -193,8 +221,12 @@ def encode_clip(
     else:
         _encode_opencv(first, frames, fps, out)
         codec = "mp4v"
-    with out.open("rb") as fh:
-        os.fsync(fh.fileno())
+    fd = open_read(out)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return width, height, codec
 
 

@@ -310,6 +310,7 @@ class ClipRecorder:
                 masks=masks,
                 event_id=job.event_id,
                 clip_id=job.clip_id,
+                source="event",  # a recording: later exports may read it, and it is never `busy`
             )
         except ClipError as exc:
             with self._lock:

@@ -3,20 +3,29 @@
 Layout (flat, so a clip is found by id alone)::
 
     clips/<clip_id>.mp4        the video, privacy masks burnt in
-    clips/<clip_id>.json       sidecar: camera, start, end, event_id, sha256, bytes, held_until, ...
+    clips/<clip_id>.json       sidecar: camera, start, end, event_id, sha256, bytes, held_until,
+                               source (event recording, buffer saved by a hold, or an export)
     clips/holds.json           evidence holds (camera, span, until), the source of truth for retention
     clips/discarded/           files the startup scan set aside (truncated, garbled, hash mismatch)
 
 Writes are atomic: the MP4 is written to `<id>.part.mp4` and fsynced, the sidecar is written
 (tmp + rename), then the MP4 is renamed into place. A crash at any point leaves either nothing, or
 a `.part` file and/or a sidecar without its video, both of which the startup scan removes.
+
+Nothing here follows a symbolic link (agent.files): a link found in the folder is removed
+(never its target) by the scan, and a clip whose file has become a link is `not_found`. Files
+are 0600 and folders 0700 whatever the umask.
+
+Exports read recordings only (event clips and buffer saved by holds, never earlier exports) and
+at most `max_exports` run at once; the rest are answered `busy`. Saves of the buffer (the
+recorder's, a hold's) are never refused: their size is bounded by the buffer, and a refusal would
+lose footage the buffer is about to drop.
 What a clip is (`ClipInfo`, holds) lives in agent.footage.clips; how frames become an MP4 in
 agent.footage.encoding.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -32,10 +41,21 @@ from pathlib import Path
 from typing import Any
 
 from agent.clock import iso, parse_iso
+from agent.files import (
+    LinkRefused,
+    create_private,
+    fsync_dir,
+    is_regular,
+    open_read,
+    private_dir,
+    read_bytes,
+    write_atomic,
+)
 from agent.footage.clips import (
     CLIP_ID_RE,
     ClipError,
     ClipInfo,
+    ClipSource,
     Discarded,
     Hold,
     HoldResult,
@@ -60,6 +80,9 @@ log = logging.getLogger(__name__)
 
 MAX_EXPORT_S = 600.0
 """Longest span one export may cover: bounds the CPU and disk one command can demand."""
+MAX_EXPORTS = 1
+"""clip.export runs at once, gateway-wide. One: the command plane has two workers, and the other
+must stay free to answer everything else."""
 MIN_CHUNK_BYTES = 1024
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
 
@@ -69,7 +92,7 @@ class ClipStore:
 
     Lock scope: `_lock` guards the in-memory index (`_clips`), the hold list and every sidecar or
     holds.json write, so readers see a clip only once its files are complete. Decoding and
-    encoding video happen outside the lock.
+    encoding video happen outside the lock; `_export_slots` bounds on-demand exports.
     """
 
     def __init__(
@@ -79,11 +102,14 @@ class ClipStore:
         verify_sha256: bool = True,
         encoder: Encoder = "auto",
         ffmpeg_threads: int = 1,
+        max_exports: int = MAX_EXPORTS,
     ) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if max_exports < 1:
+            raise ValueError("max_exports must be at least 1")
+        self.root = private_dir(Path(root), parents=True)  # LinkRefused (OSError) for a link
         self.discard_dir = self.root / "discarded"
         self._lock = threading.Lock()
+        self._export_slots = threading.BoundedSemaphore(max_exports)
         self._clips: dict[str, ClipInfo] = {}
         self._holds: list[Hold] = []
         if encoder == "auto":
@@ -97,7 +123,9 @@ class ClipStore:
     # -- startup ---------------------------------------------------------------------------------
 
     def _set_aside(self, path: Path, reason: str) -> None:
-        self.discard_dir.mkdir(exist_ok=True)
+        if self.discard_dir.is_symlink():
+            self._remove(self.discard_dir, "symbolic link refused")
+        private_dir(self.discard_dir)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         target = self.discard_dir / f"{path.name}.{stamp}"
         path.replace(target)
@@ -105,13 +133,19 @@ class ClipStore:
         self.discarded.append(Discarded(target, reason))
 
     def _remove(self, path: Path, reason: str) -> None:
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # a link is removed itself, never its target
         log.warning("clip store: removed %s (%s)", path.name, reason)
         self.discarded.append(Discarded(path, reason))
 
     def _scan(self, verify_sha256: bool) -> None:
-        """Index the sidecars; set aside or remove whatever is incomplete or does not match."""
-        entries = sorted(p for p in self.root.iterdir() if p.is_file())
+        """Index the sidecars; set aside or remove whatever is incomplete or does not match.
+
+        Symbolic links are removed first, whatever they are called or point at.
+        """
+        for path in sorted(self.root.iterdir()):
+            if path.is_symlink():
+                self._remove(path, "symbolic link refused")
+        entries = sorted(p for p in self.root.iterdir() if is_regular(p))
         for path in entries:
             name = path.name
             if name.endswith((".part.mp4", ".tmp")):
@@ -121,14 +155,14 @@ class ClipStore:
                 continue  # not a sidecar: holds.json and anything else are left alone
             video = path.with_suffix(".mp4")
             try:
-                info = ClipInfo.from_sidecar(json.loads(path.read_bytes()), path.stem)
+                info = ClipInfo.from_sidecar(json.loads(read_bytes(path)), path.stem)
             except (ValueError, TypeError, OSError) as exc:
                 reason = f"garbled sidecar: {exc}"
                 self._set_aside(path, reason)
                 if video.exists():
                     self._set_aside(video, reason)
                 continue
-            if not video.exists():
+            if not is_regular(video):
                 self._remove(path, "sidecar without its video")
                 continue
             size = video.stat().st_size
@@ -153,7 +187,7 @@ class ClipStore:
         if not path.exists():
             return
         try:
-            raw = json.loads(path.read_bytes())
+            raw = json.loads(read_bytes(path))
             holds = [
                 Hold(h["camera"], parse_iso(h["start"]), parse_iso(h["end"]), parse_iso(h["until"]))
                 for h in raw["holds"]
@@ -171,7 +205,7 @@ class ClipStore:
                 for h in self._holds
             ]
         }
-        _write_atomic(self.root / "holds.json", json.dumps(data, indent=1).encode())
+        write_atomic(self.root / "holds.json", json.dumps(data, indent=1).encode())
 
     # -- lookup ----------------------------------------------------------------------------------
 
@@ -199,9 +233,10 @@ class ClipStore:
 
     def discarded_files(self) -> list[Path]:
         """Files in the discarded folder, oldest first (retention may reclaim them)."""
-        if not self.discard_dir.is_dir():
+        if self.discard_dir.is_symlink() or not self.discard_dir.is_dir():
             return []
-        return sorted((p for p in self.discard_dir.iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime)
+        found = [p for p in self.discard_dir.iterdir() if is_regular(p)]
+        return sorted(found, key=lambda p: p.lstat().st_mtime)
 
     # -- holds -----------------------------------------------------------------------------------
 
@@ -278,6 +313,7 @@ class ClipStore:
         """Yield (index, count, data) from chunk `start_index` on, for a resumable `clip.fetch`.
 
         Arguments are checked before the first chunk, so a bad request fails on the call itself.
+        A clip whose file has become a symbolic link is not_found: it is never followed.
         """
         info = self.get(clip_id)
         if not isinstance(chunk_bytes, int) or not MIN_CHUNK_BYTES <= chunk_bytes <= MAX_CHUNK_BYTES:
@@ -288,10 +324,17 @@ class ClipStore:
         count = info.chunk_count(chunk_bytes)
         if not isinstance(start_index, int) or not 0 <= start_index < count:
             raise ClipError("bad_request", f"chunk index {start_index!r} is outside 0..{count - 1}")
+        path = self.path(clip_id)
         try:
-            handle = self.path(clip_id).open("rb")
+            handle = os.fdopen(open_read(path), "rb")
         except FileNotFoundError:
             raise ClipError("not_found", f"clip {clip_id} was deleted") from None
+        except LinkRefused:
+            log.warning("clip store: %s is not a regular file; refused", path.name)
+            raise ClipError("not_found", f"no clip {clip_id}") from None
+        if os.fstat(handle.fileno()).st_size != info.bytes:
+            handle.close()
+            raise ClipError("not_found", f"clip {clip_id} no longer matches its sidecar")
         return self._read_chunks(handle, chunk_bytes, start_index, count)
 
     @staticmethod
@@ -318,15 +361,19 @@ class ClipStore:
         masks: Sequence[PolygonLike] = (),
         event_id: str | None = None,
         clip_id: str | None = None,
+        source: ClipSource = "export",
         now: float | None = None,
     ) -> ClipInfo:
         """Write an MP4 of `camera` for [start, end] and return its metadata.
 
         `frames` are what is still buffered (any order; those outside the span are ignored).
-        Footage older than the first buffered frame is taken from recorded clips of the camera,
-        so a span that has left the buffer can still be exported. Masks are applied to every
-        frame. Raises ClipError: bad_request for a bad span or id, not_found when nothing covers
-        the span, internal when encoding or writing fails (e.g. the disk is full).
+        Footage older than the first buffered frame is taken from recordings of the camera (never
+        from exports), so a span that has left the buffer can still be exported and the same span
+        gives the same frames each time. `source` says what the clip is: "event" (the recorder),
+        "hold" (a hold saving the buffer) or "export". Masks are applied to every frame. Raises
+        ClipError: bad_request for a bad span or id, not_found when nothing covers the span, busy
+        when `max_exports` other "export" clips are being written ("event" and "hold" ones are
+        never refused), internal when encoding or writing fails (e.g. the disk is full).
         """
         check_camera(camera)
         check_span(start, end)
@@ -338,20 +385,48 @@ class ClipStore:
         with self._lock:
             if clip_id in self._clips:
                 raise ClipError("bad_request", f"clip {clip_id} already exists")
+        bounded = source == "export"
+        if bounded and not self._export_slots.acquire(blocking=False):
+            raise ClipError("busy", "another clip export is running on this gateway; retry shortly")
+        try:
+            info = self._export(clip_id, camera, start, end, frames, masks, event_id, source, now)
+        finally:
+            if bounded:
+                self._export_slots.release()
+        log.info(
+            "clip %s (%s): %s %d frames @ %.0f fps, %d bytes",
+            clip_id,
+            source,
+            camera,
+            info.frames,
+            info.fps,
+            info.bytes,
+        )
+        return info
+
+    def _export(
+        self,
+        clip_id: str,
+        camera: str,
+        start: float,
+        end: float,
+        frames: Sequence[JpegFrame],
+        masks: Sequence[PolygonLike],
+        event_id: str | None,
+        source: ClipSource,
+        now: float | None,
+    ) -> ClipInfo:
         items, readers = plan_frames(self.root, self.clips(camera), start, end, frames)
         if not items:
             raise ClipError(
                 "not_found", f"nothing buffered or recorded for {camera} between {iso(start)} and {iso(end)}"
             )
         try:
-            info = self._write(clip_id, camera, items, masks, event_id, time.time() if now is None else now)
+            stamp = time.time() if now is None else now
+            return self._write(clip_id, camera, items, masks, event_id, source, stamp)
         finally:
             for reader in readers:
                 reader.close()
-        log.info(
-            "clip %s: %s %d frames @ %.0f fps, %d bytes", clip_id, camera, info.frames, info.fps, info.bytes
-        )
-        return info
 
     def _write(
         self,
@@ -360,11 +435,13 @@ class ClipStore:
         items: Sequence[PlanItem],
         masks: Sequence[PolygonLike],
         event_id: str | None,
+        source: ClipSource,
         now: float,
     ) -> ClipInfo:
         """Encode `items` to `<id>.part.mp4`, write the sidecar, then rename the MP4 into place."""
         part = self.root / f"{clip_id}.part.mp4"
         try:
+            os.close(create_private(part))  # 0600 before any encoder opens it
             fps, picks = constant_rate(items)
             width, height, codec = encode_clip(
                 items, picks, fps, masks, part, encoder=self.encoder, ffmpeg_threads=self.ffmpeg_threads
@@ -376,19 +453,20 @@ class ClipStore:
                 end=items[-1].ts,
                 event_id=event_id,
                 sha256=_sha256(part),
-                bytes=part.stat().st_size,
+                bytes=os.lstat(part).st_size,
                 frames=len(picks),
                 width=width,
                 height=height,
                 fps=fps,
                 codec=codec,
                 created_at=now,
+                source=source,
             )
             info = replace(info, held_until=self.held_until(info, now=now))
             with self._lock:
                 self._write_sidecar(info)
                 part.replace(self.root / f"{clip_id}.mp4")
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
                 self._clips[clip_id] = info
         except OSError as exc:
             part.unlink(missing_ok=True)
@@ -400,30 +478,12 @@ class ClipStore:
         return info
 
     def _write_sidecar(self, info: ClipInfo) -> None:
-        _write_atomic(self.root / f"{info.clip_id}.json", json.dumps(info.to_sidecar(), indent=1).encode())
+        write_atomic(self.root / f"{info.clip_id}.json", json.dumps(info.to_sidecar(), indent=1).encode())
 
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as fh:
+    with os.fdopen(open_read(path), "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

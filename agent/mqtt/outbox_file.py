@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.files import FILE_MODE, create_or_open_private
+
 __all__ = [
     "COLUMNS",
     "SCHEMA_VERSION",
@@ -91,12 +93,13 @@ def open_outbox_file(path: Path, busy_timeout_s: float) -> Opened:
     discarded: DiscardedOutbox | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _refuse_links(path)
         keep = _keep_wal(path)
         try:
-            return Opened(_connect(path, busy_timeout_s), durable=True, discarded=None)
+            return Opened(_connect_private(path, busy_timeout_s), durable=True, discarded=None)
         except sqlite3.Error as exc:
             discarded = _move_aside(path, f"{type(exc).__name__}: {exc}", kept_wal=keep)
-            return Opened(_connect(path, busy_timeout_s), durable=True, discarded=discarded)
+            return Opened(_connect_private(path, busy_timeout_s), durable=True, discarded=discarded)
         finally:
             if keep is not None:
                 with contextlib.suppress(OSError):
@@ -116,10 +119,31 @@ def reopen_after_corruption(path: Path, exc: sqlite3.DatabaseError, busy_timeout
     discarded: DiscardedOutbox | None = None
     try:
         discarded = _move_aside(path, f"{type(exc).__name__}: {exc}")
-        return Opened(_connect(path, busy_timeout_s), durable=True, discarded=discarded)
+        return Opened(_connect_private(path, busy_timeout_s), durable=True, discarded=discarded)
     except (OSError, sqlite3.Error) as again:
         log.error("outbox %s cannot be recreated (%s): keeping messages in memory only", path, again)
         return Opened(_connect(":memory:", busy_timeout_s), durable=False, discarded=discarded)
+
+
+def _refuse_links(path: Path) -> None:
+    """Remove a symbolic link planted at the outbox or its companions (the link, never its target):
+    SQLite would otherwise write the queue into whatever file it points at."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        candidate = path.with_name(path.name + suffix)
+        if candidate.is_symlink():
+            log.warning("outbox: symbolic link refused and removed: %s", candidate)
+            candidate.unlink()
+
+
+def _connect_private(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    """`_connect` to a file created 0600 beforehand, its WAL and shared memory made 0600 after:
+    SQLite creates files with the umask's modes, and the queue holds events and snapshots."""
+    os.close(create_or_open_private(path))
+    conn = _connect(path, busy_timeout_s)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path.with_name(path.name + suffix), FILE_MODE)
+    return conn
 
 
 def _connect(target: Path | str, busy_timeout_s: float) -> sqlite3.Connection:

@@ -3,14 +3,14 @@
 The protocol promises exactly one `end` per event_id. A clean stop ends every open event; a
 SIGKILL or a power cut cannot, so the last phase published of each open event is written here
 (atomically, after it is in the outbox) and the next start of the agent publishes the missing
-`end`, with `ended_at` the time of that last phase.
+`end`, with `ended_at` the time of that last phase. The file is read and written without
+following symbolic links (a link is refused) and created 0600.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from agent.clock import iso
 from agent.contract.messages import Event
+from agent.files import LinkRefused, read_bytes, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,11 @@ class OpenEvents:
 
     def _load(self) -> list[Event]:
         try:
-            raw = json.loads(self.path.read_bytes())
+            raw = json.loads(read_bytes(self.path))
         except FileNotFoundError:
+            return []
+        except LinkRefused:
+            log.error("open events file %s is a symbolic link; refused and ignored", self.path)
             return []
         except (OSError, ValueError) as exc:
             log.error("open events file %s is unreadable (%s); ignoring it", self.path, exc)
@@ -72,12 +76,7 @@ class OpenEvents:
 
     def _write(self) -> None:
         data = json.dumps([e.model_dump(mode="json") for e in self._open.values()]).encode()
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            with tmp.open("wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self.path)
+            write_atomic(self.path, data)
         except OSError as exc:
             log.error("cannot record open events in %s: %s", self.path, exc)

@@ -143,3 +143,210 @@ def test_example_mentions_every_setting() -> None:
         if f"{name} =" not in text and f".{name}]" not in text
     ]
     assert missing == []
+
+
+# -- check-config finds what `run` would refuse (issue 13 item 12) -----------------------------------
+
+
+def _pem_pair(d: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate and its key, PEM, made with `cryptography`."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (d / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (d / f"{name}.key").write_bytes(key_pem)
+    return d / f"{name}.crt", d / f"{name}.key"
+
+
+def _mqtt_files_case(tmp_path: Path, case: str) -> tuple[str, str]:
+    """([mqtt] TOML for a broken file setup, the key check-config must name)."""
+    crt, key = _pem_pair(tmp_path, "client")
+    _, other_key = _pem_pair(tmp_path, "other")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n", encoding="utf-8")
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    missing = tmp_path / "missing.pem"
+    tls = {"ca_file": crt, "cert_file": crt, "key_file": key}
+
+    def password(path: Path) -> str:
+        return f'[mqtt]\nusername = "gw"\npassword_file = "{path}"\n'
+
+    def tls_with(**files: Path) -> str:
+        return "[mqtt.tls]\n" + "".join(f'{k} = "{v}"\n' for k, v in {**tls, **files}.items())
+
+    cases = {
+        "password_file missing": (password(missing), "mqtt.password_file"),
+        "password_file empty": (password(empty), "mqtt.password_file"),
+        "password_file a folder": (password(tmp_path), "mqtt.password_file"),
+        "ca_file missing": (tls_with(ca_file=missing), "mqtt.tls.ca_file"),
+        "ca_file junk": (tls_with(ca_file=junk), "mqtt.tls.ca_file"),
+        "cert_file missing": (tls_with(cert_file=missing), "mqtt.tls.cert_file"),
+        "cert_file junk": (tls_with(cert_file=junk), "mqtt.tls.cert_file"),
+        "key_file missing": (tls_with(key_file=missing), "mqtt.tls.key_file"),
+        "key_file junk": (tls_with(key_file=junk), "mqtt.tls.key_file"),
+        "key_file of another cert": (tls_with(key_file=other_key), "mqtt.tls.key_file"),
+    }
+    return cases[case]
+
+
+FILE_CASES = [
+    "password_file missing",
+    "password_file empty",
+    "password_file a folder",
+    "ca_file missing",
+    "ca_file junk",
+    "cert_file missing",
+    "cert_file junk",
+    "key_file missing",
+    "key_file junk",
+    "key_file of another cert",
+]
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_check_config_rejects_files_run_would_reject(tmp_path: Path, case: str) -> None:
+    mqtt, key = _mqtt_files_case(tmp_path, case)
+    path = write(tmp_path, MINIMAL.replace("/tmp/x", str(tmp_path / "data")) + mqtt)
+    checked = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 1, checked.stdout
+    assert f"  - {key}: " in checked.stderr, checked.stderr
+    assert "OK" not in checked.stdout
+    # and `run` does refuse it, at start-up, before any connection attempt
+    run = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--config", str(path), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert run.returncode == 1, run.stderr
+
+
+def test_check_config_accepts_good_files_and_warns_about_insecure(tmp_path: Path) -> None:
+    crt, key = _pem_pair(tmp_path, "client")
+    password = tmp_path / "password"
+    password.write_text("s3cret\n", encoding="utf-8")
+    mqtt = (
+        f'[mqtt]\nusername = "gw"\npassword_file = "{password}"\n'
+        f'[mqtt.tls]\nca_file = "{crt}"\ncert_file = "{crt}"\nkey_file = "{key}"\n'
+    )
+    path = write(tmp_path, MINIMAL + mqtt)
+    good = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert good.returncode == 0, good.stderr
+    assert "OK" in good.stdout
+    assert "insecure" not in good.stderr
+    insecure = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "check-config",
+            str(write(tmp_path, MINIMAL + mqtt + "insecure = true\n")),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert insecure.returncode == 0, insecure.stderr
+    assert "warning: mqtt.tls.insecure" in insecure.stderr
+    assert "host name" in insecure.stderr
+
+
+def test_errors_are_reported_line_by_line_exactly(tmp_path: Path) -> None:
+    """What `check-config` prints: the file, then one line per fault, key path first."""
+    cases = {
+        MINIMAL + '[[cameras]]\nid = "cam-1"\nsource = "usb:0"\n': "<root>: camera id 'cam-1' appears twice",
+        MINIMAL
+        + '[mqtt.tls]\ncert_file = "/x.crt"\n': "mqtt.tls: cert_file and key_file must be given together",
+        MINIMAL
+        + "[mqtt]\nport = 70000\n": "mqtt.port: Input should be less than or equal to 65535 (got 70000)",
+        "[gateway]\nid = 'gw'\n": "gateway.district: Field required",
+    }
+    for text, line in cases.items():
+        path = write(tmp_path, text)
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert (info.value.source, info.value.problems) == (str(path), [line])
+
+
+def test_unreadable_files_are_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    assert (info.value.source, info.value.problems) == (
+        str(missing),
+        ["cannot read file: No such file or directory"],
+    )
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError) as info:
+        load_config(binary)
+    assert info.value.source == str(binary)
+    broken = write(tmp_path, "[gateway\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(broken)
+    assert info.value.source == str(broken)
+    assert info.value.problems[0].startswith("TOML syntax error: ")
+
+
+def test_password_file_gives_its_first_line_and_a_missing_one_is_named(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\nignored\n", encoding="utf-8")
+    cfg = load_config(write(tmp_path, MINIMAL + f'[mqtt]\npassword_file = "{secret}"\n'))
+    assert cfg.mqtt.resolved_password() == "s3cret"
+    assert (
+        load_config(write(tmp_path, MINIMAL + '[mqtt]\npassword = "inline"\n')).mqtt.resolved_password()
+        == "inline"
+    )
+    secret.unlink()
+    with pytest.raises(ConfigError) as info:
+        cfg.mqtt.resolved_password()
+    assert info.value.source == "mqtt.password_file"
+    [problem] = info.value.problems
+    assert problem.startswith(f"cannot read {secret}: ")
+    assert "No such file or directory" in problem
+
+
+def test_check_config_no_files_checks_a_config_staged_before_its_files(tmp_path: Path) -> None:
+    mqtt, _ = _mqtt_files_case(tmp_path, "ca_file missing")
+    path = write(tmp_path, MINIMAL + mqtt)
+    staged = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", "--no-files", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert staged.returncode == 0, staged.stderr
+    assert "OK" in staged.stdout

@@ -30,12 +30,13 @@ import threading
 import time
 from pathlib import Path
 from typing import Literal, cast
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import cv2
 import numpy as np
 
 from agent.capture.source import EndOfStream, Frame, Image
+from agent.config.redact import redact as redact  # noqa: PLC0414 - re-exported (PEP 484)
 from agent.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ MAX_PLAUSIBLE_FPS = 240.0  # above this a backend is reporting a timebase (1000,
 LATE_RESET_S = 0.5  # a file reader this far behind the clock restarts the clock instead of bursting
 PROBE_TIMEOUT_S = 5.0  # longest wait for a network camera's first answer, outside OpenCV's open lock
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
-_SECRET_PARAM = re.compile(r"pass|pwd|token|secret|key|auth|sig", re.IGNORECASE)
 _FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 
 Kind = Literal["network", "file", "usb"]
@@ -72,24 +72,6 @@ def sane_fps(value: float) -> float:
     return FALLBACK_FPS
 
 
-def redact(uri: str) -> str:
-    """`uri` without its password or secret-looking query values: errors reach logs and the platform."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri.rsplit("@", maxsplit=1)[-1]
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hostport}" if ":" in userinfo else netloc
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="*")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
 def parse_uri(uri: str) -> tuple[Kind, str | int]:
     """Split a source URI into its kind and target (URL, absolute path or device index)."""
     scheme = uri.partition(":")[0].lower()
@@ -105,9 +87,13 @@ def parse_uri(uri: str) -> tuple[Kind, str | int]:
     if scheme == "file":
         parts = urlsplit(uri)
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise SourceError(f"{uri!r}: a file source must be an absolute URI such as file:///srv/video.mp4")
+            raise SourceError(
+                f"{redact(uri)!r}: a file source must be an absolute URI such as file:///srv/video.mp4"
+            )
         if parts.query or parts.fragment:
-            raise SourceError(f"{uri!r}: unexpected '?' or '#' in a file URI (escape them as %3F and %23)")
+            raise SourceError(
+                f"{redact(uri)!r}: unexpected '?' or '#' in a file URI (escape them as %3F and %23)"
+            )
         return "file", unquote(parts.path)
     if scheme == "usb":
         index = uri.partition(":")[2]

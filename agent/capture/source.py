@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from agent.config.redact import redact
 from agent.errors import SourceError
 
 Image = npt.NDArray[np.uint8]
@@ -64,4 +65,4 @@ def open_source(uri: str, *, realtime: bool = True, loop: bool = True) -> FrameS
         from agent.capture.opencv import OpenCVSource
 
         return OpenCVSource(uri, realtime=realtime, loop=loop)
-    raise SourceError(f"unsupported source {uri!r}")
+    raise SourceError(f"unsupported source {redact(uri)!r}")

@@ -2,7 +2,8 @@
 
 Every model forbids unknown keys so that a typo is an error rather than a silently ignored
 setting, and `load_config` turns pydantic's errors into one line per fault naming the key path
-and the bad value.
+and the bad value, except that values under secret-looking keys are never shown and URL
+passwords are masked (agent.config.redact): these lines reach logs and terminals.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent.config.redact import MASK, is_secret_name, redact
 from agent.errors import ConfigError
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
@@ -51,6 +53,30 @@ class GatewayConfig(Strict):
     admin_agencies: list[Ident] = Field(
         default_factory=lambda: ["admin"], description="Agencies allowed to change settings"
     )
+    audit_key_file: Path | None = Field(
+        default=None,
+        description=(
+            "File holding this gateway's audit key (at least 32 bytes, e.g. `openssl rand -hex 32`;"
+            " mode 0600 or 0640, never published): the audit chain is HMAC-SHA256 under it."
+            " Absent: plain SHA-256, which whoever can write data_dir can re-chain"
+        ),
+    )
+    platform_keys: list[Path] = Field(
+        default_factory=list,
+        max_length=2,
+        description=(
+            "Files holding the platform's Ed25519 public keys (PEM or base64); commands must be signed"
+            " by one of them. Two during a key rotation; none: commands are not authenticated"
+        ),
+    )
+    reply_prefixes: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)*$")]] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "Topic prefixes besides {root}/reply under which command replies may go; a request"
+            " naming any other reply topic is refused, audited and answered nowhere"
+        ),
+    )
 
 
 class TlsConfig(Strict):
@@ -64,6 +90,70 @@ class TlsConfig(Strict):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file must be given together")
         return self
+
+    def file_problems(self, prefix: str = "mqtt.tls") -> list[str]:
+        """What loading these files for the connection would fail on, one line per key.
+
+        The model only checks that paths are given; `run` reads them when it connects. This reads
+        them the same way (PEM, through `ssl`), so check-config can refuse what `run` would.
+        """
+        import ssl
+
+        problems = []
+        for name in ("ca_file", "cert_file", "key_file"):
+            path: Path | None = getattr(self, name)
+            if path is not None and (why := _unreadable(path)):
+                problems.append(f"{prefix}.{name}: {why}")
+        if problems:
+            return problems
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if self.ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=str(self.ca_file))
+            except (ssl.SSLError, ValueError) as exc:
+                problems.append(f"{prefix}.ca_file: {self.ca_file} holds no PEM CA certificate ({exc})")
+        if self.cert_file is not None and self.key_file is not None:
+            problems += _cert_key_problems(self.cert_file, self.key_file, prefix)
+        return problems
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why `path` cannot be read as a file, or None."""
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    return None
+
+
+def _cert_key_problems(cert: Path, key: Path, prefix: str) -> list[str]:
+    """Faults of a client certificate and its key: not PEM, an encrypted key (the agent has no
+    passphrase to give), or a key that is not the certificate's."""
+    import ssl
+
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    problems = []
+    try:
+        x509.load_pem_x509_certificates(cert.read_bytes())
+    except ValueError:
+        problems.append(f"{prefix}.cert_file: {cert} holds no PEM certificate")
+    try:
+        serialization.load_pem_private_key(key.read_bytes(), password=None)
+    except TypeError:
+        problems.append(f"{prefix}.key_file: {key} is encrypted; the agent needs an unencrypted key")
+    except (ValueError, UnsupportedAlgorithm):
+        problems.append(f"{prefix}.key_file: {key} holds no PEM private key")
+    if problems:
+        return problems
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(str(cert), str(key), password=lambda: b"")
+    except ssl.SSLError as exc:
+        problems.append(f"{prefix}.key_file: {key} is not the private key of {cert} ({exc.reason or exc})")
+    return problems
 
 
 class MqttConfig(Strict):
@@ -92,12 +182,30 @@ class MqttConfig(Strict):
     def resolved_password(self) -> str | None:
         if self.password_file is not None:
             try:
-                return self.password_file.read_text(encoding="utf-8").splitlines()[0]
-            except (OSError, IndexError) as exc:
+                lines = self.password_file.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
                 raise ConfigError(
-                    "mqtt.password_file", [f"cannot read {self.password_file}: {exc}"]
+                    "mqtt.password_file", [f"cannot read {self.password_file}: {why}"]
                 ) from None
+            if not lines:
+                raise ConfigError(
+                    "mqtt.password_file", [f"{self.password_file} is empty (its first line is the password)"]
+                )
+            return lines[0]
         return self.password
+
+    def file_problems(self) -> list[str]:
+        """What `run` would refuse in the files this section names (password_file, TLS files)."""
+        problems = []
+        if self.password_file is not None:
+            try:
+                self.resolved_password()
+            except ConfigError as exc:
+                problems += [f"mqtt.password_file: {line}" for line in exc.problems]
+        if self.tls is not None:
+            problems += self.tls.file_problems()
+        return problems
 
 
 class GeoConfig(Strict):
@@ -257,7 +365,7 @@ class CameraConfig(Strict):
     def _scheme(cls, value: str | None) -> str | None:
         schemes = ("rtsp://", "rtsps://", "http://", "https://", "file://", "usb:", "picamera:", "synthetic:")
         if value is not None and not value.startswith(schemes):
-            raise ValueError(f"source {value!r} must start with one of {', '.join(schemes)}")
+            raise ValueError(f"source {redact(value)!r} must start with one of {', '.join(schemes)}")
         return value
 
     @model_validator(mode="after")
@@ -360,7 +468,12 @@ class AgentConfig(Strict):
 
 
 def format_errors(exc: ValidationError) -> list[str]:
-    """One line per fault: the key path, pydantic's message and the offending value."""
+    """One line per fault: the key path, pydantic's message and the offending value.
+
+    A value under a secret-looking key (`password`, a misspelt `pasword`, `*secret*`, `*key*`…)
+    is shown as `***`; any other is redacted before it is cut to 80 characters, so that a cut
+    cannot leave half a password behind the mask.
+    """
     lines = []
     for err in exc.errors():
         path = ""
@@ -370,8 +483,13 @@ def format_errors(exc: ValidationError) -> list[str]:
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         value = err.get("input")
-        shown = "" if isinstance(value, dict) or err["type"] == "missing" else f" (got {value!r:.80})"
-        lines.append(f"{path or '<root>'}: {msg}{shown}")
+        if isinstance(value, dict) or err["type"] == "missing":
+            shown = ""
+        elif any(isinstance(part, str) and is_secret_name(part) for part in err["loc"]):
+            shown = f" (got {MASK})"
+        else:
+            shown = f" (got {redact(repr(value)[:4096]):.80})"  # what is shown comes from the first KiB
+        lines.append(redact(f"{path or '<root>'}: {msg}{shown}"))
     return lines
 
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -75,11 +76,15 @@ def _load(path: str | None) -> AgentConfig:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Refuse what `run` would refuse, the TLS and password files included unless --no-files
+    (a config checked before its files are in place, as the firmware does with a seed)."""
     from agent.analysis.objects.files import detector_problems
 
     try:
         cfg = load_config(args.file)
-        problems = detector_problems(cfg)
+        problems = (
+            [] if args.no_files else cfg.mqtt.file_problems() + _key_problems(cfg)
+        ) + detector_problems(cfg)
         if problems:
             raise ConfigError(args.file, problems)
     except ConfigError as exc:
@@ -87,8 +92,33 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for line in exc.problems:
             print(f"  - {line}", file=sys.stderr)
         return EXIT_ERROR
+    if cfg.mqtt.tls is not None and cfg.mqtt.tls.insecure:
+        print(
+            "warning: mqtt.tls.insecure = true: the broker's host name is not checked, so anyone with a"
+            " certificate from that CA can impersonate the broker; for testing only",
+            file=sys.stderr,
+        )
     print(f"{args.file}: OK ({cfg.topic_root}, {len(cfg.cameras)} camera(s))")
     return EXIT_OK
+
+
+def _key_problems(cfg: AgentConfig) -> list[str]:
+    """The audit key and the platform's public keys, loaded as `run` would load them."""
+    from agent.commands.audit import load_key
+    from agent.commands.signing import KeyFileError, load_public_key
+
+    problems: list[str] = []
+    if cfg.gateway.audit_key_file is not None:
+        try:
+            load_key(cfg.gateway.audit_key_file)
+        except ConfigError as exc:
+            problems += [f"gateway.audit_key_file: {line}" for line in exc.problems]
+    for i, path in enumerate(cfg.gateway.platform_keys):
+        try:
+            load_public_key(path)
+        except KeyFileError as exc:
+            problems.append(f"gateway.platform_keys[{i}]: {exc}")
+    return problems
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -136,22 +166,57 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from agent.commands.audit import verify
+    """One line either way: `PATH: OK, ...` (exit 0) or `FILE: BROKEN ...: why` (exit 1)."""
+    from agent.commands.audit import load_key, log_files, verify
 
     path = Path(args.path)
+    key_file: Path | None = Path(args.key_file) if args.key_file else None
     if path.is_dir() or args.config:
-        base = load_config(args.config).gateway.data_dir if args.config else path
-        path = base / "audit" / "audit.log"
-    if not path.exists():
+        cfg = load_config(args.config) if args.config else None
+        path = (cfg.gateway.data_dir if cfg else path) / "audit" / "audit.log"
+        if key_file is None and cfg is not None:
+            key_file = cfg.gateway.audit_key_file
+    if not log_files(path):
         print(f"{path}: no audit log", file=sys.stderr)
         return EXIT_ERROR
-    result = verify(path)
+    try:
+        key = None if key_file is None else load_key(key_file, private=False, source="--key-file")
+    except ConfigError as exc:
+        print(f"{path}: cannot verify: {'; '.join(exc.problems)}", file=sys.stderr)
+        return EXIT_ERROR
+    result = verify(path, key=key, head=args.head)
     if result.ok:
-        torn = f", {len(result.torn_lines)} torn line(s) from power cuts" if result.torn_lines else ""
-        print(f"{path}: OK, {result.records} record(s) chained{torn}")
+        notes = [f"{result.records} record(s) chained"]
+        if result.files > 1:
+            notes.append(f"across {result.files} files")
+        if key is not None:
+            notes.append(f"{result.keyed} keyed")
+        if args.head:
+            notes.append("the platform's head is in the chain")
+        if result.torn_lines:
+            notes.append(f"{len(result.torn_lines)} torn line(s) from power cuts")
+        print(f"{path}: OK, {', '.join(notes)}")
         return EXIT_OK
-    print(f"{path}: BROKEN at line {result.first_bad_line}: {result.reason}", file=sys.stderr)
+    where = f" at line {result.first_bad_line}" if result.first_bad_line is not None else ""
+    print(f"{result.file or path}: BROKEN{where}: {result.reason}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _chain_hash(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise argparse.ArgumentTypeError("expected the 64 hex digits of an audit record's hash")
+    return value.lower()
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """A platform signing pair: PREFIX.key stays with the platform, PREFIX.pub goes to gateways."""
+    from agent.commands.signing import generate_keypair, key_id, load_public_key
+
+    private_path, public_path = generate_keypair(Path(args.out))
+    print(f"{private_path}: private key (0600): keep it on the platform, give it to ctl --sign-key")
+    print(f"{public_path}: public key, id {key_id(load_public_key(public_path))}: list it in")
+    print("  gateway.platform_keys of each gateway's config")
+    return EXIT_OK
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -282,8 +347,11 @@ def build_parser(*, with_ctl: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--camera", help="camera id whose settings to use (default: the first)")
     s.set_defaults(func=cmd_replay)
 
-    s = sub.add_parser("check-config", help="validate a config file")
+    s = sub.add_parser("check-config", help="validate a config file and the TLS and password files it names")
     s.add_argument("file")
+    s.add_argument(
+        "--no-files", action="store_true", help="skip the TLS and password files (not in place yet)"
+    )
     s.set_defaults(func=cmd_check_config)
 
     s = sub.add_parser("schema", help="print the JSON Schema of every request, reply, event and status")
@@ -292,10 +360,20 @@ def build_parser(*, with_ctl: bool = True) -> argparse.ArgumentParser:
 
     s = sub.add_parser("audit", help="the local audit log")
     audit_sub = s.add_subparsers(dest="audit_command", required=True)
-    a = audit_sub.add_parser("verify", help="check the hash chain of the audit log")
+    a = audit_sub.add_parser("verify", help="check the hash chain of the audit log and its rotated files")
     a.add_argument("path", nargs="?", default="/var/lib/edge-agent", help="audit.log or a data_dir")
-    a.add_argument("--config", "-c", help="take data_dir from this config file")
+    a.add_argument("--config", "-c", help="take data_dir (and audit_key_file) from this config file")
+    a.add_argument("--key-file", help="the gateway's audit key: records keyed with it are checked")
+    a.add_argument(
+        "--head",
+        type=_chain_hash,
+        help="the last hash the platform received on {root}/audit: it must be in the chain",
+    )
     a.set_defaults(func=cmd_audit_verify)
+
+    s = sub.add_parser("keygen", help="make an Ed25519 pair for signing commands (PREFIX.key, PREFIX.pub)")
+    s.add_argument("--out", required=True, metavar="PREFIX", help="e.g. platform-2026; never overwrites")
+    s.set_defaults(func=cmd_keygen)
 
     s = sub.add_parser("watch", help="print a gateway's messages as the platform sees them")
     s.add_argument("--host", default="127.0.0.1")

@@ -79,4 +79,4 @@ def test_only_the_cli_reaches_the_sdk_and_the_runtime() -> None:
 
 def test_no_loose_modules_beyond_the_entry_points() -> None:
     loose = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert loose == ["__init__.py", "__main__.py", "cli.py", "clock.py", "errors.py"], loose
+    assert loose == ["__init__.py", "__main__.py", "cli.py", "clock.py", "errors.py", "files.py"], loose

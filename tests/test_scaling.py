@@ -310,8 +310,9 @@ def decode(jpeg: bytes) -> tuple[int, int]:
 
 @pytest.mark.broker
 def test_detect_source_feeds_detection_and_the_main_stream_feeds_snapshots(gateway: Gateway) -> None:
-    event_snapshots = gateway.sub.on("/cam/cam-sub/snapshot")  # the event's best frame
-    assert event_snapshots
+    # The event's best frame follows its start phase (published just after it, not with it).
+    assert gateway.sub.wait_for(lambda _: bool(gateway.sub.on("/cam/cam-sub/snapshot")), 10)
+    event_snapshots = gateway.sub.on("/cam/cam-sub/snapshot")
     assert decode(event_snapshots[-1].payload) == (320, 180)  # the pixels the motion detector judged
     result, jpeg = gateway.client.snapshot("cam-sub")
     assert (result["width"], result["height"]) == (640, 360)

@@ -20,6 +20,7 @@ link (retained offline/shutdown), outbox (checkpointed); within 5 s.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -31,11 +32,14 @@ from agent import __version__
 from agent.capture.source import Frame, FrameSource, open_source
 from agent.commands.audit import AuditLog
 from agent.commands.dispatcher import Dispatcher
+from agent.commands.limits import RateLimits
 from agent.commands.server import CommandServer
+from agent.commands.signing import SignatureVerifier, load_verifier
 from agent.commands.streams import StreamLimits, StreamManager
 from agent.config import AgentConfig, StorageConfig
 from agent.config.settings import RuntimeSettings, SettingsStore
 from agent.errors import AgentError
+from agent.files import create_private, private_dir
 from agent.footage.access import Footage
 from agent.footage.prebuffer import PreEventBuffer
 from agent.footage.privacy import PolygonLike
@@ -69,7 +73,9 @@ class Agent:
         self.topics = Topics(cfg.topic_root)
         self.started_at = time.time()
         data_dir = cfg.gateway.data_dir
+        verifier = load_verifier(cfg)  # key files first: a bad one stops the agent before it opens anything
         prepare_data_dir(data_dir)
+        audit = AuditLog.from_config(cfg)
         self.outbox = open_outbox(data_dir, cfg.storage)
         self.link = MqttLink(
             cfg.mqtt,
@@ -99,7 +105,7 @@ class Agent:
             SettingsStore(cfg, data_dir / "settings.json"), self.cameras, self.detector, self._report_settings
         )
         self.settings.apply_current()
-        self.streams, self.commands = self._command_plane(data_dir)
+        self.streams, self.dispatcher, self.commands = self._command_plane(audit, verifier)
         self.telemetry = Telemetry(
             link=self.link,
             topics=self.topics,
@@ -109,8 +115,12 @@ class Agent:
             detector=self.detector,
             recorder=self.recorder,
             retention=self.retention,
+            commands=self.dispatcher.stats,
         )
-        self.timers = [Ticker("telemetry", cfg.gateway.telemetry_interval_s, self.telemetry.publish)]
+        self.timers = [
+            Ticker("telemetry", cfg.gateway.telemetry_interval_s, self.telemetry.publish),
+            Ticker("commands.summaries", RateLimits().summary_interval_s, self.dispatcher.flush_summaries),
+        ]
         if self.retention is not None:
             housekeeping = Housekeeping(self.retention, self.cameras.values())
             self.timers.append(
@@ -122,7 +132,9 @@ class Agent:
         self._stop = threading.Event()
         self._stopped = False
 
-    def _command_plane(self, data_dir: Path) -> tuple[StreamManager, CommandServer]:
+    def _command_plane(
+        self, audit: AuditLog, verifier: SignatureVerifier | None
+    ) -> tuple[StreamManager, Dispatcher, CommandServer]:
         """The commands' view of the gateway, live streams, and the server that runs commands."""
         cfg = self.cfg
         clips = Footage(self.clip_store, self.buffers, lambda: cfg) if self.clip_store else None
@@ -138,9 +150,11 @@ class Agent:
         )
         streams = StreamManager(gateway, limits=stream_limits(self.settings.current))
         self.settings.add_listener(lambda new: streams.set_limits(stream_limits(new)))
-        dispatcher = Dispatcher(gateway, AuditLog.in_data_dir(data_dir), streams=streams)
+        dispatcher = Dispatcher(
+            gateway, audit, streams=streams, verifier=verifier, state_dir=cfg.gateway.data_dir / "commands"
+        )
         server = CommandServer(dispatcher, self.link.reply)
-        return streams, server
+        return streams, dispatcher, server
 
     # -- callbacks ---------------------------------------------------------------------------
 
@@ -226,6 +240,7 @@ class Agent:
         for worker in self.cameras.values():
             worker.stop(timeout=max(0.1, deadline - time.monotonic()))
         self.commands.stop(timeout=0.5)
+        self.dispatcher.close()  # writes the last rate-limit summaries, closes the reply store
         for timer in self.timers:
             timer.stop(timeout=0.2)
         self.detector.stop(timeout=0.5)
@@ -244,11 +259,17 @@ def stream_limits(settings: RuntimeSettings) -> StreamLimits:
 
 def prepare_data_dir(data_dir: Path) -> None:
     """data_dir must be writable: the audit log and the outbox live there, so without it the agent
-    would hand out imagery unaudited. Stop with a clear error instead."""
+    would hand out imagery unaudited. Stop with a clear error instead.
+
+    A data_dir the agent creates is 0700 (an existing one keeps the mode its installer gave it).
+    The probe is created O_EXCL without following links: a planted `.write-test` link is removed,
+    never written through.
+    """
     probe = data_dir / ".write-test"
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
+        if not data_dir.is_dir():
+            private_dir(data_dir, parents=True)
+        os.close(create_private(probe))
         probe.unlink()
     except OSError as exc:
         raise AgentError(

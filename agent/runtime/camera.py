@@ -40,6 +40,7 @@ from agent.capture.cadence import KEEP_ALL, FrameDemand
 from agent.capture.source import Frame, FrameSource, open_source
 from agent.clock import iso
 from agent.config import CameraConfig, DetectionSettings, MotionSettings
+from agent.config.redact import redact
 from agent.contract.messages import CameraStatus
 from agent.errors import AgentError, SourceError
 
@@ -263,7 +264,7 @@ class CameraWorker:
                 return  # only reached when stopping
             except Exception as exc:  # a backend bug must not take the gateway down
                 log.exception("camera %s: capture crashed", self.id)
-                self._set_status("failed", f"internal error: {exc}", role=role)
+                self._set_status("failed", redact(f"internal error: {exc}"), role=role)
                 self._stop.wait(self._backoff_max_s)
 
     def _sleep(self, seconds: float) -> None:

@@ -9,7 +9,7 @@ section.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from agent.clock import iso
@@ -37,6 +37,7 @@ class Telemetry:
         detector: SharedDetector,
         recorder: ClipRecorder | None = None,
         retention: Retention | None = None,
+        commands: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._link = link
         self._topics = topics
@@ -46,6 +47,7 @@ class Telemetry:
         self._detector = detector
         self._recorder = recorder
         self._retention = retention
+        self._commands = commands
 
     def publish(self) -> None:
         """Sample and publish once (QoS 0: a lost sample is replaced by the next)."""
@@ -72,6 +74,8 @@ class Telemetry:
         detection = self._detector.telemetry()
         if detection is not None:
             body["detection"] = detection
+        if self._commands is not None:
+            body["commands"] = self._commands()
         stats = self._link.stats
         body["mqtt"] = {
             "connected": self._link.connected,

@@ -42,7 +42,7 @@ ANSIBLE_LOCAL_TEMP="$WORK/ansible-tmp" ANSIBLE_HOME="$WORK/ansible-home" \
 grep -E '^image +:' "$WORK/ansible.log" >&2 || true
 
 # No identity or credentials in the image: the seed supplies them on each device.
-rm -f "$ROOTFS/etc/edge-agent/config.toml" "$ROOTFS/etc/edge-agent/mqtt-password" \
+rm -f "$ROOTFS/etc/edge-agent/config.toml" "$ROOTFS/etc/edge-agent/mqtt-password" "$ROOTFS/etc/edge-agent/audit-key" \
   "$ROOTFS/opt/edge-agent/releases/$version/config.toml"
 rm -rf "$ROOTFS/etc/edge-agent/tls"
 in_chroot test -x /opt/edge-agent/current/bin/edge-agent || die "the role left no /opt/edge-agent/current/bin/edge-agent"

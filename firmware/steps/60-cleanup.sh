@@ -20,7 +20,7 @@ problems=()
 found=$(find "$ROOTFS/etc/ssh" -name 'ssh_host_*')
 [ -z "$found" ] || problems+=("SSH host keys in the image: $found")
 [ ! -s "$ROOTFS/etc/machine-id" ] || problems+=("/etc/machine-id is not empty")
-for f in config.toml mqtt-password tls; do
+for f in config.toml mqtt-password audit-key tls; do
   [ ! -e "$ROOTFS/etc/edge-agent/$f" ] || problems+=("/etc/edge-agent/$f is in the image")
 done
 found=$(grep -rlE -- '-----BEGIN ([A-Z]+ )?PRIVATE KEY-----' "$ROOTFS/etc" "$ROOTFS/root" "$ROOTFS/var/lib" \

@@ -54,8 +54,9 @@ def outbox_depths(data_dir: Path) -> list[dict[str, Any]]:
     return found
 
 
-def audit_check(data_dir: Path) -> dict[str, Any]:
-    """The agent's own verdict on the hash chain of {data_dir}/audit/audit.log."""
+def audit_check(data_dir: Path, key_file: Path | None = None) -> dict[str, Any]:
+    """The agent's own verdict on the hash chain of {data_dir}/audit/audit.log (keyed when the
+    gateway has an audit key: its file is passed by the playbook, read here, never printed)."""
     log_file = data_dir / "audit" / "audit.log"
     if not log_file.exists():
         return {"file": str(log_file), "present": False}
@@ -66,7 +67,15 @@ def audit_check(data_dir: Path) -> dict[str, Any]:
             from agent.audit import verify  # type: ignore[no-redef]  # noqa: PLC0415 - older releases
         except ImportError as exc:
             return {"file": str(log_file), "present": True, "error": f"this release cannot verify: {exc}"}
-    result = verify(log_file)
+    if key_file is not None and key_file.exists():
+        try:
+            from agent.commands.audit import load_key  # noqa: PLC0415 - releases with keyed chains
+
+            result = verify(log_file, key=load_key(key_file, private=False))  # type: ignore[call-arg]
+        except ImportError as exc:
+            return {"file": str(log_file), "present": True, "error": f"this release cannot verify: {exc}"}
+    else:
+        result = verify(log_file)
     return {
         "file": str(log_file),
         "present": True,
@@ -78,7 +87,7 @@ def audit_check(data_dir: Path) -> dict[str, Any]:
     }
 
 
-def report(data_dir: Path) -> dict[str, Any]:
+def report(data_dir: Path, key_file: Path | None = None) -> dict[str, Any]:
     if not data_dir.is_dir():
         return {"data_dir": str(data_dir), "error": "data_dir does not exist"}
     usage = shutil.disk_usage(data_dir)
@@ -86,15 +95,16 @@ def report(data_dir: Path) -> dict[str, Any]:
         "data_dir": str(data_dir),
         "disk": {"total": usage.total, "free": usage.free},
         "outbox": outbox_depths(data_dir),
-        "audit": audit_check(data_dir),
+        "audit": audit_check(data_dir, key_file),
     }
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: gateway_report.py DATA_DIR", file=sys.stderr)
+    if len(argv) not in (2, 3):
+        print("usage: gateway_report.py DATA_DIR [AUDIT_KEY_FILE]", file=sys.stderr)
         return 2
-    print(json.dumps(report(Path(argv[1])), indent=2, sort_keys=True))
+    key_file = Path(argv[2]) if len(argv) == 3 else None
+    print(json.dumps(report(Path(argv[1]), key_file), indent=2, sort_keys=True))
     return 0
 
 

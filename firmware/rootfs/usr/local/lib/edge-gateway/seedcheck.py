@@ -2,7 +2,9 @@
 
 Run by the agent's own interpreter (so `agent.config` is the installed release's) as
 `seedcheck.py STAGED_DIR`. The agent may write only under /var/lib/edge-agent, and every file
-the config names under /etc/edge-agent must come with the seed. On success prints
+the config names under /etc/edge-agent must come with the seed, and the platform's public keys
+(gateway.platform_keys) must parse, so a wrong file never leaves the gateway unable to start
+(check-config sees the staged config before its files are in place). On success prints
 `district gateway-id camera-id...`; on failure one problem per line on stderr, exit status 1.
 """
 
@@ -14,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel
 
+from agent.commands.signing import KeyFileError, load_public_key
 from agent.config import load_config
 from agent.errors import ConfigError
 
@@ -47,10 +50,20 @@ def problems(staged: Path) -> tuple[list[str], list[str]]:
             continue
         if path.is_relative_to(CONFIG_DIR):
             relative = path.relative_to(CONFIG_DIR)
-            if not (staged / relative).is_file():
+            local = staged / relative
+            if not local.is_file():
                 found.append(f"{key} names {path}, but the seed has no edge-agent/{relative}")
+                continue
         elif not Path(path).exists():
             found.append(f"{key} names {path}, which is not on this gateway (seed files: {CONFIG_DIR}/...)")
+            continue
+        else:
+            local = Path(path)
+        if key.startswith("gateway.platform_keys["):
+            try:
+                load_public_key(local)
+            except KeyFileError as exc:  # its reason never quotes the file
+                found.append(f"{key} names {path}: {exc.reason}")
     identity = [cfg.gateway.district, cfg.gateway.id, *(c.id for c in cfg.cameras)]
     return found, identity
 

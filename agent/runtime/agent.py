@@ -106,7 +106,16 @@ class Agent:
         )
         self.settings.apply_current()
         self.streams, self.dispatcher, self.commands = self._command_plane(audit, verifier)
-        self.telemetry = Telemetry(
+        self.telemetry, self.timers = self._timers(data_dir)
+        self.link.on_connect(self._republish_camera_status)
+        self.link.on_connect(self.settings.report)
+        self.link.subscribe(self.topics.cmd, self.commands.submit)
+        self._stop = threading.Event()
+        self._stopped = False
+
+    def _timers(self, data_dir: Path) -> tuple[Telemetry, list[Ticker]]:
+        """Telemetry, rate-limit summaries and housekeeping, each a job on a Ticker the agent owns."""
+        telemetry = Telemetry(
             link=self.link,
             topics=self.topics,
             health=GatewayHealth(data_dir),
@@ -117,20 +126,16 @@ class Agent:
             retention=self.retention,
             commands=self.dispatcher.stats,
         )
-        self.timers = [
-            Ticker("telemetry", cfg.gateway.telemetry_interval_s, self.telemetry.publish),
+        timers = [
+            Ticker("telemetry", self.cfg.gateway.telemetry_interval_s, telemetry.publish),
             Ticker("commands.summaries", RateLimits().summary_interval_s, self.dispatcher.flush_summaries),
         ]
         if self.retention is not None:
             housekeeping = Housekeeping(self.retention, self.cameras.values())
-            self.timers.append(
+            timers.append(
                 Ticker("housekeeping", RETENTION_INTERVAL_S, housekeeping.run_once, run_at_start=True)
             )
-        self.link.on_connect(self._republish_camera_status)
-        self.link.on_connect(self.settings.report)
-        self.link.subscribe(self.topics.cmd, self.commands.submit)
-        self._stop = threading.Event()
-        self._stopped = False
+        return telemetry, timers
 
     def _command_plane(
         self, audit: AuditLog, verifier: SignatureVerifier | None

@@ -4,7 +4,10 @@ The runtime builds one `Dispatcher` (with its `AuditLog` and `StreamManager`) an
 `CommandServer` that feeds it every message from `{root}/cmd` on its own workers; the dispatcher
 reaches the rest of the agent only through `Gateway`. Per-agency rate limits (`RateLimits`), the
 reply store under data_dir and an optional signature verifier (`CommandVerifier`) are the
-dispatcher's; `Dispatcher.stats()` feeds telemetry.
+dispatcher's; `Dispatcher.stats()` feeds telemetry. Modules: `server` (queues, workers), `envelope`
+(size, JSON, schema), `replies` (where a reply goes), `dispatcher` (the steps in order), `handlers`,
+`streams`, `idempotency`, `limits`, `signing`/`verifying`, `audit*` (the chained log and its records).
+May not touch: analysis, the runtime or the SDK; cameras and the broker only through `Gateway`.
 """
 
 from agent.commands.dispatcher import Dispatcher, ReplyOut

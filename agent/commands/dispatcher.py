@@ -7,7 +7,7 @@ as MQTT 5 Correlation Data. The steps, in order:
 
 1. size: more than `max_payload_bytes` (64 KiB) → bad_request, without parsing;
 2. UTF-8, JSON (no NaN/Infinity), a JSON object → else bad_request;
-3. the envelope against `Request` → bad_request naming the field;
+3. the envelope against `Request` → bad_request naming the field (1-3: agent.commands.envelope);
 4. with a verifier (signed commands): a missing or bad signature → unauthenticated;
 5. reply address (agent.commands.replies): one outside the reply prefixes → refused, never answered;
 6. idempotency: an (agency, id) seen in the last 630 s gets the stored reply bytes again;
@@ -32,26 +32,25 @@ never admitted); from step 8 on every reply is, before it is sent, in `{state_di
 Audit: commands that expose imagery or change state are audited from step 8 on whatever the
 outcome, one record per camera whose imagery went out (or one with the requested camera / null);
 refusals at steps 4, 5 and 8 are audited whatever the command. Each record is appended to the
-audit log and published on `{root}/audit` (QoS 1). Untrusted strings are logged with %r only, so
-no request can start a log line of its own.
+audit log and published on `{root}/audit` (QoS 1) by agent.commands.audit_records. Untrusted
+strings are logged with %r only, so no request can start a log line of its own.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from agent.clock import iso, parse_iso
+from agent.clock import parse_iso
 from agent.commands import models as m
 from agent.commands.audit import AuditLog
+from agent.commands.audit_records import AuditRecorder
+from agent.commands.envelope import Parsed, Rejected, claimed_agency, parse_request, validation_message
 from agent.commands.gateway import Gateway
 from agent.commands.handlers import COMMANDS, CommandContext, CommandSpec
 from agent.commands.idempotency import Claim, IdempotencyCache
@@ -60,7 +59,6 @@ from agent.commands.models import CommandError, ErrorCode
 from agent.commands.replies import Address, ReplyTopics, choose_address, reply_error, reply_ok
 from agent.commands.streams import StreamManager
 from agent.commands.verifying import CommandVerifier
-from agent.config import format_errors
 from agent.errors import AgentError, ConfigError
 
 __all__ = ["CommandVerifier", "Dispatcher", "ReplyOut"]
@@ -75,8 +73,6 @@ RETAINED_MESSAGE = "retained commands are refused: publish commands without the 
 SHARED_AGENCY = "unlisted"  # the requester of the shared account's rate_limited summaries
 UNREADABLE_ACCOUNT = "?"  # requests whose agency cannot be read, for the server's queues
 
-_ID_RE = re.compile(m.REQUEST_ID_PATTERN)
-
 
 def _error_code(exc: Exception) -> ErrorCode | None:
     """The protocol code an AgentError carries in `.code` (CommandError, agent.footage.clips.ClipError)."""
@@ -84,27 +80,6 @@ def _error_code(exc: Exception) -> ErrorCode | None:
         return None
     code = getattr(exc, "code", None)
     return next((c for c in m.ERROR_CODES if c == code), None)
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _validation_message(exc: ValidationError, prefix: str = "") -> str:
-    lines = format_errors(exc)
-    return "; ".join(f"{prefix}{line}" for line in lines[:5]) + (" …" if len(lines) > 5 else "")
-
-
-@dataclass(frozen=True, slots=True)
-class _Rejected:
-    parsed: object  # the JSON value when the payload parsed, else None
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Parsed:
-    request: m.Request
-    envelope: dict[str, Any]  # the JSON object as received, for the verifier
 
 
 class Dispatcher:
@@ -126,7 +101,7 @@ class Dispatcher:
         commands: dict[str, CommandSpec] | None = None,
     ) -> None:
         self._gw = gateway
-        self._audit = audit
+        self._audit = AuditRecorder(audit, gateway, clock)
         self._streams = streams
         self._max_payload = max_payload_bytes
         self._max_skew_s = max_skew_s
@@ -162,8 +137,8 @@ class Dispatcher:
         address = choose_address(self.reply_topics, response_topic, None)
         request_id: str | None = None
         try:
-            parsed = self._parse(payload)
-            if isinstance(parsed, _Rejected):
+            parsed = parse_request(payload, self._max_payload)
+            if isinstance(parsed, Rejected):
                 return self._rejected(parsed, response_topic, correlation_data)
             request = parsed.request
             request_id = request.id
@@ -179,15 +154,8 @@ class Dispatcher:
     def account_of(self, payload: bytes) -> str:
         """The rate-limit account a request claims (`?` when unreadable): the command server
         queues per account. Cheap enough for paho's thread; the agency is not yet checked."""
-        if len(payload) > self._max_payload:
-            return UNREADABLE_ACCOUNT
-        try:
-            obj = json.loads(payload)
-        except (ValueError, RecursionError):
-            return UNREADABLE_ACCOUNT
-        requester = obj.get("requester") if isinstance(obj, dict) else None
-        agency = requester.get("agency") if isinstance(requester, dict) else None
-        return self._limiter.account(agency) if isinstance(agency, str) else UNREADABLE_ACCOUNT
+        agency = claimed_agency(payload, self._max_payload)
+        return UNREADABLE_ACCOUNT if agency is None else self._limiter.account(agency)
 
     def flush_summaries(self, *, force: bool = False) -> None:
         """Audit the count of rate-limited requests of every agency whose interval has passed
@@ -200,18 +168,7 @@ class Dispatcher:
                 summary.refused,
                 summary.seconds,
             )
-            self._append(
-                {
-                    "ts": iso(self._clock()),
-                    "id": "rate_limited",
-                    "cmd": "rate_limited",
-                    "camera": None,
-                    "requester": {"agency": agency, "operator": None, "incident": None},
-                    "outcome": "rate_limited",
-                    "refused": summary.refused,
-                },
-                "rate_limited",
-            )
+            self._audit.rate_limited(agency, summary.refused)
 
     def stats(self) -> dict[str, Any]:
         """For telemetry: per agency (`*`: those the config does not name) the requests refused as
@@ -228,46 +185,23 @@ class Dispatcher:
 
     # -- steps -----------------------------------------------------------------------------
 
-    def _parse(self, payload: bytes) -> _Parsed | _Rejected:
-        """Steps 1-3."""
-        if len(payload) > self._max_payload:
-            return _Rejected(None, f"request is {len(payload)} bytes; the limit is {self._max_payload}")
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return _Rejected(None, f"request is not UTF-8: {exc.reason} at byte {exc.start}")
-        try:
-            obj = json.loads(text, parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as exc:
-            return _Rejected(None, f"request is not valid JSON: {exc}"[:300])
-        if not isinstance(obj, dict):
-            return _Rejected(obj, f"request must be a JSON object, got {type(obj).__name__}")
-        try:
-            return _Parsed(m.Request.model_validate(obj), obj)
-        except ValidationError as exc:
-            return _Rejected(obj, _validation_message(exc))
-
     def _rejected(
-        self, rejected: _Rejected, response_topic: str | None, corr: bytes | None
+        self, rejected: Rejected, response_topic: str | None, corr: bytes | None
     ) -> ReplyOut | None:
         """Steps 1-3 failed: answer bad_request where the request's address allows."""
-        obj = rejected.parsed
-        reply_to = obj.get("reply_to") if isinstance(obj, dict) else None
-        address = choose_address(self.reply_topics, response_topic, reply_to)
-        rid = obj.get("id") if isinstance(obj, dict) else None
-        request_id = (
-            rid if isinstance(rid, str) and len(rid) <= m.MAX_ID_CHARS and _ID_RE.match(rid) else None
-        )
+        address = choose_address(self.reply_topics, response_topic, rejected.reply_to)
         if address.hostile is not None:
             log.warning(
                 "command rejected and not answered: reply topic %.200r is not allowed", address.hostile
             )
             return None
         log.info("command rejected: %r", rejected.message)
-        return self._out(address.topic, reply_error(request_id, "bad_request", rejected.message), corr)
+        return self._out(
+            address.topic, reply_error(rejected.request_id, "bad_request", rejected.message), corr
+        )
 
     def _admitted(
-        self, parsed: _Parsed, address: Address, retained: bool, user_properties: Mapping[str, str]
+        self, parsed: Parsed, address: Address, retained: bool, user_properties: Mapping[str, str]
     ) -> bytes | None:
         """Steps 4-12 for a valid envelope; the reply bytes, or None for a request not answered."""
         request = parsed.request
@@ -324,7 +258,7 @@ class Dispatcher:
             reply = self._rate_limited(request)
         else:
             self._log_refusal(request, code, message)
-            self._record(request, None, code)
+            self._audit.record(request, None, code)
             reply = reply_error(request.id, code, message)
         return reply if answered else None
 
@@ -354,7 +288,7 @@ class Dispatcher:
             reply = reply_ok(request.id, self._run(spec, ctx, args))
         except Exception as exc:
             return self._failed(request, spec, ctx, exc, audit=False)
-        self._audit_outcome(request, spec, ctx, "ok")
+        self._audit.outcome(request, spec, ctx, "ok")
         return reply
 
     def _failed(
@@ -376,20 +310,10 @@ class Dispatcher:
             message = exc.message if isinstance(exc, CommandError) else str(exc)
             self._log_refusal(request, code, message)
         if audit:
-            self._record(request, ctx.subject, code)
+            self._audit.record(request, ctx.subject, code)
         else:
-            self._audit_outcome(request, spec, ctx, code)
+            self._audit.outcome(request, spec, ctx, code)
         return reply_error(request.id, code, message)
-
-    def _audit_outcome(
-        self, request: m.Request, spec: CommandSpec | None, ctx: CommandContext, outcome: m.Outcome
-    ) -> None:
-        """One record per camera whose imagery went out, or one for the requested camera / null."""
-        if spec is None or not spec.audited:
-            return
-        cameras: list[str | None] = list(dict.fromkeys(ctx.audit_cameras)) or [ctx.subject]
-        for cam in cameras:
-            self._record(request, cam, outcome)
 
     def _admit(self, request: m.Request, spec: CommandSpec | None, now: float) -> CommandSpec:
         """Raise bad_request (clock skew), expired or unknown_command."""
@@ -412,7 +336,7 @@ class Dispatcher:
         try:
             return spec.args.model_validate(request.args)
         except ValidationError as exc:
-            raise CommandError("bad_request", _validation_message(exc, "args.")) from None
+            raise CommandError("bad_request", validation_message(exc, "args.")) from None
 
     def _authorise(self, spec: CommandSpec, ctx: CommandContext, args: BaseModel) -> None:
         """Raise forbidden/not_found; note in `ctx.subject` the camera the command is about."""
@@ -436,7 +360,7 @@ class Dispatcher:
         except ValidationError as exc:
             if spec.name != "config.set":
                 raise
-            raise CommandError("bad_request", _validation_message(exc)) from None
+            raise CommandError("bad_request", validation_message(exc)) from None
         except ValueError as exc:
             if spec.name != "config.set":
                 raise
@@ -447,30 +371,6 @@ class Dispatcher:
         log.info(
             "command %r (%r) by %r: %s: %r", request.id, request.cmd, request.requester.agency, code, message
         )
-
-    def _record(self, request: m.Request, camera: str | None, outcome: m.Outcome) -> None:
-        fields = {
-            "ts": iso(),
-            "id": request.id,
-            "cmd": request.cmd,
-            "camera": camera,
-            "requester": request.requester.model_dump(mode="json"),
-            "outcome": outcome,
-        }
-        self._append(fields, request.id)
-
-    def _append(self, fields: dict[str, Any], what: str) -> None:
-        """Append one record to the audit log and publish it on `{root}/audit`."""
-        try:
-            record = m.AuditRecord.model_validate(self._audit.append(fields), strict=False)
-        except Exception:
-            log.exception("AUDIT LOG WRITE FAILED for %r", what)
-            return
-        try:
-            payload = record.model_dump_json(exclude_unset=True).encode("utf-8")
-            self._gw.publish(self._gw.topics.audit, payload, kind="audit")
-        except Exception:
-            log.exception("publishing the audit record of %r failed", what)
 
     @staticmethod
     def _out(address: str | None, reply: bytes, correlation_data: bytes | None) -> ReplyOut | None:

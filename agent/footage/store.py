@@ -10,7 +10,8 @@ Layout (flat, so a clip is found by id alone)::
 
 Writes are atomic: the MP4 is written to `<id>.part.mp4` and fsynced, the sidecar is written
 (tmp + rename), then the MP4 is renamed into place. A crash at any point leaves either nothing, or
-a `.part` file and/or a sidecar without its video, both of which the startup scan removes.
+a `.part` file and/or a sidecar without its video, both of which the startup scan
+(agent.footage.scan) removes.
 
 Nothing here follows a symbolic link (agent.files): a link found in the folder is removed
 (never its target) by the scan, and a clip whose file has become a link is `not_found`. Files
@@ -20,13 +21,12 @@ Exports read recordings only (event clips and buffer saved by holds, never earli
 at most `max_exports` run at once; the rest are answered `busy`. Saves of the buffer (the
 recorder's, a hold's) are never refused: their size is bounded by the buffer, and a refusal would
 lose footage the buffer is about to drop.
-What a clip is (`ClipInfo`, holds) lives in agent.footage.clips; how frames become an MP4 in
-agent.footage.encoding.
+What a clip is (`ClipInfo`, holds) lives in agent.footage.clips; holds.json in agent.footage.holds;
+how frames become an MP4 in agent.footage.encoding.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -36,11 +36,10 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.clock import iso, parse_iso
+from agent.clock import iso
 from agent.files import (
     LinkRefused,
     create_private,
@@ -48,11 +47,9 @@ from agent.files import (
     is_regular,
     open_read,
     private_dir,
-    read_bytes,
     write_atomic,
 )
 from agent.footage.clips import (
-    CLIP_ID_RE,
     ClipError,
     ClipInfo,
     ClipSource,
@@ -72,7 +69,9 @@ from agent.footage.encoding import (
     ffmpeg_has_x264,
     plan_frames,
 )
+from agent.footage.holds import HOLDS_FILE, HoldBook
 from agent.footage.privacy import PolygonLike
+from agent.footage.scan import Sweep, file_sha256
 
 __all__ = ["MAX_EXPORT_S", "ClipStore"]
 
@@ -107,105 +106,20 @@ class ClipStore:
         if max_exports < 1:
             raise ValueError("max_exports must be at least 1")
         self.root = private_dir(Path(root), parents=True)  # LinkRefused (OSError) for a link
-        self.discard_dir = self.root / "discarded"
+        sweep = Sweep(self.root)
+        self.discard_dir = sweep.discard_dir
+        self.discarded: list[Discarded] = sweep.discarded  # what the start-up scan cleared away
         self._lock = threading.Lock()
         self._export_slots = threading.BoundedSemaphore(max_exports)
-        self._clips: dict[str, ClipInfo] = {}
-        self._holds: list[Hold] = []
         if encoder == "auto":
             encoder = "ffmpeg" if ffmpeg_has_x264() else "opencv"
         self.encoder: Encoder = encoder
         self.ffmpeg_threads = ffmpeg_threads
-        self.discarded: list[Discarded] = []
-        self._scan(verify_sha256)
-        self._load_holds()
-
-    # -- startup ---------------------------------------------------------------------------------
-
-    def _set_aside(self, path: Path, reason: str) -> None:
-        if self.discard_dir.is_symlink():
-            self._remove(self.discard_dir, "symbolic link refused")
-        private_dir(self.discard_dir)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        target = self.discard_dir / f"{path.name}.{stamp}"
-        path.replace(target)
-        log.warning("clip store: moved %s aside to %s (%s)", path.name, target, reason)
-        self.discarded.append(Discarded(target, reason))
-
-    def _remove(self, path: Path, reason: str) -> None:
-        path.unlink(missing_ok=True)  # a link is removed itself, never its target
-        log.warning("clip store: removed %s (%s)", path.name, reason)
-        self.discarded.append(Discarded(path, reason))
-
-    def _scan(self, verify_sha256: bool) -> None:
-        """Index the sidecars; set aside or remove whatever is incomplete or does not match.
-
-        Symbolic links are removed first, whatever they are called or point at.
-        """
-        for path in sorted(self.root.iterdir()):
-            if path.is_symlink():
-                self._remove(path, "symbolic link refused")
-        entries = sorted(p for p in self.root.iterdir() if is_regular(p))
-        for path in entries:
-            name = path.name
-            if name.endswith((".part.mp4", ".tmp")):
-                self._remove(path, "unfinished write")
-        for path in entries:
-            if path.suffix != ".json" or not CLIP_ID_RE.fullmatch(path.stem) or not path.exists():
-                continue  # not a sidecar: holds.json and anything else are left alone
-            video = path.with_suffix(".mp4")
-            try:
-                info = ClipInfo.from_sidecar(json.loads(read_bytes(path)), path.stem)
-            except (ValueError, TypeError, OSError) as exc:
-                reason = f"garbled sidecar: {exc}"
-                self._set_aside(path, reason)
-                if video.exists():
-                    self._set_aside(video, reason)
-                continue
-            if not is_regular(video):
-                self._remove(path, "sidecar without its video")
-                continue
-            size = video.stat().st_size
-            if size != info.bytes:
-                reason = f"truncated video: {size} bytes, sidecar says {info.bytes}"
-                self._set_aside(video, reason)
-                self._set_aside(path, reason)
-                continue
-            if verify_sha256 and _sha256(video) != info.sha256:
-                reason = "sha256 does not match the sidecar"
-                self._set_aside(video, reason)
-                self._set_aside(path, reason)
-                continue
-            self._clips[info.clip_id] = info
-        for path in entries:
-            orphan = CLIP_ID_RE.fullmatch(path.stem) and path.stem not in self._clips
-            if path.suffix == ".mp4" and orphan and path.exists():
-                self._set_aside(path, "video without a sidecar")
-
-    def _load_holds(self) -> None:
-        path = self.root / "holds.json"
-        if not path.exists():
-            return
-        try:
-            raw = json.loads(read_bytes(path))
-            holds = [
-                Hold(h["camera"], parse_iso(h["start"]), parse_iso(h["end"]), parse_iso(h["until"]))
-                for h in raw["holds"]
-            ]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError) as exc:
-            # Holds also live in each clip's sidecar (held_until), so recorded clips stay protected.
-            self._set_aside(path, f"garbled holds file: {exc}")
-            return
-        self._holds = holds
-
-    def _save_holds(self) -> None:
-        data = {
-            "holds": [
-                {"camera": h.camera, "start": iso(h.start), "end": iso(h.end), "until": iso(h.until)}
-                for h in self._holds
-            ]
-        }
-        write_atomic(self.root / "holds.json", json.dumps(data, indent=1).encode())
+        self._clips: dict[str, ClipInfo] = sweep.scan(verify_sha256)
+        self._holds = HoldBook(self.root / HOLDS_FILE)
+        problem = self._holds.load()
+        if problem is not None:
+            sweep.set_aside(self._holds.path, problem)
 
     # -- lookup ----------------------------------------------------------------------------------
 
@@ -256,9 +170,7 @@ class ClipStore:
             )
         hold = Hold(camera, start, end, until)
         with self._lock:
-            self._holds = [h for h in self._holds if h.until > now]
-            self._holds.append(hold)
-            self._save_holds()
+            self._holds.add(hold, now)
             marked: list[str] = []
             for info in list(self._clips.values()):
                 if hold.covers(info.camera, info.start, info.end):
@@ -276,15 +188,13 @@ class ClipStore:
         """Holds still in force."""
         now = time.time() if now is None else now
         with self._lock:
-            return [h for h in self._holds if h.until > now]
+            return self._holds.active(now)
 
     def held_until(self, info: ClipInfo, *, now: float | None = None) -> float | None:
         """Until when the clip is protected, or None if it is not (any more)."""
         now = time.time() if now is None else now
         with self._lock:
-            untils = [
-                h.until for h in self._holds if h.until > now and h.covers(info.camera, info.start, info.end)
-            ]
+            untils = self._holds.untils(info.camera, info.start, info.end, now)
         if info.held_until is not None and info.held_until > now:
             untils.append(info.held_until)
         return max(untils) if untils else None
@@ -452,7 +362,7 @@ class ClipStore:
                 start=items[0].ts,
                 end=items[-1].ts,
                 event_id=event_id,
-                sha256=_sha256(part),
+                sha256=file_sha256(part),
                 bytes=os.lstat(part).st_size,
                 frames=len(picks),
                 width=width,
@@ -479,11 +389,3 @@ class ClipStore:
 
     def _write_sidecar(self, info: ClipInfo) -> None:
         write_atomic(self.root / f"{info.clip_id}.json", json.dumps(info.to_sidecar(), indent=1).encode())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with os.fdopen(open_read(path), "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

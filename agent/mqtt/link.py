@@ -12,20 +12,14 @@ paho's own network thread (`loop_start`) reconnects with capped exponential back
 successful CONNACK republishes the retained `online` status, then whatever the `on_connect`
 hooks add (camera statuses, settings), then resumes the outbox.
 
-A connection that fails is logged at WARNING with the reason an operator can act on (unknown
-CA, host name mismatch, expired certificate, no client certificate, refused, unreachable) rather
-than paho's "Client is not connected": once when it starts or its reason changes, then at most
-every FAILURE_LOG_INTERVAL_S with the number of attempts, so a broker down for a day does not
-fill the journal.
+A connection that fails is logged at WARNING with a reason an operator can act on, without
+flooding the journal (agent.mqtt.connect_failures); the paho client itself is built from the
+config in agent.mqtt.paho_client.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
-import socket
-import ssl
 import sys
 import threading
 import time
@@ -35,90 +29,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import MqttConfig
-from agent.errors import ConfigError
+from agent.mqtt.connect_failures import ConnectFailures, connect_failure_reason
 from agent.mqtt.outbox import Kind, Outbox, OutboxMessage
+from agent.mqtt.paho_client import disable_nagle, paho_client
+
+__all__ = ["LinkStats", "MqttLink", "disable_nagle"]  # disable_nagle: agent.sdk's clients use it too
 
 log = logging.getLogger(__name__)
-_paho_log = logging.getLogger("agent.mqtt.paho")
-
-# OpenSSL's X509_V_ERR_* codes, as ssl.SSLCertVerificationError.verify_code carries them.
-_UNKNOWN_CA = {2, 18, 19, 20, 21}  # issuer not found, self-signed, self-signed in chain, …
-_EXPIRED, _NOT_YET_VALID, _HOST_MISMATCH, _IP_MISMATCH = 10, 9, 62, 64
-
-
-def disable_nagle(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    """paho's `on_socket_open`: turn Nagle's algorithm off. paho leaves it on, so a small reply
-    or stream frame written while an earlier segment awaits its delayed ACK waited ~40 ms in
-    the kernel (measured: a command round trip on loopback took ~90 ms instead of ~1 ms; the
-    broker needs the same, Mosquitto's `set_tcp_nodelay true`)."""
-    with contextlib.suppress(AttributeError, OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def connect_failure_reason(exc: BaseException | None, host: str) -> str:  # noqa: PLR0911 - one per kind
-    """Why connecting to `host` failed, in words an operator can act on."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        code, detail = exc.verify_code, exc.verify_message
-        if code in (_HOST_MISMATCH, _IP_MISMATCH):
-            return f"host name mismatch: the broker's certificate is not valid for {host!r} ({detail})"
-        if code == _EXPIRED:
-            return f"the broker's certificate has expired ({detail})"
-        if code == _NOT_YET_VALID:
-            return f"the broker's certificate is not valid yet (check the clock; {detail})"
-        if code in _UNKNOWN_CA:
-            return f"unknown CA: the broker's certificate is not signed by mqtt.tls.ca_file ({detail})"
-        return f"the broker's certificate was rejected: {detail}"
-    if isinstance(exc, ssl.SSLError):
-        return tls_alert_reason(str(exc))
-    if isinstance(exc, ssl.CertificateError):  # paho's own host name check (insecure off, old contexts)
-        return f"host name mismatch: {exc}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is the broker running and listening on this port?)"
-    if isinstance(exc, socket.gaierror):
-        return f"unreachable: the host name does not resolve ({exc.strerror})"
-    if isinstance(exc, TimeoutError):
-        return "unreachable: no answer (timed out)"
-    if isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-        return f"unreachable ({exc.strerror})"
-    if isinstance(exc, OSError):
-        return f"{exc.strerror or exc}"
-    return "unknown reason" if exc is None else f"{type(exc).__name__}: {exc}"
-
-
-def tls_alert_reason(text: str) -> str:
-    """A TLS error (ours, or the broker's alert) in words: paho reports the latter only as text."""
-    lowered = text.lower()
-    if "certificate required" in lowered:
-        return "the broker requires a client certificate (set mqtt.tls.cert_file and key_file)"
-    if "alert unknown ca" in lowered or "alert bad certificate" in lowered:
-        return f"the broker rejected our client certificate ({text})"
-    if "alert certificate expired" in lowered:
-        return f"the broker says our client certificate has expired ({text})"
-    if "wrong version number" in lowered or "record layer failure" in lowered:
-        return f"the broker does not speak TLS on this port ({text})"
-    return f"TLS failed: {text}"
-
-
-class _QuietPahoSocketErrors(logging.Filter):
-    """Turns paho's per-retry socket errors into DEBUG records: the link logs their reason."""
-
-    NOISE = ("Client is not connected", "failed to receive on socket")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno > logging.DEBUG and str(record.msg).startswith(self.NOISE):
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return _paho_log.isEnabledFor(logging.DEBUG)
-        return True
-
-
-_QUIET_PAHO = _QuietPahoSocketErrors()
 
 
 @dataclass
@@ -165,46 +88,8 @@ class MqttLink:
         self._mids: dict[int, int] = {}
         self._acked: deque[int] = deque()
         self._pump: threading.Thread | None = None
-        # Connection failures, touched only on paho's network thread (its callbacks).
-        self._failure: str | None = None  # the reason last logged, None while connected
-        self._failure_attempts = 0  # failed attempts since it was logged
-        self._failure_logged_at = 0.0
-        self._paho_error: str | None = None  # paho's last ERROR text (a TLS alert, a reset)
-
-        proto = MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto
-        )
-        self.client.enable_logger(_paho_log)
-        if _QUIET_PAHO not in _paho_log.filters:
-            _paho_log.addFilter(_QUIET_PAHO)
-        self.client.max_inflight_messages_set(self.INFLIGHT_WINDOW)
-        self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(
-            min_delay=max(1, round(cfg.reconnect_min_s)), max_delay=max(1, round(cfg.reconnect_max_s))
-        )
-        if cfg.username is not None:
-            self.client.username_pw_set(cfg.username, cfg.resolved_password())
-        if cfg.tls is not None:
-            try:
-                self.client.tls_set(
-                    ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                    certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                    keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                )
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                files = ", ".join(str(f) for f in (cfg.tls.ca_file, cfg.tls.cert_file, cfg.tls.key_file) if f)
-                raise ConfigError("mqtt.tls", [f"cannot load TLS files ({files}): {exc}"]) from None
-            self.client.tls_insecure_set(cfg.tls.insecure)
-            if cfg.tls.insecure:
-                log.warning(
-                    "mqtt.tls.insecure = true: the broker's host name is not checked against its"
-                    " certificate, so anyone holding a certificate from that CA (any host, any"
-                    " gateway) can impersonate the broker and read or send this gateway's commands"
-                    " and footage; for testing only"
-                )
-        self.client.will_set(will_topic, will_payload, qos=1, retain=True)
-        self.client.on_socket_open = disable_nagle
+        self._failures = ConnectFailures(f"{cfg.host}:{cfg.port}", self.FAILURE_LOG_INTERVAL_S)
+        self.client = paho_client(cfg, client_id, will_topic, will_payload, inflight=self.INFLIGHT_WINDOW)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_connect_fail = self._on_connect_fail
@@ -395,7 +280,7 @@ class MqttLink:
         if reason_code.is_failure:
             self._connect_failed(f"the broker refused the connection: {reason_code}")
             return
-        self._failure, self._failure_attempts, self._paho_error = None, 0, None
+        self._failures.connected()
         self.stats.connects += 1
         log.info("connected to %s:%s", self.cfg.host, self.cfg.port)
         if self._online is not None:
@@ -422,11 +307,8 @@ class MqttLink:
             self.stats.disconnects += 1
             level = logging.INFO if self._stop.is_set() else logging.WARNING
             log.log(level, "disconnected from broker: %s", reason_code)
-        elif not self._stop.is_set() and self._paho_error is not None:
-            # Dropped before CONNACK: the broker ended the TLS session (e.g. it wants a client
-            # certificate); paho reports why only in its log, captured by _on_paho_log.
-            self._connect_failed(tls_alert_reason(self._paho_error))
-        self._paho_error = None
+        # Dropped before CONNACK, a TLS alert from the broker is why (paho says so only in its log).
+        self._failures.dropped(before_connack=not self._connected.is_set() and not self._stop.is_set())
         self._connected.clear()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -434,26 +316,12 @@ class MqttLink:
         self._connect_failed(connect_failure_reason(sys.exc_info()[1], self.cfg.host))
 
     def _on_paho_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
-        if level == mqtt.MQTT_LOG_ERR and buf.startswith("failed to receive on socket"):
-            self._paho_error = buf.removeprefix("failed to receive on socket: ")
+        self._failures.paho_log(level, buf)
 
     def _connect_failed(self, reason: str) -> None:
-        """Log a failed connection attempt: at once when new, then at most every interval."""
-        if self._stop.is_set():
-            return
-        now = time.monotonic()
-        self._failure_attempts += 1
-        if reason == self._failure and now - self._failure_logged_at < self.FAILURE_LOG_INTERVAL_S:
-            return
-        where = f"{self.cfg.host}:{self.cfg.port}"
-        if reason == self._failure:
-            log.warning(
-                "cannot connect to the broker at %s: %s (%d attempts since the last report; retrying)",
-                where, reason, self._failure_attempts,
-            )  # fmt: skip
-        else:
-            log.warning("cannot connect to the broker at %s: %s (retrying)", where, reason)
-        self._failure, self._failure_attempts, self._failure_logged_at = reason, 0, now
+        """A failed attempt, reported unless the link is stopping (paho may still be retrying)."""
+        if not self._stop.is_set():
+            self._failures.failed(reason)
 
     def _on_publish(
         self,

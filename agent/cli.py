@@ -18,43 +18,14 @@ import time
 from pathlib import Path
 
 from agent import __version__
-from agent.config import AgentConfig, CameraConfig, load_config, parse_config
+from agent.config import AgentConfig, CameraConfig, load_config
+from agent.config.builtin import default_config as default_config  # noqa: PLC0414 - re-exported (PEP 484)
+from agent.config.builtin import to_toml
 from agent.errors import AgentError, ConfigError
 
 log = logging.getLogger("agent")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-
-
-def default_config(data_dir: Path, port: int = 1883) -> AgentConfig:
-    """The built-in default: one synthetic street camera and a broker on this machine."""
-    return parse_config(
-        {
-            "gateway": {
-                "district": "demo",
-                "id": "gw-01",
-                "data_dir": str(data_dir),
-                "telemetry_interval_s": 10,
-            },
-            "mqtt": {"host": "127.0.0.1", "port": port},
-            "cameras": [
-                {
-                    "id": "cam-1",
-                    "name": "Synthetic street",
-                    "source": "synthetic:street",
-                    "allowed_agencies": ["police", "fire"],
-                    "geo": {
-                        "lat": 37.5172,
-                        "lon": 127.0473,
-                        "heading_deg": 90.0,
-                        "fov_deg": 90.0,
-                        "range_m": 80.0,
-                    },
-                }
-            ],
-        },
-        "<built-in default>",
-    )
 
 
 def _setup_logging(level: str) -> None:
@@ -247,7 +218,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     broker = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cfg = default_config(work / "data", port)
     cfg_file = work / "config.toml"
-    cfg_file.write_text(_to_toml(cfg), encoding="utf-8")
+    cfg_file.write_text(to_toml(cfg), encoding="utf-8")
     print(f"demo: broker on 127.0.0.1:{port}, agent config {cfg_file}", file=sys.stderr)
     print(f"demo: showing {cfg.topic_root}/# as the platform sees it (Ctrl-C to stop)", file=sys.stderr)
     done = threading.Event()  # the demo should end: timer, Ctrl-C or SIGTERM
@@ -298,35 +269,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _to_toml(cfg: AgentConfig) -> str:
-    """Just enough TOML writing for configs built in code (the demo's)."""
-
-    def value(v: object) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, str | Path):
-            return json.dumps(str(v))
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items() if x is not None) + " }"
-        raise TypeError(type(v))
-
-    data = cfg.model_dump(mode="json", exclude_none=True)
-    lines: list[str] = []
-    for table in ("gateway", "mqtt"):
-        lines.append(f"[{table}]")
-        lines += [f"{k} = {value(v)}" for k, v in data[table].items()]
-        lines.append("")
-    for cam in data["cameras"]:
-        lines.append("[[cameras]]")
-        lines += [f"{k} = {value(v)}" for k, v in cam.items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
 # -- entry point ---------------------------------------------------------------------------------
 
 
@@ -358,18 +300,7 @@ def build_parser(*, with_ctl: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--markdown", action="store_true", help="the reference section of docs/protocol.md")
     s.set_defaults(func=cmd_schema)
 
-    s = sub.add_parser("audit", help="the local audit log")
-    audit_sub = s.add_subparsers(dest="audit_command", required=True)
-    a = audit_sub.add_parser("verify", help="check the hash chain of the audit log and its rotated files")
-    a.add_argument("path", nargs="?", default="/var/lib/edge-agent", help="audit.log or a data_dir")
-    a.add_argument("--config", "-c", help="take data_dir (and audit_key_file) from this config file")
-    a.add_argument("--key-file", help="the gateway's audit key: records keyed with it are checked")
-    a.add_argument(
-        "--head",
-        type=_chain_hash,
-        help="the last hash the platform received on {root}/audit: it must be in the chain",
-    )
-    a.set_defaults(func=cmd_audit_verify)
+    _add_audit_parser(sub)
 
     s = sub.add_parser("keygen", help="make an Ed25519 pair for signing commands (PREFIX.key, PREFIX.pub)")
     s.add_argument("--out", required=True, metavar="PREFIX", help="e.g. platform-2026; never overwrites")
@@ -393,6 +324,22 @@ def build_parser(*, with_ctl: bool = True) -> argparse.ArgumentParser:
     else:  # listed in --help, but the platform's SDK is loaded only when `ctl` is used
         sub.add_parser("ctl", help="send commands to a gateway as the platform would")
     return p
+
+
+def _add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`audit` and its own subcommands (only `verify` so far)."""
+    s = sub.add_parser("audit", help="the local audit log")
+    audit_sub = s.add_subparsers(dest="audit_command", required=True)
+    a = audit_sub.add_parser("verify", help="check the hash chain of the audit log and its rotated files")
+    a.add_argument("path", nargs="?", default="/var/lib/edge-agent", help="audit.log or a data_dir")
+    a.add_argument("--config", "-c", help="take data_dir (and audit_key_file) from this config file")
+    a.add_argument("--key-file", help="the gateway's audit key: records keyed with it are checked")
+    a.add_argument(
+        "--head",
+        type=_chain_hash,
+        help="the last hash the platform received on {root}/audit: it must be in the chain",
+    )
+    a.set_defaults(func=cmd_audit_verify)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,10 @@
 """Configuration: the TOML file's typed, strict models, and the runtime overrides on top of them.
 
-`models.py` holds the file's models (every section `extra="forbid"`, errors naming the key path)
-and is re-exported here; `settings.py` holds what `config.get` reports and `config.set` may change,
+`models.py` holds the whole file and its loading (every section `extra="forbid"`, errors naming the
+key path) and re-exports the sections, one module per family: `gateway.py` (gateway, mqtt, tls),
+`cameras.py` (each camera with its motion, detection, buffer, clip and geo settings), `resources.py`
+(detector, streams, storage), on `base.py`'s strict model and id and polygon types; all of it is
+re-exported here. `settings.py` holds what `config.get` reports and `config.set` may change,
 persisted under data_dir. Nothing here starts threads or touches the network.
 """
 

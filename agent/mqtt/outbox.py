@@ -414,6 +414,18 @@ class Outbox:
         with self._lock:
             return self._run("read", op)
 
+    def holds(self, topic: str, payload: bytes) -> bool:
+        """Whether a message with exactly this topic and payload still waits for its PUBACK."""
+
+        def op() -> bool:
+            row = self._conn.execute(
+                "SELECT 1 FROM messages WHERE topic = ? AND payload = ? LIMIT 1", (topic, payload)
+            ).fetchone()
+            return row is not None
+
+        with self._lock:
+            return self._run("read", op)
+
     def superseded(self) -> int:
         """Retained status/config messages replaced by a newer one before delivery (this run)."""
         with self._lock:

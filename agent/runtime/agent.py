@@ -204,7 +204,7 @@ class Agent:
 
     def start(self) -> None:
         log.info("agent %s starting: %s, %d camera(s)", __version__, self.cfg.topic_root, len(self.cameras))
-        self.events.end_orphans()
+        self.events.end_orphans(self.outbox.holds)
         self.link.start()
         for worker in self.cameras.values():
             worker.start()

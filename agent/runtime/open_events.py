@@ -52,6 +52,16 @@ class OpenEvents:
                 log.warning("open events file %s: skipping a malformed entry", self.path)
         return found
 
+    def ending(self, end: Event) -> None:
+        """Record an end phase about to be queued, before it is: a kill from here until `note(end)`
+        leaves this very end in the file, so the next start sends it again (identical, so never a
+        second, different end) unless the outbox still holds it."""
+        with self._lock:
+            if end.event_id not in self._open:
+                return
+            self._open[end.event_id] = end
+            self._write()
+
     def note(self, event: Event) -> None:
         """Record the phase just queued for publishing: start/update keep it open, end closes it."""
         with self._lock:
@@ -63,10 +73,16 @@ class OpenEvents:
             self._write()
 
     def ends_for_orphans(self) -> list[Event]:
-        """The `end` phases owed for events a previous run left open; the file is cleared."""
+        """The `end` phases owed for events a previous run left open; the file is cleared.
+
+        An event whose end was being queued at the crash gets that end again, unchanged; any other
+        gets a late end with `ended_at` the time of its last phase.
+        """
         now = iso(time.time())
         ends = [
-            e.model_copy(update={"phase": "end", "ts": now, "ended_at": e.ts, "clip_id": None})
+            e
+            if e.phase == "end"
+            else e.model_copy(update={"phase": "end", "ts": now, "ended_at": e.ts, "clip_id": None})
             for e in self.orphans
         ]
         self.orphans = []

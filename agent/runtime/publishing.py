@@ -71,6 +71,8 @@ class EventPublisher:
             except Exception:
                 log.exception("camera %s: clip recorder failed on an event phase", camera)
         event = phase.event
+        if event.phase == "end":
+            self._open.ending(event)  # first: a kill before `note` re-sends this end, never another
         self._link.publish(self._topics.event(camera), event.to_json(), kind="event", camera=camera)
         self._open.note(event)
         if phase.frame is None:
@@ -89,12 +91,20 @@ class EventPublisher:
             properties={"event_id": event.event_id, "ts": event.ts},
         )
 
-    def end_orphans(self) -> int:
-        """Publish the `end` of every event a crash of the previous run left open; returns how many."""
-        ends = self._open.ends_for_orphans()
-        for end in ends:
+    def end_orphans(self, queued: Callable[[str, bytes], bool]) -> int:
+        """Publish the `end` of every event a crash of the previous run left open; returns how many.
+
+        `queued(topic, payload)` tells whether the outbox still holds a message: an end the crash
+        caught after it was queued is delivered from there, so it is not queued twice.
+        """
+        sent = 0
+        for end in self._open.ends_for_orphans():
+            topic, payload = self._topics.event(end.camera), end.to_json()
+            if queued(topic, payload):
+                continue
             log.warning(
                 "ending event %s of camera %s, left open by the previous run", end.event_id, end.camera
             )
-            self._link.publish(self._topics.event(end.camera), end.to_json(), kind="event", camera=end.camera)
-        return len(ends)
+            self._link.publish(topic, payload, kind="event", camera=end.camera)
+            sent += 1
+        return sent

@@ -29,10 +29,9 @@ from agent.commands.signing import (
     canonical_envelope,
     load_private_key,
     load_public_key,
-    load_verifier,
     sign_envelope,
 )
-from agent.commands.verifying import CommandVerifier
+from agent.commands.verifying import CommandVerifier, load_verifier
 from agent.config import parse_config
 from agent.errors import ConfigError
 
@@ -85,7 +84,7 @@ def config_with_keys(*paths: Path) -> Any:
     return parse_config({"gateway": {"district": "d", "id": "g", "platform_keys": [str(p) for p in paths]}})
 
 
-def refusal(verifier: SignatureVerifier, env: dict[str, Any], props: dict[str, str] | None = None) -> str:
+def refusal(verifier: CommandVerifier, env: dict[str, Any], props: dict[str, str] | None = None) -> str:
     """The reason `verifier` gives for refusing `env`; fails the test if it is accepted."""
     with pytest.raises(CommandError) as info:
         verifier.verify(env, props or {})

@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent.commands.models import CommandError
-from agent.config import AgentConfig
 from agent.errors import AgentError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -236,19 +235,9 @@ class SignatureVerifier:
         raise _refused("the signature does not match any platform key of this gateway")
 
 
-def load_verifier(cfg: AgentConfig) -> SignatureVerifier | None:
-    """The verifier for `gateway.platform_keys`, or None (with a warning) when none are configured.
-
-    Raises ConfigError naming every key file that cannot be read or parsed (never its content).
-    """
-    paths = cfg.gateway.platform_keys
-    if not paths:
-        log.warning(
-            "commands are NOT authenticated: gateway.platform_keys is empty, so anyone who may publish"
-            " on %s/cmd can act as any agency",
-            cfg.topic_root,
-        )
-        return None
+def verifier_for(paths: Sequence[Path]) -> SignatureVerifier:
+    """The verifier for these public key files; raises ConfigError naming every file that cannot
+    be read or parsed (never its content)."""
     keys: list[Ed25519PublicKey] = []
     problems: list[str] = []
     for path in paths:

@@ -34,8 +34,8 @@ from agent.commands.audit import AuditLog
 from agent.commands.dispatcher import Dispatcher
 from agent.commands.limits import RateLimits
 from agent.commands.server import CommandServer
-from agent.commands.signing import SignatureVerifier, load_verifier
 from agent.commands.streams import StreamLimits, StreamManager
+from agent.commands.verifying import CommandVerifier, load_verifier
 from agent.config import AgentConfig, StorageConfig
 from agent.config.settings import RuntimeSettings, SettingsStore
 from agent.errors import AgentError
@@ -138,7 +138,7 @@ class Agent:
         return telemetry, timers
 
     def _command_plane(
-        self, audit: AuditLog, verifier: SignatureVerifier | None
+        self, audit: AuditLog, verifier: CommandVerifier | None
     ) -> tuple[StreamManager, Dispatcher, CommandServer]:
         """The commands' view of the gateway, live streams, and the server that runs commands."""
         cfg = self.cfg

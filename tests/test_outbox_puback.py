@@ -83,9 +83,19 @@ class PubackDroppingRelay:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection((self.broker.host, self.broker.port))
             with self._lock:
-                self._sockets += [client, upstream]
+                self._sockets.append(client)
+                closing = self._closed.is_set()
+            if closing:  # accepted while close() ran: close() may have missed it
+                client.close()
+                return
+            try:
+                upstream = socket.create_connection((self.broker.host, self.broker.port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets.append(upstream)
             self._start(self._pipe, "relay.to-broker", client, upstream, False)
             self._start(self._pipe, "relay.to-client", upstream, client, True)
 
@@ -111,7 +121,15 @@ class PubackDroppingRelay:
                     s.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        self._closed.set()
+        """Stop accepting first, then shut every socket and join every thread."""
+        with self._lock:
+            self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        with self._lock:
+            threads = list(self._threads)
+        threads[0].join(5)  # the accept thread: no new sockets after this
         with self._lock:
             sockets, threads = list(self._sockets), list(self._threads)
         for s in sockets:

@@ -2,19 +2,21 @@
 
 `Agent` builds every part and hands each what it needs; the work is done by the parts:
 cameras (`CameraWorker`: capture and analysis threads), `EventPublisher` (status, events,
-snapshots), `CommandServer` (the command queue and workers), `SettingsApplier` (config.set, handed
-to the cameras' threads), `Telemetry` and `Housekeeping` (run by `Ticker` timers), the clip recorder and the
-MQTT link with its durable outbox.
+snapshots), `CommandServer` (the command queues and workers) and its `Dispatcher`, `SettingsApplier`
+(config.set, handed to the cameras' threads), `Telemetry`, rate-limit summaries and `Housekeeping`
+(jobs on `Ticker` timers), the clip recorder and the MQTT link with its durable outbox.
 
 A frame's path: capture thread → 2-deep queue → detect thread (pipeline: motion, objects) →
 `EventPublisher.phase` → recorder (clip_id), outbox (event), open-events file, snapshot.
-A command's path: paho's thread → `CommandServer.submit` → bounded queue → a command worker →
-`Dispatcher` (validation, access, idempotency, audit) → handler → `GatewayFacade` → reply.
+A command's path: paho's thread → `CommandServer.submit` → the agency's bounded queue → a command
+worker → `Dispatcher` (envelope, signature, reply topic, idempotency, rate limit, time, access,
+audit) → handler → `GatewayFacade` → reply.
 
 `run()` blocks until SIGTERM/SIGINT and pings systemd's watchdog only while every owned thread
 lives; `start()`/`stop()` are the same lifecycle without signals, for in-process use. Stop order:
-streams, cameras (each ends its open events), command workers and timers, detector, recorder,
-link (retained offline/shutdown), outbox (checkpointed); within 5 s.
+streams, cameras (each ends its open events), command workers (then the dispatcher's reply store
+and last summaries) and timers, detector, recorder, link (retained offline/shutdown), outbox
+(checkpointed); within 5 s.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""OpenCVSource on real video files, a real MJPEG-over-HTTP server and real RTSP sockets."""
+"""OpenCVSource on real video files and a real MJPEG-over-HTTP server (RTSP: test_capture_pyav.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import itertools
 import math
@@ -200,116 +199,6 @@ def test_redact_hides_passwords_and_secret_parameters() -> None:
         "http://cam/video.cgi?user=admin&pwd=***&res=1"
     )
     assert redact("file:///srv/a.mp4") == "file:///srv/a.mp4"
-
-
-# -- RTSP ----------------------------------------------------------------------------------
-
-
-def test_rtsp_to_a_closed_port_fails_with_the_reason_and_no_password() -> None:
-    port = closed_port()
-    source = OpenCVSource(f"rtsp://admin:hunter2@127.0.0.1:{port}/stream", open_timeout_s=2.0)
-    with pytest.raises(SourceError) as info:
-        source.open()
-    message = str(info.value)
-    assert f"cannot connect to 127.0.0.1:{port}: Connection refused" in message
-    assert "hunter2" not in message
-    assert "admin:***@" in message
-
-
-def test_rtsp_to_a_silent_server_fails_within_the_open_timeout() -> None:
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(1)  # the kernel completes the handshake; nobody ever answers
-        port = int(server.getsockname()[1])
-        source = OpenCVSource(f"rtsp://127.0.0.1:{port}/stream", open_timeout_s=1.0)
-        started = time.monotonic()
-        with pytest.raises(SourceError, match="accepts connections but no video stream opened"):
-            source.open()
-    assert time.monotonic() - started < 15.0  # bounded by the 1 s timeout, not FFmpeg's default
-
-
-def reply(status: str, cseq: str, headers: str = "", body: bytes = b"") -> bytes:
-    """One RTSP response."""
-    length = f"Content-Length: {len(body)}\r\n" if body else ""
-    return f"RTSP/1.0 {status}\r\nCSeq: {cseq}\r\n{headers}{length}\r\n".encode() + body
-
-
-class RtspProbe:
-    """A minimal RTSP server that answers OPTIONS and DESCRIBE, records SETUP's Transport, then refuses."""
-
-    SDP = (
-        "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=probe\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
-        "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n"
-        "a=control:track1\r\n"
-    )
-
-    def __init__(self) -> None:
-        self.transports: list[str] = []
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self._server.settimeout(0.2)
-        self.port = int(self._server.getsockname()[1])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="test.rtsp-probe")
-
-    def __enter__(self) -> RtspProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._server.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(0.5)
-                with contextlib.suppress(OSError):  # the client hung up: nothing left to record
-                    self._session(conn)
-
-    def _session(self, conn: socket.socket) -> None:
-        buffer = b""
-        deadline = time.monotonic() + 5.0
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                chunk = conn.recv(4096)
-            except TimeoutError:
-                continue
-            if not chunk:
-                return
-            buffer += chunk
-            while b"\r\n\r\n" in buffer:
-                head, buffer = buffer.split(b"\r\n\r\n", 1)
-                lines = head.decode("latin-1").split("\r\n")
-                headers = {
-                    k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])
-                }
-                method, url = lines[0].split(" ")[:2]
-                cseq = headers.get("cseq", "0")
-                if method == "OPTIONS":
-                    conn.sendall(reply("200 OK", cseq, "Public: OPTIONS, DESCRIBE, SETUP, PLAY\r\n"))
-                elif method == "DESCRIBE":
-                    described = f"Content-Base: {url}/\r\nContent-Type: application/sdp\r\n"
-                    conn.sendall(reply("200 OK", cseq, described, self.SDP.encode()))
-                elif method == "SETUP":
-                    self.transports.append(headers.get("transport", ""))
-                    conn.sendall(reply("461 Unsupported Transport", cseq))
-                else:
-                    conn.sendall(reply("405 Method Not Allowed", cseq))
-
-
-def test_rtsp_asks_for_tcp_transport_only() -> None:
-    assert "rtsp_transport;tcp" in os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"]
-    with RtspProbe() as probe:
-        source = OpenCVSource(f"rtsp://127.0.0.1:{probe.port}/stream", open_timeout_s=2.0)
-        with pytest.raises(SourceError):
-            source.open()
-    assert probe.transports, "the client never sent SETUP"
-    assert all("RTP/AVP/TCP" in t for t in probe.transports), probe.transports
 
 
 # -- MJPEG over HTTP -----------------------------------------------------------------------

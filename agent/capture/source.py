@@ -1,4 +1,8 @@
-"""The `FrameSource` protocol and the factory that maps a camera's `source` URI to a backend."""
+"""The `FrameSource` protocol and the factory that maps a camera's `source` URI to a backend.
+
+RTSP cameras go through PyAV (their packets can be kept as sent, no process-wide open lock);
+HTTP/MJPEG cameras, files and USB devices through OpenCV, where that is simpler.
+"""
 
 from __future__ import annotations
 
@@ -51,8 +55,11 @@ class FrameSource(Protocol):
         """(width, height) of the frames, valid after open()."""
 
 
-def open_source(uri: str, *, realtime: bool = True, loop: bool = True) -> FrameSource:
-    """Return an unopened source for `uri`. `realtime`/`loop` apply to files (replay sets both False)."""
+def open_source(
+    uri: str, *, realtime: bool = True, loop: bool = True, decoder: str | None = None
+) -> FrameSource:
+    """Return an unopened source for `uri`. `realtime`/`loop` apply to files (replay sets both
+    False); `decoder` names an FFmpeg decoder for RTSP streams (e.g. "h264_v4l2m2m")."""
     if uri.startswith("synthetic:"):
         from agent.capture.synthetic import SyntheticSource
 
@@ -61,7 +68,11 @@ def open_source(uri: str, *, realtime: bool = True, loop: bool = True) -> FrameS
         from agent.capture.picamera import PicameraSource
 
         return PicameraSource(uri)
-    if uri.startswith(("rtsp://", "rtsps://", "http://", "https://", "file://", "usb:")):
+    if uri.startswith(("rtsp://", "rtsps://")):
+        from agent.capture.pyav import PyAVSource
+
+        return PyAVSource(uri, decoder=decoder)
+    if uri.startswith(("http://", "https://", "file://", "usb:")):
         from agent.capture.opencv import OpenCVSource
 
         return OpenCVSource(uri, realtime=realtime, loop=loop)

@@ -80,6 +80,8 @@ class ClipInfo:
     created_at: float
     held_until: float | None = None
     source: ClipSource = "event"
+    gaps: tuple[tuple[float, float], ...] = ()
+    """Wall-clock spans cut out of a remuxed clip where the camera's stream restarted."""
 
     @property
     def duration_s(self) -> float:
@@ -90,7 +92,8 @@ class ClipInfo:
         return max(1, math.ceil(self.bytes / chunk_bytes))
 
     def to_sidecar(self) -> dict[str, Any]:
-        return {
+        """The sidecar's JSON; `gaps` only when there are any, so older readers see no change."""
+        out: dict[str, Any] = {
             "clip_id": self.clip_id,
             "camera": self.camera,
             "start": iso(self.start),
@@ -107,6 +110,9 @@ class ClipInfo:
             "held_until": iso(self.held_until) if self.held_until is not None else None,
             "source": self.source,
         }
+        if self.gaps:
+            out["gaps"] = [[iso(a), iso(b)] for a, b in self.gaps]
+        return out
 
     @classmethod
     def from_sidecar(cls, data: object, expected_id: str | None = None) -> ClipInfo:
@@ -131,6 +137,11 @@ class ClipInfo:
 
         held = data.get("held_until")
         source = data.get("source", "event")
+        gaps = data.get("gaps", [])
+        if not isinstance(gaps, list) or not all(
+            isinstance(g, list) and len(g) == 2 and all(isinstance(t, str) for t in g) for g in gaps
+        ):
+            raise TypeError("sidecar field 'gaps' is not a list of [start, end] timestamps")
         if source not in ("event", "hold", "export"):
             raise ValueError(f"sidecar field 'source' is {source!r:.40}, not event, hold or export")
         info = cls(
@@ -149,6 +160,7 @@ class ClipInfo:
             created_at=when("created_at"),
             held_until=when("held_until") if held is not None else None,
             source=source,
+            gaps=tuple((parse_iso(a), parse_iso(b)) for a, b in gaps),
         )
         if expected_id is not None and info.clip_id != expected_id:
             raise ValueError(f"sidecar names clip {info.clip_id}, not {expected_id}")

@@ -23,6 +23,10 @@ recorder's, a hold's) are never refused: their size is bounded by the buffer, an
 lose footage the buffer is about to drop.
 What a clip is (`ClipInfo`, holds) lives in agent.footage.clips; holds.json in agent.footage.holds;
 how frames become an MP4 in agent.footage.encoding.
+
+Network cameras' clips are remuxed from their packets instead (agent.footage.remux): a recorder
+writes `part_path(id)` with a ClipWriter and `adopt`s the result; `export_packets` is `export` by
+remux, from packet recordings and the packet ring.
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from agent.capture.packets import StreamInfo, StreamPacket
 from agent.clock import iso
 from agent.files import (
     LinkRefused,
@@ -50,6 +55,7 @@ from agent.files import (
     write_atomic,
 )
 from agent.footage.clips import (
+    RECORDED,
     ClipError,
     ClipInfo,
     ClipSource,
@@ -71,6 +77,18 @@ from agent.footage.encoding import (
 )
 from agent.footage.holds import HOLDS_FILE, HoldBook
 from agent.footage.privacy import PolygonLike
+from agent.footage.remux import (
+    FormatChanged,
+    FormatKey,
+    RemuxResult,
+    canonical,
+    format_key,
+    normalised,
+    probe_info,
+    read_clip_packets,
+    remux_span,
+    splice,
+)
 from agent.footage.scan import Sweep, file_sha256
 
 __all__ = ["MAX_EXPORT_S", "ClipStore"]
@@ -389,3 +407,169 @@ class ClipStore:
 
     def _write_sidecar(self, info: ClipInfo) -> None:
         write_atomic(self.root / f"{info.clip_id}.json", json.dumps(info.to_sidecar(), indent=1).encode())
+
+    # -- packet clips (remux) ----------------------------------------------------------------------
+
+    def part_path(self, clip_id: str) -> Path:
+        """Where a clip in progress is written: `<id>.part.mp4`, created empty and 0600 (whatever
+        was there, a link included, is removed first). The start-up scan removes leftovers."""
+        part = self.root / f"{validate_clip_id(clip_id)}.part.mp4"
+        try:
+            os.close(create_private(part))
+        except OSError as exc:
+            raise ClipError("internal", f"cannot create clip {clip_id}: {exc.strerror or exc}") from None
+        return part
+
+    def adopt(
+        self,
+        clip_id: str,
+        camera: str,
+        result: RemuxResult,
+        *,
+        event_id: str | None,
+        source: ClipSource,
+        now: float | None = None,
+    ) -> ClipInfo:
+        """Make the finished `part_path(clip_id)` a stored clip: sha256, sidecar, rename, index,
+        with the same atomicity and errors as an encoded clip (ClipError internal when the disk
+        refuses; the part file is then removed)."""
+        check_camera(camera)
+        validate_clip_id(clip_id)
+        with self._lock:
+            if clip_id in self._clips:
+                raise ClipError("bad_request", f"clip {clip_id} already exists")
+        part = self.root / f"{clip_id}.part.mp4"
+        stamp = time.time() if now is None else now
+        try:
+            info = ClipInfo(
+                clip_id=clip_id,
+                camera=camera,
+                start=result.first_ts,
+                end=result.last_ts,
+                event_id=event_id,
+                sha256=file_sha256(part),
+                bytes=os.lstat(part).st_size,
+                frames=result.frames,
+                width=result.width,
+                height=result.height,
+                fps=result.fps,
+                codec=result.codec,
+                created_at=stamp,
+                source=source,
+                gaps=result.gaps,
+            )
+            info = replace(info, held_until=self.held_until(info, now=stamp))
+            with self._lock:
+                self._write_sidecar(info)
+                part.replace(self.root / f"{clip_id}.mp4")
+                fsync_dir(self.root)
+                self._clips[clip_id] = info
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            (self.root / f"{clip_id}.json").unlink(missing_ok=True)
+            raise ClipError("internal", f"cannot write clip {clip_id}: {exc.strerror or exc}") from None
+        return info
+
+    def export_packets(
+        self,
+        camera: str,
+        start: float,
+        end: float,
+        buffered: Sequence[StreamPacket],
+        *,
+        event_id: str | None = None,
+        clip_id: str | None = None,
+        source: ClipSource = "export",
+        now: float | None = None,
+    ) -> ClipInfo:
+        """`export` by remux: a clip of `camera` for [start, end] from the keyframe at or before
+        `start`, made of the camera's own packets.
+
+        Packets come from the camera's recordings (event and hold clips, never exports), then
+        from `buffered` (the packet ring, in arrival order) for what is newer than the
+        recordings, so the same span gives the same bytes each time, from the ring or, once it
+        has left the ring, from recordings. Where recordings overlap, the earlier one supplies
+        the overlap up to a keyframe of the next. A span is served in one format, the newest
+        (the ring's, else the newest recording's): recordings of another codec, size or
+        parameter sets (e.g. re-encoded by the pixel path) are left out. Same checks and errors
+        as `export`.
+        """
+        check_camera(camera)
+        check_span(start, end)
+        if end - start > MAX_EXPORT_S:
+            raise ClipError(
+                "bad_request", f"span of {end - start:.0f} s exceeds the {MAX_EXPORT_S:.0f} s limit"
+            )
+        clip_id = validate_clip_id(clip_id) if clip_id is not None else str(uuid.uuid4())
+        with self._lock:
+            if clip_id in self._clips:
+                raise ClipError("bad_request", f"clip {clip_id} already exists")
+        bounded = source == "export"
+        if bounded and not self._export_slots.acquire(blocking=False):
+            raise ClipError("busy", "another clip export is running on this gateway; retry shortly")
+        try:
+            part = self.part_path(clip_id)
+            try:
+                packets = self._span_packets(camera, start, end, buffered)
+                result = remux_span(packets, start, end, part)
+            except ClipError as exc:
+                part.unlink(missing_ok=True)
+                if exc.code == "not_found":
+                    raise ClipError(
+                        "not_found",
+                        f"nothing buffered or recorded for {camera} between {iso(start)} and {iso(end)}",
+                    ) from None
+                raise
+            except FormatChanged as exc:  # the filter below makes this a bug guard
+                part.unlink(missing_ok=True)
+                raise ClipError("internal", str(exc)) from None
+            info = self.adopt(clip_id, camera, result, event_id=event_id, source=source, now=now)
+        finally:
+            if bounded:
+                self._export_slots.release()
+        log.info(
+            "clip %s (%s, remux): %s %d frames @ %.0f fps, %d bytes",
+            clip_id,
+            source,
+            camera,
+            info.frames,
+            info.fps,
+            info.bytes,
+        )
+        return info
+
+    def _span_packets(
+        self, camera: str, start: float, end: float, buffered: Sequence[StreamPacket]
+    ) -> Iterator[StreamPacket]:
+        """The packets for [start, end] in one format, in Annex-B with one canonical info."""
+        recordings = sorted(
+            (c for c in self.clips(camera) if c.source in RECORDED and c.end >= start and c.start <= end),
+            key=lambda c: (c.start, c.source != "event", c.clip_id),
+        )
+        sources: list[tuple[str, Iterable[StreamPacket], FormatKey, StreamInfo]] = []
+        for rec in recordings:
+            path = self.root / f"{rec.clip_id}.mp4"
+            try:
+                info = probe_info(path)
+                first = next((p for p in read_clip_packets(path, rec.start) if p.keyframe), None)
+            except (ClipError, OSError) as exc:
+                log.warning("export: recording %s skipped: %s", rec.clip_id, exc)
+                continue
+            if first is not None:
+                key = format_key(info, first.data)
+                sources.append((rec.clip_id, read_clip_packets(path, rec.start), key, info))
+        ring = [p for p in buffered if p.ts <= end]
+        newest_key = next((p for p in reversed(ring) if p.keyframe), None)
+        if newest_key is not None:
+            key = format_key(newest_key.info, newest_key.data)
+            sources.append(("the packet ring", ring, key, newest_key.info))
+        if not sources:
+            return iter(())
+        _, _, wanted, info = sources[-1]
+        kept = []
+        for name, packets, key, _ in sources:
+            if key == wanted:
+                kept.append(packets)
+            else:
+                log.info("export of %s: %s left out (not in the newest format)", camera, name)
+        return normalised(splice(kept), canonical(info, wanted[3]))

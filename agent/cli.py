@@ -70,7 +70,31 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"{args.file}: OK ({cfg.topic_root}, {len(cfg.cameras)} camera(s))")
+    for cam in cfg.cameras:
+        print(f"  {cam.id}: {_footage_path(cam)}")
     return EXIT_OK
+
+
+def _footage_path(cam: CameraConfig) -> str:
+    """How a camera's footage is kept and what that costs, for the operator reading check-config."""
+    analysis = "the detect_source substream" if cam.detect_source else "the main stream"
+    if cam.records_packets:
+        decoded = (
+            "nothing of the main stream is decoded"
+            if cam.detect_source
+            else "frames decoded for analysis only"
+        )
+        return f"packets (clips are the camera's own video, remuxed; {decoded}); analysis on {analysis}"
+    if cam.privacy_masks:
+        why = "privacy masks must be burnt in"
+    elif cam.footage == "pixels":
+        why = "footage = 'pixels'"
+    else:
+        why = "the source gives no packets"
+    return (
+        f"pixels ({why}: frames decoded, kept as JPEG and re-encoded for clips, about 20x the CPU"
+        f" of the packet path); analysis on {analysis}"
+    )
 
 
 def _key_problems(cfg: AgentConfig) -> list[str]:

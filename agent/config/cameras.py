@@ -4,12 +4,16 @@ pre-event buffer and clip settings (those `config.set` may change at runtime sta
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from agent.config.base import Ident, Polygon, Strict
 from agent.config.redact import redact
+
+FootagePath = Literal["auto", "packets", "pixels"]
+PACKET_SCHEMES = ("rtsp://", "rtsps://")
+"""Sources whose packets are kept as sent (PyAV demuxes them); the others go through pixels."""
 
 
 class GeoConfig(Strict):
@@ -87,7 +91,8 @@ class DetectionSettings(Strict):
 
 
 class BufferSettings(Strict):
-    """Per-camera pre-event buffer: the last seconds kept as JPEG so a clip starts before its event."""
+    """Per-camera pre-event buffer: the last seconds kept so a clip starts before its event, as the
+    camera's packets (cut at keyframes) or, on the pixel path, as JPEG frames."""
 
     pre_event_s: float = Field(
         default=10.0, gt=0.0, le=120.0, description="Seconds of video kept before the present moment"
@@ -150,6 +155,22 @@ class CameraConfig(Strict):
         default_factory=BufferSettings, description="Pre-event buffer kept in memory for clips"
     )
     clips: ClipsSettings = Field(default_factory=ClipsSettings, description="Event clips")
+    footage: FootagePath = Field(
+        default="auto",
+        description=(
+            "How clips and the pre-event buffer keep video: 'packets' keeps the camera's own H.264/H.265"
+            " (rtsp:// sources without privacy masks), 'pixels' decodes and re-encodes; 'auto' chooses"
+            " packets where allowed"
+        ),
+    )
+    decoder: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9_]{1,32}$",
+        description=(
+            "FFmpeg decoder for rtsp:// streams, e.g. h264_v4l2m2m on a Raspberry Pi; the software"
+            " decoder is used when it is missing or fails"
+        ),
+    )
 
     @model_validator(mode="after")
     def _pre_roll_fits_buffer(self) -> CameraConfig:
@@ -171,6 +192,31 @@ class CameraConfig(Strict):
         if value is not None and not value.startswith(schemes):
             raise ValueError(f"source {redact(value)!r} must start with one of {', '.join(schemes)}")
         return value
+
+    @model_validator(mode="after")
+    def _footage_path_allowed(self) -> CameraConfig:
+        if self.footage != "packets":
+            return self
+        if not self.source.startswith(PACKET_SCHEMES):
+            raise ValueError(
+                f"footage = 'packets' needs an rtsp:// or rtsps:// source, not {redact(self.source)!r}"
+            )
+        if self.privacy_masks:
+            raise ValueError(
+                "footage = 'packets' would store and send the camera's unmasked pixels: a camera with"
+                " privacy_masks must use 'pixels' (or 'auto')"
+            )
+        return self
+
+    @property
+    def records_packets(self) -> bool:
+        """Whether clips and the pre-event buffer keep the camera's packets (else decoded pixels).
+
+        Masked cameras never do: masked pixels may not be stored, and masking needs decoded pixels.
+        """
+        if self.footage == "pixels" or self.privacy_masks:
+            return False
+        return self.source.startswith(PACKET_SCHEMES)
 
     @model_validator(mode="after")
     def _detect_source_differs(self) -> CameraConfig:

@@ -1,4 +1,5 @@
-"""The gateway's footage, as the clip.* commands see it: buffers plus the clip store.
+"""The gateway's footage, as the clip.* commands see it: buffers (packet rings of packet-path cameras,
+JPEG buffers of the others) plus the clip store.
 
 `clip.export` cuts from the pre-event buffer (and from recordings, which the store reads itself;
 never from earlier exports); `clip.hold` first saves whatever of the span is still only in the
@@ -11,8 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping
 
+from agent.capture.packets import StreamPacket
 from agent.config import AgentConfig
 from agent.footage.clips import ClipError, ClipInfo, HoldResult
+from agent.footage.packet_ring import PacketRing
 from agent.footage.prebuffer import PreEventBuffer
 from agent.footage.store import ClipStore
 
@@ -27,16 +30,27 @@ class Footage:
         store: ClipStore,
         buffers: Mapping[str, PreEventBuffer],
         config: Callable[[], AgentConfig],
+        *,
+        rings: Mapping[str, PacketRing] | None = None,
     ) -> None:
         self.store = store
         self.buffers = buffers
+        self.rings: Mapping[str, PacketRing] = rings or {}
         self._config = config
 
     def _masks(self, camera: str) -> list[list[tuple[float, float]]]:
         cam = self._config().camera(camera)
         return [list(poly) for poly in cam.privacy_masks] if cam is not None else []
 
+    def _packets(self, camera: str, start: float) -> list[StreamPacket] | None:
+        """The ring's packets from the keyframe at or before `start`; None: a pixel-path camera."""
+        ring = self.rings.get(camera)
+        return None if ring is None else [packet for _, packet in ring.since(start)]
+
     def export(self, camera: str, start: float, end: float) -> ClipInfo:
+        packets = self._packets(camera, start)
+        if packets is not None:
+            return self.store.export_packets(camera, start, end, packets, source="export")
         buffer = self.buffers.get(camera)
         frames = buffer.frames_between(start, end) if buffer is not None else []
         return self.store.export(camera, start, end, frames, masks=self._masks(camera), source="export")
@@ -50,6 +64,14 @@ class Footage:
     def hold(self, camera: str, start: float, end: float, until: float) -> HoldResult:
         """Save the buffered part of the span (from the buffer alone: first-generation footage),
         then record the hold; a failure to save still records the hold over what is on disk."""
+        packets = self._packets(camera, start)
+        if packets:
+            lo = min(max(start, packets[0].ts), end - 0.001)
+            try:
+                self.store.export_packets(camera, lo, end, packets, source="hold")
+            except ClipError as exc:
+                log.warning("clip.hold: could not save the buffered part of the span: %s", exc)
+            return self.store.hold(camera, start, end, until)
         buffer = self.buffers.get(camera)
         frames = buffer.frames_between(start, end) if buffer is not None else []
         if frames:

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 
 from agent import __version__
-from agent.capture.source import Frame, FrameSource, open_source
+from agent.capture.source import Frame, FrameSource
 from agent.commands.audit import AuditLog
 from agent.commands.dispatcher import Dispatcher
 from agent.commands.limits import RateLimits
@@ -43,9 +43,12 @@ from agent.config.settings import RuntimeSettings, SettingsStore
 from agent.errors import AgentError
 from agent.files import create_private, private_dir
 from agent.footage.access import Footage
+from agent.footage.packet_recorder import PacketRecorder
+from agent.footage.packet_ring import PacketRing
 from agent.footage.prebuffer import PreEventBuffer
 from agent.footage.privacy import PolygonLike
 from agent.footage.recorder import ClipRecorder, ClipSettings
+from agent.footage.recording import Recorders
 from agent.footage.retention import Retention
 from agent.footage.store import ClipStore
 from agent.mqtt.link import MqttLink
@@ -69,7 +72,7 @@ class Agent:
     """Builds the gateway's parts from `cfg`; `run()` (or `start()`/`stop()`) is their lifecycle."""
 
     def __init__(
-        self, cfg: AgentConfig, *, source_factory: Callable[[str], FrameSource] = open_source
+        self, cfg: AgentConfig, *, source_factory: Callable[[str], FrameSource] | None = None
     ) -> None:
         self.cfg = cfg
         self.topics = Topics(cfg.topic_root)
@@ -87,8 +90,12 @@ class Agent:
             will_payload=self._status("offline", "lost"),
         )
         self.link.set_online_message(self.topics.status, self._status("online", None))
-        self.buffers = {cam.id: PreEventBuffer.for_camera(cam) for cam in cfg.cameras}
-        self.clip_store, self.retention, self.recorder = open_clips(data_dir, cfg, self.buffers)
+        # Each camera keeps its recent footage one way: its own packets, or JPEG frames (pixel path).
+        self.rings = {cam.id: PacketRing.for_camera(cam) for cam in cfg.cameras if cam.records_packets}
+        self.buffers = {
+            cam.id: PreEventBuffer.for_camera(cam) for cam in cfg.cameras if not cam.records_packets
+        }
+        self.clip_store, self.retention, self.recorder = open_clips(data_dir, cfg, self.buffers, self.rings)
         open_events = OpenEvents(data_dir / "open_events.json")
         self.events = EventPublisher(self.link, self.topics, open_events, self._privacy_masks, self.recorder)
         self.cameras = {
@@ -96,7 +103,8 @@ class Agent:
                 cam,
                 on_status=self.events.camera_status,
                 on_phase=self.events.phase,
-                on_frame=self._buffer_frame,
+                on_frame=self._buffer_frame if cam.id in self.buffers else None,
+                on_packet=self.rings[cam.id].push if cam.id in self.rings else None,
                 source_factory=source_factory,
                 frame_fps=cam.buffer.fps,  # frames neither the buffer nor detection needs are skipped
             )
@@ -144,7 +152,9 @@ class Agent:
     ) -> tuple[StreamManager, Dispatcher, CommandServer]:
         """The commands' view of the gateway, live streams, and the server that runs commands."""
         cfg = self.cfg
-        clips = Footage(self.clip_store, self.buffers, lambda: cfg) if self.clip_store else None
+        clips = (
+            Footage(self.clip_store, self.buffers, lambda: cfg, rings=self.rings) if self.clip_store else None
+        )
         gateway = GatewayFacade(
             cfg,
             topics=self.topics,
@@ -152,6 +162,7 @@ class Agent:
             link=self.link,
             cameras=self.cameras,
             buffers=self.buffers,
+            rings=self.rings,
             settings=self.settings,
             clips=clips,
         )
@@ -297,8 +308,8 @@ def open_outbox(data_dir: Path, storage: StorageConfig) -> Outbox:
 
 
 def open_clips(
-    data_dir: Path, cfg: AgentConfig, buffers: dict[str, PreEventBuffer]
-) -> tuple[ClipStore | None, Retention | None, ClipRecorder | None]:
+    data_dir: Path, cfg: AgentConfig, buffers: dict[str, PreEventBuffer], rings: dict[str, PacketRing]
+) -> tuple[ClipStore | None, Retention | None, Recorders | None]:
     """Clip store, retention and recorder; without a writable store events still flow."""
     try:
         store = ClipStore(data_dir / "clips", verify_sha256=False)
@@ -312,5 +323,6 @@ def open_clips(
         cam = cfg.camera(camera)
         return ClipSettings.from_camera(cam) if cam is not None and cam.clips.enabled else None
 
-    recorder = ClipRecorder(store, buffers, clip_settings, retention=retention)
-    return store, retention, recorder
+    packets = PacketRecorder(store, rings, clip_settings, retention=retention)
+    pixels = ClipRecorder(store, buffers, clip_settings, retention=retention)
+    return store, retention, Recorders(packets, pixels)

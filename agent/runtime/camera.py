@@ -18,10 +18,15 @@ has one (see agent.capture.cadence), and counted in `stats.skipped`. A camera wi
 substream for the pipeline; the main stream then only feeds the sink, the latest frame
 (snapshots, streams) and the camera's size and fps. Event snapshots then show the substream's
 pixels, the ones the motion detector judged.
+
+Keep packets, not pixels: a source with packets (PyAV, for rtsp:// cameras) hands every packet of
+the main stream to `on_packet` (the camera's packet ring) before decoding. With a substream the
+main stream is then only demuxed, never decoded, and the substream's frames are the latest picture.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -37,6 +42,7 @@ from agent.analysis.events import EventPhase
 from agent.analysis.objects.service import DetectionService
 from agent.analysis.pipeline import CameraPipeline, MotionDetecting
 from agent.capture.cadence import KEEP_ALL, FrameDemand
+from agent.capture.packets import PacketSink
 from agent.capture.source import Frame, FrameSource, open_source
 from agent.clock import iso
 from agent.config import CameraConfig, DetectionSettings, MotionSettings
@@ -86,12 +92,14 @@ class CameraWorker:
         on_phase: PhaseSink,
         *,
         on_frame: FrameSink | None = None,
-        source_factory: Callable[[str], FrameSource] = open_source,
+        on_packet: PacketSink | None = None,
+        source_factory: Callable[[str], FrameSource] | None = None,
         backoff_max_s: float = 30.0,
         frame_fps: float | None = None,
         motion_detector: MotionDetecting | None = None,
     ) -> None:
         """`frame_fps`: the most frames per second `on_frame` needs (None: every frame).
+        `on_packet` takes the main stream's packets, from sources that have them (PyAV).
         `motion_detector` replaces the built-in one (a bench's reference, a test's observer)."""
         self.cfg = cfg
         self.id = cfg.id
@@ -100,7 +108,11 @@ class CameraWorker:
         self._on_phase = on_phase
         self._on_frame = on_frame
         self._keep_fps = 0.0 if on_frame is None else (KEEP_ALL if frame_fps is None else frame_fps)
-        self._source_factory = source_factory
+        self._on_packet = on_packet
+        self._source_factory = source_factory or functools.partial(open_source, decoder=cfg.decoder)
+        # Set by the main capture thread: the main stream is only demuxed (its packets kept, nothing
+        # decoded), so the detect stream's frames are the camera's latest picture.
+        self._main_packets_only = False
         self._backoff_max_s = backoff_max_s
         # Read its counters only: the detect thread alone drives it (settings go through apply()).
         self.pipeline = CameraPipeline(cfg, motion_detector)
@@ -187,12 +199,19 @@ class CameraWorker:
     # -- status ----------------------------------------------------------------------------
 
     def _set_status(
-        self, state: str, error: str | None = None, frame: Frame | None = None, role: Role = "both"
+        self,
+        state: str,
+        error: str | None = None,
+        frame: Frame | None = None,
+        role: Role = "both",
+        *,
+        size: tuple[int, int] | None = None,
     ) -> None:
-        """Record `role`'s state; the camera's is the worst of its streams' (failed, connecting, ok)."""
+        """Record `role`'s state; the camera's is the worst of its streams' (failed, connecting, ok).
+        `size` (width, height) stands in for `frame` when the stream's packets are not decoded."""
         with self._status_lock:
             self._health[role] = (state, error)
-        self._refresh_status(frame)
+        self._refresh_status(frame, size)
 
     def set_note(self, note: str | None) -> None:
         """A gateway-level condition shown in `error` while the camera itself works (disk full)."""
@@ -202,13 +221,15 @@ class CameraWorker:
             self._note = note
         self._refresh_status(None)
 
-    def _refresh_status(self, frame: Frame | None) -> None:
+    def _refresh_status(self, frame: Frame | None, size: tuple[int, int] | None = None) -> None:
         with self._status_lock:
             state, error = self._combined_health()
             old = self._status
             if old.state == "disabled":
                 return
             h, w = (frame.image.shape[:2]) if frame is not None else (old.height, old.width)
+            if frame is None and size is not None:
+                w, h = size
             new = CameraStatus.model_validate(
                 {
                     "state": state,
@@ -280,6 +301,7 @@ class CameraWorker:
             self._set_status("connecting", role=role)
         started = time.monotonic()
         feeds_sink = role != "detect"
+        packets_only = self._take_packets(source, role)
         try:
             source.open()
             skip: Callable[[], float | None] | None = getattr(source, "skip", None)
@@ -295,16 +317,20 @@ class CameraWorker:
                     if feeds_sink:
                         self._count_arrival()
                         self.stats.skipped += 1
+                    if packets_only and (first or self._role_state(role) != "ok"):
+                        self._set_status("ok", None, None, role, size=source.size)
+                        first = False
                     continue
                 frame = source.read()
                 analyse = demand.decoded(frame.pts)
                 if first or self._role_state(role) != "ok":
                     self._set_status("ok", None, frame if feeds_sink else None, role)
                     first = False
-                if feeds_sink:
-                    self._count_arrival()
+                if feeds_sink or (role == "detect" and self._main_packets_only):
                     with self._status_lock:
                         self._latest = frame
+                if feeds_sink:
+                    self._count_arrival()
                     if self._on_frame is not None:
                         demand.kept(frame.pts, self._on_frame(self.id, frame) is not False)
                 if analyse:
@@ -321,6 +347,19 @@ class CameraWorker:
                 source.close()
             except Exception:
                 log.exception("camera %s: close failed", self.id)
+
+    def _take_packets(self, source: FrameSource, role: Role) -> bool:
+        """Hand the main stream's packets to `on_packet` where the source has them; True when the
+        stream is then only demuxed (a detect stream does the analysis, so nothing is decoded)."""
+        set_sink: Callable[[PacketSink | None], None] | None = getattr(source, "set_packet_sink", None)
+        if role == "detect" or self._on_packet is None or set_sink is None:
+            return False
+        set_sink(self._on_packet)
+        packets_only = role == "main"
+        if packets_only:
+            source.set_decode("none")  # type: ignore[attr-defined]
+        self._main_packets_only = packets_only
+        return packets_only
 
     def _queue(self, frame: Frame) -> None:
         """Hand `frame` to the detect thread; when it is behind, drop the oldest queued frame."""

@@ -16,6 +16,8 @@ from agent.capture.source import Frame
 from agent.commands.gateway import ClipAccess
 from agent.config import AgentConfig
 from agent.contract.messages import CameraStatus
+from agent.footage.packet_frames import decode_nearest
+from agent.footage.packet_ring import PacketRing
 from agent.footage.prebuffer import PreEventBuffer
 from agent.mqtt.link import MqttLink
 from agent.mqtt.outbox import Kind
@@ -36,6 +38,7 @@ class GatewayFacade:
         link: MqttLink,
         cameras: Mapping[str, CameraWorker],
         buffers: Mapping[str, PreEventBuffer],
+        rings: Mapping[str, PacketRing] | None = None,
         settings: SettingsApplier,
         clips: ClipAccess | None,
     ) -> None:
@@ -45,6 +48,7 @@ class GatewayFacade:
         self._link = link
         self._cameras = cameras
         self._buffers = buffers
+        self._rings: Mapping[str, PacketRing] = rings or {}
         self._settings = settings
         self._clips = clips
 
@@ -84,7 +88,13 @@ class GatewayFacade:
         worker = self._cameras.get(camera)
         return worker.latest_frame() if worker else None
 
+    def packets(self, camera: str) -> PacketRing | None:
+        return self._rings.get(camera)
+
     def frame_at(self, camera: str, ts: float) -> Frame | None:
+        ring = self._rings.get(camera)
+        if ring is not None:
+            return decode_nearest([p for _, p in ring.since(ts)], ts, max_gap_s=0.2)
         buffer = self._buffers.get(camera)
         if buffer is None:
             return None

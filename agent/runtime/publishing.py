@@ -18,7 +18,7 @@ from agent.clock import iso
 from agent.contract.messages import CameraStatus, GatewayStatus
 from agent.footage.images import SNAPSHOT_QUALITY, encode_outgoing
 from agent.footage.privacy import PolygonLike
-from agent.footage.recorder import ClipRecorder
+from agent.footage.recording import Recorder
 from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import Topics
 from agent.runtime.open_events import OpenEvents
@@ -51,7 +51,7 @@ class EventPublisher:
         topics: Topics,
         open_events: OpenEvents,
         privacy_masks: PrivacyMasks,
-        recorder: ClipRecorder | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self._link = link
         self._topics = topics

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from agent.clock import iso
-from agent.footage.recorder import ClipRecorder
+from agent.footage.recording import Recorder
 from agent.footage.retention import Retention
 from agent.mqtt.link import MqttLink
 from agent.mqtt.outbox import Outbox
@@ -35,7 +35,7 @@ class Telemetry:
         outbox: Outbox,
         cameras: Iterable[CameraWorker],
         detector: SharedDetector,
-        recorder: ClipRecorder | None = None,
+        recorder: Recorder | None = None,
         retention: Retention | None = None,
         commands: Callable[[], dict[str, Any]] | None = None,
     ) -> None:

@@ -26,6 +26,7 @@ from agent.config import AgentConfig, MotionSettings, parse_config
 from agent.contract.messages import CameraStatus
 from agent.errors import ConfigError
 from agent.footage import clips
+from agent.footage.packet_ring import PacketRing
 from agent.footage.store import ClipStore
 from agent.mqtt.outbox import Kind
 from agent.mqtt.topics import Topics
@@ -171,6 +172,10 @@ class FakeGateway:
                 return frames[-1]
             k = self.latest_calls
             return Frame(image=frames[k % len(frames)].image, ts=T0 + k * 0.04, pts=k * 0.04, seq=k)
+
+    def packets(self, camera: str) -> PacketRing | None:
+        """No packet-path cameras: every camera streams through pixels."""
+        return None
 
     def frame_at(self, camera: str, ts: float) -> Frame | None:
         frames = self.frames.get(camera) or []

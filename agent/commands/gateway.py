@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from agent.capture.source import Frame
 from agent.config import AgentConfig
 from agent.contract.messages import CameraStatus
+from agent.footage.packet_ring import PacketRing
 from agent.mqtt.outbox import Kind
 from agent.mqtt.topics import Topics
 
@@ -91,6 +92,10 @@ class Gateway(Protocol):
 
     def latest_frame(self, camera: str) -> Frame | None:
         """The newest captured frame, or None when the camera has produced none yet."""
+
+    def packets(self, camera: str) -> PacketRing | None:
+        """The camera's kept packets (a packet-path camera: rtsp://, no privacy masks), which a
+        live fmp4 stream copies; None for a camera on the pixel path or an unknown one."""
 
     def frame_at(self, camera: str, ts: float) -> Frame | None:
         """The buffered frame nearest to `ts` (epoch s); None when `ts` lies outside the buffer

@@ -188,17 +188,31 @@ def locate(ctx: CommandContext, args: m.LocateArgs) -> dict[str, Any]:
 
 
 def stream_start(ctx: CommandContext, args: m.StreamStartArgs) -> dict[str, Any]:
+    """fmp4 without an explicit max_width: the camera's own stream where it can be copied."""
     ctx.camera(args.camera)
+    fmp4_own_size = args.format == "fmp4" and "max_width" not in args.model_fields_set
     info = _streams(ctx).open(
         args.camera,
         owner=ctx.request.requester.agency,
         fps=args.fps,
-        max_width=args.max_width,
+        max_width=None if fmp4_own_size else args.max_width,
         quality=args.quality,
         duration_s=args.duration_s,
+        format=args.format,
     )
     ctx.audit_cameras.append(info.camera)
-    return _dump(m.StreamStartResult(session=info.session, topic=info.topic, expires_at=iso(info.expires_at)))
+    result = m.StreamStartResult(session=info.session, topic=info.topic, expires_at=iso(info.expires_at))
+    if info.format == "fmp4":
+        result = m.StreamStartResult(
+            session=info.session,
+            topic=info.topic,
+            expires_at=iso(info.expires_at),
+            format="fmp4",
+            codec=info.codec,
+            width=info.width,
+            height=info.height,
+        )
+    return _dump(result)
 
 
 def stream_renew(ctx: CommandContext, args: m.StreamRenewArgs) -> dict[str, Any]:

@@ -182,9 +182,20 @@ class SnapshotArgs(Model):
 class StreamStartArgs(Model):
     camera: Ident
     fps: float = Field(default=5.0, gt=0.0, le=30.0, description="Frames per second to send")
-    max_width: int = Field(default=640, ge=16, le=7680, description="Downscale to at most this width")
-    quality: int = Field(default=75, ge=1, le=100, description="JPEG quality")
+    max_width: int = Field(
+        default=640,
+        ge=16,
+        le=7680,
+        description="Downscale to at most this width; fmp4 without it: the camera's own size where possible",
+    )
+    quality: int = Field(
+        default=75, ge=1, le=100, description="JPEG quality (fmp4 when encoded: x264 CRF 18..51)"
+    )
     duration_s: float = Field(default=60.0, gt=0.0, le=600.0, description="Session length before it ends")
+    format: Literal["jpeg", "fmp4"] = Field(
+        default="jpeg",
+        description="jpeg: one JPEG per message; fmp4: H.264 fragmented MP4, an init segment then fragments",
+    )
 
 
 class StreamRenewArgs(Model):
@@ -291,8 +302,17 @@ class SnapshotResult(Model):
 
 class StreamStartResult(Model):
     session: str
-    topic: str = Field(description="{root}/cam/{camera}/stream/{session}; QoS 0, user properties seq, ts")
+    topic: str = Field(
+        description="{root}/cam/{camera}/stream/{session}; QoS 0, user properties seq, ts (fmp4: and part)"
+    )
     expires_at: str
+    format: Literal["jpeg", "fmp4"] = Field(default="jpeg", description="What the messages carry")
+    codec: str | None = Field(
+        default=None,
+        description='fmp4: MIME type for MediaSource, e.g. video/mp4; codecs="avc1.64001f"; null until known',
+    )
+    width: int | None = Field(default=None, description="fmp4: picture width; null until known")
+    height: int | None = Field(default=None, description="fmp4: picture height; null until known")
 
 
 class StreamRenewResult(Model):

@@ -111,15 +111,26 @@ class PlatformClient(Connection):
         camera: str,
         seconds: float,
         fps: float = 5.0,
-        max_width: int = 640,
+        max_width: int | None = 640,
         *,
         quality: int | None = None,
         timeout: float = 5.0,
+        format: str = "jpeg",
     ) -> LiveStream:
         """Start a live stream and return it: iterate it for `StreamFrame`s (`seq, ts, jpeg`) until
-        `seconds` have passed or the session ended; leaving it (or `close()`) sends stream.stop."""
+        `seconds` have passed or the session ended; leaving it (or `close()`) sends stream.stop.
+
+        `format="fmp4"`: H.264 segments (`part` "init", then "fragment"s); `max_width=None` asks
+        for the camera's own stream (copied, no encode, where the camera allows)."""
         return LiveStream(
-            self, camera, seconds=seconds, fps=fps, max_width=max_width, quality=quality, timeout=timeout
+            self,
+            camera,
+            seconds=seconds,
+            fps=fps,
+            max_width=max_width,
+            quality=quality,
+            timeout=timeout,
+            format=format,
         )
 
     def clip_fetch(

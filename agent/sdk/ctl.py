@@ -193,12 +193,17 @@ def _add_camera_commands(cmds: Subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="JPEG file to write")
     p.add_argument("--max-width", type=int)
     p.add_argument("--at", help="nearest buffered frame to this time")
-    p = _add(cmds, "stream", commands.stream, "save a live stream's frames as numbered JPEGs")
+    p = _add(cmds, "stream", commands.stream, "save a live stream: numbered JPEGs, or one fmp4 file")
     p.add_argument("camera")
     p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("-o", "--output", required=True, help="directory for 000000.jpg, 000001.jpg, ...")
+    p.add_argument(
+        "-o", "--output", required=True, help="jpeg: directory for 000000.jpg, ...; fmp4: the .mp4 file"
+    )
+    p.add_argument("--format", choices=["jpeg", "fmp4"], default="jpeg")
     p.add_argument("--fps", type=float, default=5.0)
-    p.add_argument("--max-width", type=int, default=640)
+    p.add_argument(
+        "--max-width", type=int, help="jpeg default 640; fmp4 default: the camera's own size where possible"
+    )
     p.add_argument("--quality", type=int)
     p = _add(cmds, "locate", commands.locate, "cameras that see a point, nearest first")
     p.add_argument("lat", type=float)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.clock import iso, parse_iso
-from agent.sdk.client import PlatformClient
+from agent.sdk.client import LiveStream, PlatformClient
 
 _OFFSET = re.compile(r"^(?:now)?([+-])(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -107,19 +107,61 @@ def snapshot(client: PlatformClient, args: argparse.Namespace) -> None:
         print(f"{out}: {result['width']}x{result['height']}, {len(jpeg)} bytes, frame at {result['ts']}")
 
 
+def _write_fmp4(live: LiveStream, out: Path) -> tuple[int, int]:
+    """Segments in arrival order into `out`, from the first init segment on; a later init (the
+    camera changed its stream) starts `out` with -1, -2, ... before the suffix. (segments, bytes)."""
+    count = size = files = 0
+    fh = None
+    try:
+        for seg in live:
+            if seg.part == "init":
+                if fh is not None:
+                    fh.close()
+                    files += 1
+                    path = out.with_name(f"{out.stem}-{files}{out.suffix}")
+                    print(f"the stream changed format; continuing in {path}", file=sys.stderr)
+                else:
+                    path = out
+                fh = path.open("wb")
+            if fh is None:
+                continue  # fragments before the init cannot be played
+            fh.write(seg.data)
+            count += 1
+            size += len(seg.data)
+    finally:
+        if fh is not None:
+            fh.close()
+    return count, size
+
+
 def stream(client: PlatformClient, args: argparse.Namespace) -> None:
+    fmp4 = args.format == "fmp4"
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    if fmp4:
+        if out.parent != Path():
+            out.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+    max_width = args.max_width if args.max_width is not None or fmp4 else 640
     frames = size = 0
     t0 = time.monotonic()
     with client.stream(
-        args.camera, args.seconds, args.fps, args.max_width, quality=args.quality, timeout=args.timeout
+        args.camera,
+        args.seconds,
+        args.fps,
+        max_width,
+        quality=args.quality,
+        timeout=args.timeout,
+        format=args.format,
     ) as live:
         print(f"session {live.session} until {live.expires_at}", file=sys.stderr)
-        for frame in live:
-            (out / f"{frame.seq:06d}.jpg").write_bytes(frame.jpeg)
-            frames += 1
-            size += len(frame.jpeg)
+        if fmp4:
+            frames, size = _write_fmp4(live, out)
+        else:
+            for frame in live:
+                (out / f"{frame.seq:06d}.jpg").write_bytes(frame.jpeg)
+                frames += 1
+                size += len(frame.jpeg)
         dropped = live.dropped
     took = time.monotonic() - t0
     summary = {
@@ -129,7 +171,7 @@ def stream(client: PlatformClient, args: argparse.Namespace) -> None:
         "fps": round(frames / took, 2) if took else 0.0,
         "bytes": size,
         "dropped": dropped,
-        "dir": str(out),
+        "dir" if not fmp4 else "file": str(out),
     }
     if args.json:
         _print_json(summary)

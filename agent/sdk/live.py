@@ -25,12 +25,19 @@ _MAX_SESSION_S = 600.0  # the protocol's longest stream session
 
 
 class StreamFrame(NamedTuple):
-    """One live frame: `seq` and `ts` from the agent's user properties (on MQTT 3.1.1, which has
-    none, `seq` counts frames as they arrive and `ts` is None)."""
+    """One live message: `seq` and `ts` from the agent's user properties (on MQTT 3.1.1, which has
+    none, `seq` counts messages as they arrive and `ts` is None). A JPEG session's `jpeg` is one
+    frame; an fmp4 session's is a segment (`data`), `part` "init" or "fragment": written in seq
+    order, init first, they make an MP4 file (on 3.1.1 an init segment starts with an ftyp box)."""
 
     seq: int
     ts: str | None
     jpeg: bytes
+    part: str | None = None
+
+    @property
+    def data(self) -> bytes:
+        return self.jpeg
 
 
 class LiveStream:
@@ -49,14 +56,16 @@ class LiveStream:
         *,
         seconds: float,
         fps: float,
-        max_width: int,
+        max_width: int | None,
         quality: int | None,
         timeout: float,
+        format: str = "jpeg",
     ) -> None:
         if not (math.isfinite(seconds) and seconds > 0):
             raise ValueError(f"seconds must be a positive number, got {seconds!r}")
         self._client = client
         self._timeout = timeout
+        self.format = format
         self.dropped = 0
         self.received = 0
         self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=STREAM_INBOX)
@@ -72,9 +81,12 @@ class LiveStream:
             args: dict[str, Any] = {
                 "camera": camera,
                 "fps": float(fps),
-                "max_width": max_width,
                 "duration_s": float(min(_MAX_SESSION_S, math.ceil(seconds))),
             }
+            if max_width is not None:  # fmp4 without it: the camera's own size where possible
+                args["max_width"] = max_width
+            if format != "jpeg":  # agents before fmp4 refuse the unknown key
+                args["format"] = format
             if quality is not None:
                 args["quality"] = quality
             self.result = client.request("stream.start", args, timeout=timeout)
@@ -136,7 +148,10 @@ class LiveStream:
             props = user_properties(msg)
             seq = int(props["seq"]) if props.get("seq", "").isdigit() else self._count
             self._count += 1
-            return StreamFrame(seq, props.get("ts"), bytes(msg.payload))
+            part = props.get("part")
+            if part is None and self.format == "fmp4":
+                part = "init" if bytes(msg.payload[4:8]) == b"ftyp" else "fragment"
+            return StreamFrame(seq, props.get("ts"), bytes(msg.payload), part)
         self.close()
         raise StopIteration
 

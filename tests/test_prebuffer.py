@@ -105,3 +105,20 @@ def test_clock_stepping_back_starts_over() -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         PreEventBuffer(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_masked_cameras_frames_are_kept_masked() -> None:
+    """Unmasked pixels of a masked camera never enter the buffer (nor a clip kept from it at a stop)."""
+    from agent.config import CameraConfig
+
+    cam = CameraConfig(
+        id="cam-1", source="usb:0", privacy_masks=[[(0.0, 0.0), (0.5, 0.0), (0.5, 0.5), (0.0, 0.5)]]
+    )
+    bright = Frame(image=np.full((180, 320, 3), 200, np.uint8), ts=T0, pts=0.0, seq=0)
+    kept = PreEventBuffer.for_camera(cam).push(bright)
+    assert kept is not None
+    img = kept.decode()
+    assert img[4:86, 4:156].max() <= 12, "the masked quarter was kept unmasked"
+    assert img[100:, 170:].min() > 180, "the rest of the picture is kept"
+    unmasked = PreEventBuffer.for_camera(CameraConfig(id="cam-2", source="usb:0")).push(bright)
+    assert unmasked is not None and unmasked.decode()[4:86, 4:156].min() > 180

@@ -172,20 +172,24 @@ def test_memory_budget_thins_frames_but_keeps_the_span(tmp_path: Path) -> None:
     assert info.duration_s == pytest.approx(10.0, abs=1.5)
 
 
-def test_stop_writes_ended_events_without_waiting_for_post_roll(tmp_path: Path) -> None:
+def test_stop_writes_ended_and_running_events_without_waiting_for_post_roll(tmp_path: Path) -> None:
     cam = Camera()
     recorder, store = make(tmp_path, cam, settings=ClipSettings(pre_roll_s=1.0, post_roll_s=60.0))
     recorder.start()
-    eid = str(uuid.uuid4())
+    eid, running = str(uuid.uuid4()), str(uuid.uuid4())
     cam.run_until(3.0)
     recorder.on_phase(phase(cam, eid, "start", 2.0, 2.0))
     end = recorder.on_phase(phase(cam, eid, "end", 2.0, 3.0))
-    other = recorder.on_phase(phase(cam, str(uuid.uuid4()), "start", 3.0, 3.0))
+    other = recorder.on_phase(phase(cam, running, "start", 2.5, 2.5))
     recorder.stop()
     assert end.event.clip_id is not None
     assert store.get(end.event.clip_id).end == pytest.approx(cam.t0 + 3.0, abs=0.11)
     assert other.event.clip_id is None
-    assert len(store.clips()) == 1, "an event that never ended gets no clip"
+    # An event that never ended still gets its footage (evidence), found by its event_id.
+    (kept,) = [c for c in store.clips() if c.event_id == running]
+    assert kept.start == pytest.approx(cam.t0 + 1.5, abs=0.11)
+    assert kept.end == pytest.approx(cam.t0 + 3.0, abs=0.11)
+    assert len(store.clips()) == 2
 
 
 def test_too_many_events_at_once_get_no_clip_and_are_counted(tmp_path: Path) -> None:

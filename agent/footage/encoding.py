@@ -9,6 +9,7 @@ else OpenCV's `mp4v`. Privacy masks are burnt into every frame here.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -266,6 +267,9 @@ def _encode_ffmpeg(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            if proc.stdin is not None and not proc.stdin.closed:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()  # a killed ffmpeg leaves buffered bytes that cannot be flushed
         if code != 0:
             errors.seek(0)
             detail = errors.read().decode("utf-8", "replace").strip().splitlines()

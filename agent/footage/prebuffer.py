@@ -7,8 +7,10 @@ faster than a clip needs) and `max_width` bounds the cost per frame; bench/buffe
 both. The ring is bounded by time (`seconds`) and by bytes (`max_bytes`): when the byte budget bites
 first the buffer covers less than `seconds`, which `stats().evicted_for_bytes` makes visible.
 
-Frames are kept as captured, without privacy masks: nothing leaves the gateway from here directly,
-and every consumer (clips, snapshots) decodes, masks with `agent.footage.privacy`, then encodes.
+A camera with privacy masks has them burnt in before its frames are encoded (`masks`): its
+unmasked pixels are never kept, and a clip saved to disk at a stop needs no decode and re-mask.
+Every consumer (clips, snapshots) still masks what it sends with `agent.footage.privacy`, which on
+masked frames changes nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -24,6 +27,7 @@ import numpy as np
 from agent.capture.source import Frame, Image
 from agent.config import CameraConfig
 from agent.footage.images import encode_jpeg
+from agent.footage.privacy import PolygonLike, apply_privacy_masks
 
 __all__ = ["BufferStats", "BufferedFrame", "PreEventBuffer"]
 
@@ -73,6 +77,7 @@ class PreEventBuffer:
         jpeg_quality: int = 75,
         max_width: int | None = None,
         fps: float | None = None,
+        masks: Sequence[PolygonLike] = (),
     ) -> None:
         if not seconds > 0:
             raise ValueError(f"pre-event buffer seconds must be > 0, got {seconds}")
@@ -89,6 +94,7 @@ class PreEventBuffer:
         self.jpeg_quality = int(jpeg_quality)
         self.max_width = max_width
         self.fps = fps
+        self.masks: tuple[PolygonLike, ...] = tuple(masks)
         # Lock scope: _frames, _ts (parallel list of timestamps for bisect), _bytes and the counters.
         self._lock = threading.Lock()
         self._frames: deque[BufferedFrame] = deque()
@@ -109,6 +115,7 @@ class PreEventBuffer:
             jpeg_quality=b.jpeg_quality,
             max_width=b.max_width,
             fps=b.fps,
+            masks=[tuple((float(x), float(y)) for x, y in poly) for poly in cam.privacy_masks],
         )
 
     def _due(self, ts: float) -> bool:
@@ -119,7 +126,9 @@ class PreEventBuffer:
         return ts - self._last_kept_ts >= 0.9 / self.fps or ts < self._last_kept_ts
 
     def encode(self, image: Image) -> tuple[bytes, int, int]:
-        """Downscale (if wider than max_width) and JPEG-encode; returns (jpeg, width, height)."""
+        """Mask, downscale (if wider than max_width) and JPEG-encode; returns (jpeg, width, height)."""
+        if self.masks:
+            image = apply_privacy_masks(image, self.masks)
         jpeg = encode_jpeg(image, quality=self.jpeg_quality, max_width=self.max_width)
         return jpeg.data, jpeg.width, jpeg.height
 

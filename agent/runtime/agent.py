@@ -263,7 +263,9 @@ class Agent:
             timer.stop(timeout=0.2)
         self.detector.stop(timeout=0.5)
         if self.recorder is not None:
-            self.recorder.stop(timeout_s=1.0)
+            # What is left of the 5 s, keeping 1.5 s for the link: a clip not finished in time is
+            # kept on disk (pixel path) and written at the next start.
+            self.recorder.stop(timeout_s=max(1.0, 3.3 - (time.monotonic() - t0)))
         self.link.stop(final=(self.topics.status, self._status("offline", "shutdown")), timeout=1.5)
         self.outbox.close()
         log.info("stopped in %.2f s", time.monotonic() - t0)

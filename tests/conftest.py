@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# The RTSP test camera's fixtures: rtsp_camera, rtsp_camera_factory, rtsp_camera_module.
+pytest_plugins = ["tests.rtsp_camera.fixture"]
+
 
 def free_port() -> int:
     with socket.socket() as s:

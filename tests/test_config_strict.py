@@ -174,3 +174,18 @@ def test_check_config_exits_1_naming_the_misspelt_key(
     assert run.returncode == 1, run.stdout
     assert any(p.startswith(f"  - {named}: Extra inputs are not permitted") for p in run.stderr.splitlines())
     assert "OK" not in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("rtsp://admin:pw@10.0.0.5:554main", "not a valid URL"),
+        ("rtsp://:554/main", "has no host"),
+        ("https://cam:99999/mjpeg", "not a valid URL"),
+    ],
+)
+def test_a_malformed_camera_url_is_a_config_error_without_its_password(source: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({**example(), "cameras": [{"id": "cam-1", "source": source}]})
+    text = "\n".join(err.value.problems)
+    assert problem in text and "pw@" not in text and ":pw" not in text

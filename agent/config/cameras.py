@@ -5,6 +5,7 @@ pre-event buffer and clip settings (those `config.set` may change at runtime sta
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -191,6 +192,14 @@ class CameraConfig(Strict):
         schemes = ("rtsp://", "rtsps://", "http://", "https://", "file://", "usb:", "picamera:", "synthetic:")
         if value is not None and not value.startswith(schemes):
             raise ValueError(f"source {redact(value)!r} must start with one of {', '.join(schemes)}")
+        if value is not None and value.startswith(("rtsp://", "rtsps://", "http://", "https://")):
+            try:
+                parts = urlsplit(value)
+                parts.port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError as exc:
+                raise ValueError(f"source {redact(value)!r} is not a valid URL: {exc}") from None
+            if not parts.hostname:
+                raise ValueError(f"source {redact(value)!r} has no host")
         return value
 
     @model_validator(mode="after")

@@ -296,7 +296,12 @@ class CameraWorker:
 
     def _session(self, role: Role, uri: str) -> None:
         """Open the source and read until stopped; raise SourceError on failure."""
-        source = self._source_factory(uri)
+        try:
+            source = self._source_factory(uri)
+        except SourceError as exc:  # a URI the backend refuses: reported, retried like any failure
+            log.warning("camera %s: %s%s", self.id, "detect_source: " if role == "detect" else "", exc)
+            self._set_status("failed", str(exc), role=role)
+            raise
         if self._role_state(role) != "failed":
             self._set_status("connecting", role=role)
         started = time.monotonic()
@@ -312,7 +317,7 @@ class CameraWorker:
             )
             first = True
             while not self._stop.is_set():
-                if skip is not None and not demand.needs_next():
+                if skip is not None and (packets_only or not demand.needs_next()):
                     demand.skipped(skip())
                     if feeds_sink:
                         self._count_arrival()

@@ -26,7 +26,7 @@ from agent.capture.packets import StreamPacket
 from agent.capture.pyav import DecodeMode, PyAVSource, parameter_sets
 from agent.capture.source import EndOfStream, open_source
 from agent.errors import SourceError
-from tests.rtsp_camera.fixture import RtspCamera, rtsp_camera_factory  # noqa: F401 - a fixture
+from tests.rtsp_camera.fixture import RtspCamera
 
 GOP = 25
 FPS = 25
@@ -706,7 +706,7 @@ def test_the_end_of_a_camera_stream_is_an_error(tmp_path: Path, media: dict[str,
 
 
 def test_a_live_camera_resize_gives_a_new_session_with_the_new_size(
-    rtsp_camera_factory: Callable[..., RtspCamera],  # noqa: F811 - the imported fixture
+    rtsp_camera_factory: Callable[..., RtspCamera],
 ) -> None:
     camera = rtsp_camera_factory(main_size=(320, 180), sub_size=(160, 90), main_kbps=256, sub_kbps=64)
     source = PyAVSource(camera.main_url, open_timeout_s=10.0, read_timeout_s=6.0)
@@ -729,3 +729,29 @@ def test_a_live_camera_resize_gives_a_new_session_with_the_new_size(
     assert (first[1:], last[1:]) == ((320, 180), (256, 144)) and last[0] > first[0]
     assert {s[1:] for s in sizes if s[0] == first[0]} == {(320, 180)}  # no new-size packet in the old session
     assert delivered >= 0
+
+
+def test_a_camera_that_keeps_the_connection_but_stops_sending_is_reported_stalled(
+    rtsp_camera_factory: Callable[..., RtspCamera],
+) -> None:
+    """FFmpeg's RTSP reader hands over its held-back packet at its socket timeout and waits again;
+    the source must still fail within about its read timeout, so the camera is reconnected."""
+    cam = rtsp_camera_factory(motion=False)
+    source = PyAVSource(cam.main_url, read_timeout_s=2.0)
+    source.set_decode("none")
+    source.open()
+    try:
+        for _ in range(10):
+            source.skip()
+        cam.stall(6.0)
+        started = time.monotonic()
+
+        def read_until_it_fails() -> None:
+            while time.monotonic() - started < 10:
+                source.skip()
+
+        with pytest.raises(SourceError, match="stalled"):
+            read_until_it_fails()
+        assert time.monotonic() - started < 4.0
+    finally:
+        source.close()

@@ -232,6 +232,7 @@ class _Session:
         self.drained = False  # the decoder's delayed frames were taken at the end of a pass
         self.bad_packets = 0
         self.need_key = True  # the decoder waits for a keyframe (after open or a mode change)
+        self.stalled_s: float | None = None  # a read waited this long: the next one fails
         self.pace_anchor: float | None = None  # monotonic time of position 0, for a paced file
 
 
@@ -554,6 +555,8 @@ class PyAVSource:
 
     def _demux(self, session: _Session) -> tuple[_Packet, float] | None:
         """Read one video packet, stamp it and hand it to the sink; None for an empty packet."""
+        if session.stalled_s is not None:
+            raise SourceError(f"{self._label}: stalled: no data for {session.stalled_s:.1f} s")
         started = time.monotonic()
         try:
             packet = next(session.packets)
@@ -580,6 +583,12 @@ class PyAVSource:
                     raise SourceError(f"{self._label}: the file has no video packets")
                 raise EndOfStream(f"{self._label}: end of file after {self._seq} frames")
             raise SourceError(f"{self._label}: the camera ended the stream")
+        waited = time.monotonic() - started
+        if self._kind == "network" and waited >= self._read_timeout_s:
+            # FFmpeg's RTSP reader does not fail on its socket timeout while the camera keeps the
+            # connection: it hands over the packet it held back and waits again. This packet is
+            # delivered; the next read reports the stall, so the camera is reconnected.
+            session.stalled_s = waited
         session.pass_packets += 1
         info = session.info
         assert info is not None

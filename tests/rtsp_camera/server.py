@@ -372,8 +372,10 @@ class Feed:
             while not self._stop.is_set():
                 tick += 1
                 behind = int((time.monotonic() - start) * self._fps) - tick
-                if behind > 0:  # fell behind (a busy machine): skip slots, never burst
+                if behind > self._fps:  # more than a second behind: skip slots rather than burst
                     tick += behind
+                # A little behind (a busy test machine): catch up by sending those frames late,
+                # as a camera's encoder would, so the stream keeps one frame per 1/fps slot.
                 self._stop.wait(max(0.0, start + tick / self._fps - time.monotonic()))
                 if self._stop.is_set():
                     break

@@ -127,6 +127,8 @@ def test_an_event_clip_is_the_main_streams_own_h264_starting_at_the_keyframe_bef
         wait_answering(platform)
         wait_ok(run)
         time.sleep(PRE_S + GOP_S)  # the ring holds a full pre-roll
+        footage = [m.json()["cameras"]["cam-1"]["footage"] for m in run.sub.on("/telemetry")][-1]
+        assert footage["kept"] == "packets" and footage["bytes"] > 0 and footage["span_s"] >= PRE_S
         event = make_event(run, camera, 3.0)
         clip_id = event["clip_id"]
         assert clip_id, event
@@ -316,5 +318,32 @@ def test_an_fmp4_stream_of_a_packet_camera_is_its_own_h264_and_shows_the_scene(
         last = cv2.resize(frames[-1], (snap.shape[1], snap.shape[0]), interpolation=cv2.INTER_AREA)
         # The scene is still: the stream's last frame and a snapshot show the same street.
         assert float(np.mean(np.abs(last.astype(np.int16) - snap.astype(np.int16)))) < 12.0
+    finally:
+        run.close()
+
+
+@pytest.mark.slow
+def test_a_camera_that_stalls_or_drops_its_clients_is_reported_and_comes_back(
+    tmp_path: Path, broker: Broker, unique_gateway: str, camera: RtspCamera, platform: PlatformClient
+) -> None:
+    run = GatewayRun(tmp_path, broker.host, broker.port, DISTRICT, unique_gateway, camera_toml(camera))
+    try:
+        wait_answering(platform)
+        wait_ok(run)
+
+        def states() -> list[str]:
+            return [m.json()["state"] for m in run.sub.on("/cam/cam-1/status")]
+
+        camera.stall(8.0)
+        assert run.sub.wait_for(lambda _ms: "failed" in states(), 20), log_tail(run)
+        failed = [m.json() for m in run.sub.on("/cam/cam-1/status") if m.json()["state"] == "failed"]
+        assert failed[0]["error"], failed
+        assert run.sub.wait_for(lambda _ms: states()[-1] == "ok", 40), log_tail(run)
+        seen = len(states())
+        camera.drop_clients()
+        assert run.sub.wait_for(lambda _ms: len(states()) > seen and states()[-1] == "ok", 40), log_tail(run)
+        event = make_event(run, camera, 3.0)  # and it still records
+        check_clip(fetch(platform, event["clip_id"], tmp_path / "after.mp4"), event)
+        assert "Traceback" not in run.agent.log()
     finally:
         run.close()

@@ -139,7 +139,13 @@ def _cert_key_problems(cert: Path, key: Path, prefix: str) -> list[str]:
 class MqttConfig(Strict):
     host: str = Field(default="127.0.0.1", min_length=1, description="Broker host name or address")
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port")
-    protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version")
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        default="auto",
+        description=(
+            "MQTT protocol version: auto tries 5 and falls back to 3.1.1 when the broker refuses 5"
+            " (RabbitMQ 3.10's MQTT plugin, older brokers), with a WARNING; 5 or 3.1.1 fix it"
+        ),
+    )
     client_id: str | None = Field(
         default=None, max_length=128, description="Client id; default edge-{district}-{gateway}"
     )
@@ -147,8 +153,25 @@ class MqttConfig(Strict):
     password: str | None = Field(default=None, description="Password (prefer password_file)")
     password_file: Path | None = Field(default=None, description="File whose first line is the password")
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds")
-    reconnect_min_s: float = Field(default=0.5, gt=0, le=60, description="First reconnect delay")
-    reconnect_max_s: float = Field(default=30.0, gt=0, le=600, description="Longest reconnect delay")
+    reconnect_min_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description=(
+            "Cap of the first wait after a lost connection; each wait is random in [0, cap] and the"
+            " cap doubles per failed attempt (full jitter), so a fleet spreads its return"
+        ),
+    )
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=600, description="Largest cap of a reconnect wait")
+    takeover_backoff_s: float = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description=(
+            "Wait (random in [half, all] of it) after another client with this client id took the"
+            " session: two gateways sharing one identity then stop evicting each other every second"
+        ),
+    )
     tls: TlsConfig | None = Field(default=None, description="TLS settings; absent means plain TCP")
 
     @model_validator(mode="after")

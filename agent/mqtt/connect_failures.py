@@ -2,8 +2,9 @@
 
 paho reports a failed connection as "Client is not connected" on every retry. The link instead
 logs at WARNING the reason (unknown CA, host name mismatch, expired certificate, no client
-certificate, refused, unreachable): once when it starts or its reason changes, then at most every
-`interval_s` with the number of attempts, so a broker down for a day does not fill the journal.
+certificate, bad credentials, not authorized, refused, unreachable): each reason once when it
+first occurs, then at most every `interval_s` with the number of attempts, so a broker down for a
+day does not fill the journal.
 paho's own per-retry socket errors become DEBUG records (`quiet_paho_socket_errors`).
 """
 
@@ -90,47 +91,83 @@ def quiet_paho_socket_errors(paho_log: logging.Logger) -> None:
         paho_log.addFilter(_QuietPahoSocketErrors(paho_log))
 
 
-class ConnectFailures:
-    """The failed attempts of one link and their rate-limited WARNINGs.
+# CONNACK reason codes (paho maps MQTT 3.1.1's return codes onto the MQTT 5 ones).
+UNSUPPORTED_PROTOCOL_VERSION = 0x84
+_CONNACK_WORDS = {
+    0x84: "the broker does not support this MQTT version (set mqtt.protocol)",
+    0x85: "the broker rejected the client id (mqtt.client_id)",
+    0x86: "bad credentials: the broker rejected mqtt.username / password",
+    0x87: "not authorized: bad credentials (mqtt.username / password) or the broker refuses this client",
+    0x88: "the broker is unavailable",
+    0x89: "the broker is busy",
+    0x8A: "banned by the broker",
+    0x8C: "bad authentication method",
+    0x97: "the broker's quota for this client is exceeded",
+    0x9F: "the broker limits the connection rate: too many connections at once",
+}
 
-    Touched only on paho's network thread (its callbacks), so it needs no lock.
+
+def connack_failure_reason(code: int, text: str) -> str:
+    """A refused CONNACK in words an operator can act on."""
+    words = _CONNACK_WORDS.get(code)
+    return f"refused: {words} ({text})" if words else f"refused by the broker: {text}"
+
+
+class ConnectFailures:
+    """The failed attempts of one link and their rate-limited WARNINGs: each reason at once the
+    first time, then at most every `interval_s` with the number of attempts in between (per
+    reason, so attempts that alternate between two reasons do not flood the journal either).
+
+    Touched only by the link's `mqtt.net` thread and paho's callbacks, never at once: no lock.
     """
 
     def __init__(self, where: str, interval_s: float) -> None:
         self.where = where  # host:port, as the WARNING names it
         self.interval_s = interval_s  # a failure that lasts is repeated this often, with a count
-        self._reason: str | None = None  # the reason last logged, None while connected
-        self._attempts = 0  # failed attempts since it was logged
-        self._logged_at = 0.0
-        self._paho_error: str | None = None  # paho's last ERROR text (a TLS alert, a reset)
+        self._logged: dict[str, tuple[float, int]] = {}  # reason -> (logged at, attempts since)
+        self.paho_error: str | None = None  # paho's last ERROR text (a TLS alert, a reset)
+        self.last_reason: str | None = None  # of the last failed attempt, None once connected
 
     def connected(self) -> None:
         """A CONNACK: the next failure is new, whatever its reason."""
-        self._reason, self._attempts, self._paho_error = None, 0, None
+        self._logged.clear()
+        self.paho_error = None
+        self.last_reason = None
 
     def paho_log(self, level: int, buf: str) -> None:
         """paho's `on_log`: keep the text of a socket error, the only place paho says why."""
         if level == mqtt.MQTT_LOG_ERR and buf.startswith("failed to receive on socket"):
-            self._paho_error = buf.removeprefix("failed to receive on socket: ")
+            self.paho_error = buf.removeprefix("failed to receive on socket: ")
 
-    def dropped(self, *, before_connack: bool) -> None:
-        """A disconnect. Dropped before CONNACK after a paho error, the broker ended the TLS
-        session (e.g. it wants a client certificate): that is a failed attempt with its reason."""
-        if before_connack and self._paho_error is not None:
-            self.failed(tls_alert_reason(self._paho_error))
-        self._paho_error = None
+    def dropped(self, *, before_connack: bool) -> str | None:
+        """A disconnect; before CONNACK, the failed attempt's reason (also logged). After a paho
+        error the broker ended the TLS session (e.g. it wants a client certificate); without
+        one it closed the connection after reading CONNECT (a version it does not speak, a
+        client id or credentials it refuses without saying so)."""
+        error, self.paho_error = self.paho_error, None
+        if not before_connack:
+            return None
+        reason = (
+            tls_alert_reason(error)
+            if error is not None
+            else "the broker closed the connection right after CONNECT, before its CONNACK"
+        )
+        self.failed(reason)
+        return reason
 
     def failed(self, reason: str) -> None:
         """Log a failed connection attempt: at once when new, then at most every interval."""
         now = time.monotonic()
-        self._attempts += 1
-        if reason == self._reason and now - self._logged_at < self.interval_s:
+        self.last_reason = reason
+        logged_at, attempts = self._logged.get(reason, (None, 0))
+        if logged_at is not None and now - logged_at < self.interval_s:
+            self._logged[reason] = (logged_at, attempts + 1)
             return
-        if reason == self._reason:
+        if logged_at is not None:
             log.warning(
                 "cannot connect to the broker at %s: %s (%d attempts since the last report; retrying)",
-                self.where, reason, self._attempts,
+                self.where, reason, attempts + 1,
             )  # fmt: skip
         else:
             log.warning("cannot connect to the broker at %s: %s (retrying)", self.where, reason)
-        self._reason, self._attempts, self._logged_at = reason, 0, now
+        self._logged[reason] = (now, 0)

@@ -8,19 +8,27 @@ thread, `mqtt.pump`, owned by this class, moves messages from both queues into p
 replies (`reply`) go to paho directly at QoS 1 without being stored: a reply is only useful to
 a platform that is waiting for it now.
 
-paho's own network thread (`loop_start`) reconnects with capped exponential backoff; every
-successful CONNACK republishes the retained `online` status, then whatever the `on_connect`
-hooks add (camera statuses, settings), then resumes the outbox.
+A second thread, `mqtt.net`, also owned here, connects: it runs paho's network thread
+(`loop_start`) for one connection at a time and, when that ends, waits with full jitter
+(agent.mqtt.reconnect: random in [0, cap], the cap doubling per failure, the first wait after a
+lost connection included) before the next attempt; paho never reconnects by itself. Every
+successful CONNACK republishes the retained `online` status, then whatever the `on_connect` hooks
+add (camera statuses, settings), then resumes the outbox.
 
-A connection that fails is logged at WARNING with a reason an operator can act on, without
-flooding the journal (agent.mqtt.connect_failures); the paho client itself is built from the
-config in agent.mqtt.paho_client.
+`mqtt.protocol = "auto"` tries MQTT 5 and falls back to 3.1.1 when the broker refuses it
+(reconnect.ProtocolChoice). Another client with this client id taking the session is logged at
+ERROR and answered with a long wait (reconnect.TakeoverWatch). A connection that fails is logged
+at WARNING with a reason an operator can act on, without flooding the journal
+(agent.mqtt.connect_failures); the paho client itself is built from the config in
+agent.mqtt.paho_client.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import sys
+import random
+import socket
 import threading
 import time
 from collections import deque
@@ -35,9 +43,15 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import MqttConfig
-from agent.mqtt.connect_failures import ConnectFailures, connect_failure_reason
+from agent.mqtt.connect_failures import (
+    UNSUPPORTED_PROTOCOL_VERSION,
+    ConnectFailures,
+    connack_failure_reason,
+    connect_failure_reason,
+)
 from agent.mqtt.outbox import Kind, Outbox, OutboxMessage
 from agent.mqtt.paho_client import disable_nagle, paho_client
+from agent.mqtt.reconnect import FullJitter, ProtocolChoice, TakeoverWatch
 
 __all__ = ["LinkStats", "MqttLink", "disable_nagle"]  # disable_nagle: agent.sdk's clients use it too
 
@@ -51,6 +65,10 @@ class LinkStats:
     connects: int = 0
     disconnects: int = 0
     qos0_dropped: int = 0
+    protocol: str | None = None  # the MQTT version of the last successful connection
+    takeovers: int = 0  # sessions taken by another client with this client id
+    too_large: int = 0  # messages refused: larger than the broker's Maximum Packet Size
+    last_takeover_at: float | None = None  # wall clock of the last one
 
 
 class MqttLink:
@@ -58,7 +76,8 @@ class MqttLink:
 
     INFLIGHT_WINDOW = 200
     QOS0_QUEUE = 256
-    FAILURE_LOG_INTERVAL_S = 300.0  # a failure that lasts is repeated this often, with a count
+    FAILURE_LOG_INTERVAL_S = 60.0  # a failure that lasts is repeated this often, with a count
+    STABLE_S = 10.0  # a connection that lasted this long resets the backoff
 
     def __init__(
         self,
@@ -71,7 +90,13 @@ class MqttLink:
         self.cfg = cfg
         self.outbox = outbox
         self.stats = LinkStats()
-        self.v5 = cfg.protocol == "5"
+        self._client_id = client_id
+        self._will = (will_topic, will_payload)
+        where = f"{cfg.host}:{cfg.port}"
+        self._protocol = ProtocolChoice(cfg.protocol, where)
+        self._backoff = FullJitter(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        self._takeover = TakeoverWatch(client_id, where)
+        self._rng = random.Random()  # spreading load, not a secret
         self._online: tuple[str, bytes] | None = None
         self._connect_hooks: list[Callable[[], None]] = []
         self._message_handlers: dict[str, Callable[[mqtt.MQTTMessage], None]] = {}
@@ -88,14 +113,41 @@ class MqttLink:
         self._mids: dict[int, int] = {}
         self._acked: deque[int] = deque()
         self._pump: threading.Thread | None = None
-        self._failures = ConnectFailures(f"{cfg.host}:{cfg.port}", self.FAILURE_LOG_INTERVAL_S)
-        self.client = paho_client(cfg, client_id, will_topic, will_payload, inflight=self.INFLIGHT_WINDOW)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_connect_fail = self._on_connect_fail
-        self.client.on_log = self._on_paho_log
-        self.client.on_publish = self._on_publish
-        self.client.on_message = self._on_message
+        self._net: threading.Thread | None = None
+        # Set by paho's callbacks for the mqtt.net thread: the connection (or attempt) ended;
+        # this attempt already failed with a reason; the connection was taken over; it lasted.
+        self._lost = threading.Event()
+        self._closing = threading.Event()  # stop() has sent DISCONNECT: end paho's loop now
+        self._attempt_failed = False
+        self._taken_over = False
+        self._lasted = 0.0
+        # What the broker's CONNACK announced (MQTT 5): written on paho's thread before
+        # `_connected` is set, read by the pump only while it is.
+        self._window = self.INFLIGHT_WINDOW  # QoS 1 messages in flight: min(ours, Receive Maximum)
+        self._max_packet: int | None = None  # Maximum Packet Size, None when unlimited
+        self._failures = ConnectFailures(where, self.FAILURE_LOG_INTERVAL_S)
+        self._client_protocol = self._protocol.current
+        self.client = self._new_client()
+
+    def _new_client(self) -> mqtt.Client:
+        client = paho_client(
+            self.cfg,
+            self._client_id,
+            *self._will,
+            inflight=self.INFLIGHT_WINDOW,
+            protocol=self._protocol.current,
+        )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_log = self._on_paho_log
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    @property
+    def v5(self) -> bool:
+        """Whether the link speaks MQTT 5 (with `auto`, until the broker refuses it)."""
+        return self._protocol.current == "5"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -125,14 +177,15 @@ class MqttLink:
         """Connect in the background and start the pump; `publish` works before and after."""
         # A new client session resends nothing an earlier one was handed: that is unsent again.
         self.outbox.requeue_inflight()
-        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
-        self.client.loop_start()
+        self._net = threading.Thread(target=self._net_loop, name="mqtt.net", daemon=True)
+        self._net.start()
         self._pump = threading.Thread(target=self._pump_loop, name="mqtt.pump", daemon=True)
         self._pump.start()
 
     def alive(self) -> bool:
-        """Whether the pump thread runs; paho's network thread restarts itself on errors."""
-        return self._pump is not None and self._pump.is_alive()
+        """Whether the pump and the connecting thread run (paho's own thread comes and goes)."""
+        threads = (self._pump, self._net)
+        return all(t is not None and t.is_alive() for t in threads)
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -169,7 +222,13 @@ class MqttLink:
             except (RuntimeError, ValueError):
                 log.warning("could not publish the final status before disconnecting")
         self.client.disconnect()
-        self.client.loop_stop()
+        self._closing.set()
+        if self._net is not None:
+            self._net.join(timeout=max(1.0, deadline + 2.0 - time.monotonic()))
+            if self._net.is_alive():
+                log.warning("mqtt connecting thread did not stop within its deadline")
+        # paho keeps its socket pair open until garbage collection (a ResourceWarning then).
+        self.client._reset_sockets()
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -250,7 +309,7 @@ class MqttLink:
             self.client.publish(
                 msg.topic, msg.payload, qos=0, retain=msg.retain, properties=self._props(msg.properties)
             )
-        room = self.INFLIGHT_WINDOW - len(self._mids)
+        room = self._window - len(self._mids)
         if room <= 0:
             return
         batch = self.outbox.next_batch(room)
@@ -258,6 +317,9 @@ class MqttLink:
             return
         self.outbox.mark_inflight([m.id for m in batch])
         for m in batch:
+            if self._too_large(m):
+                self.outbox.ack(m.id)  # never deliverable: refused (logged), not retried forever
+                continue
             # paho keeps a QoS 1 message it accepted and resends it after a reconnect under
             # the same mid, even if the link dropped just now; so every accepted mid is tracked.
             info = self.client.publish(
@@ -266,6 +328,88 @@ class MqttLink:
             self._mids[info.mid] = m.id
         if len(batch) == room:
             self._wake.set()
+
+    # -- connecting (the mqtt.net thread) ---------------------------------------------------
+
+    def _net_loop(self) -> None:
+        """Attempt, run the connection until it ends, wait with jitter; until stop()."""
+        wait = 0.0
+        while not self._stop.wait(wait):
+            try:
+                self._attempt()
+            except Exception:
+                log.exception("mqtt connection attempt failed unexpectedly; retrying")
+            wait = self._next_wait()
+
+    def _attempt(self) -> None:
+        if self._client_protocol != self._protocol.current:  # auto: the other version next
+            self.client._reset_sockets()
+            self.client = self._new_client()
+            self._client_protocol = self._protocol.current
+        client = self.client
+        self._lost.clear()
+        self._attempt_failed = self._taken_over = False
+        self._lasted = 0.0
+        try:
+            client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError, CertificateError a ValueError
+            self._connect_failed(connect_failure_reason(exc, self.cfg.host))
+            return
+        if self._stop.is_set():  # stop() came during the attempt: leave without the Will
+            client.disconnect()
+            return
+        client.loop_start()
+        while not self._lost.wait(0.1):
+            if self._closing.wait(0) and not self._lost.wait(0.5):
+                self._abort(client)  # DISCONNECT could not be sent: end paho's loop anyway
+                break
+        client.loop_stop()
+
+    @staticmethod
+    def _abort(client: mqtt.Client) -> None:
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _next_wait(self) -> float:
+        """After a takeover a long wait; else full jitter, reset by a connection that lasted."""
+        if self._taken_over:
+            return self._rng.uniform(0.5, 1.0) * self.cfg.takeover_backoff_s
+        if self._lasted >= self.STABLE_S:
+            self._backoff.reset()
+        return self._backoff.next_wait()
+
+    def max_payload(self, topic: str, properties: dict[str, str] | None = None) -> int | None:
+        """The largest payload the broker accepts on `topic` (its Maximum Packet Size minus the
+        PUBLISH's other bytes), None when it announced no limit: what a sender of large
+        messages (clip chunks, snapshots) sizes them by."""
+        if self._max_packet is None:
+            return None
+        return self._max_packet - _publish_overhead(topic, properties)
+
+    def _too_large(self, m: OutboxMessage) -> bool:
+        limit = self.max_payload(m.topic, m.properties)
+        if limit is None or len(m.payload) <= limit:
+            return False
+        self.stats.too_large += 1
+        log.error(
+            "not sending a %s message of %d bytes on %s: the broker accepts at most %d bytes of"
+            " payload there (its Maximum Packet Size is %d); it would drop the connection for it",
+            m.kind, len(m.payload), m.topic, limit, self._max_packet,
+        )  # fmt: skip
+        return True
+
+    def _take_limits(self, properties: Properties | None) -> None:
+        """Honour what an MQTT 5 CONNACK announced: Receive Maximum caps the in-flight window
+        (a broker may disconnect a client exceeding it), Maximum Packet Size the messages."""
+        receive_max = getattr(properties, "ReceiveMaximum", None) if self.v5 else None
+        window = min(self.INFLIGHT_WINDOW, int(receive_max)) if receive_max else self.INFLIGHT_WINDOW
+        max_packet = getattr(properties, "MaximumPacketSize", None) if self.v5 else None
+        self._max_packet = int(max_packet) if max_packet else None
+        if window != self._window:
+            log.info("the broker allows %d messages in flight: the link keeps at most that many", window)
+        self._window = window  # paho keeps its own larger limit: it may not change while connected
 
     # -- paho callbacks (paho's network thread) ----------------------------------------------
 
@@ -278,11 +422,18 @@ class MqttLink:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            self._connect_failed(f"the broker refused the connection: {reason_code}")
+            self._attempt_failed = True
+            if reason_code.value == UNSUPPORTED_PROTOCOL_VERSION:
+                self._protocol.refused()
+            self._connect_failed(connack_failure_reason(reason_code.value, str(reason_code)))
             return
+        self._protocol.accepted()
+        self._take_limits(properties)
         self._failures.connected()
+        self._takeover.connected()
         self.stats.connects += 1
-        log.info("connected to %s:%s", self.cfg.host, self.cfg.port)
+        self.stats.protocol = self._protocol.current
+        log.info("connected to %s:%s (MQTT %s)", self.cfg.host, self.cfg.port, self._protocol.current)
         if self._online is not None:
             client.publish(self._online[0], self._online[1], qos=1, retain=True)
         for topic in self._message_handlers:
@@ -303,23 +454,45 @@ class MqttLink:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if self._connected.is_set():
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        self._lasted = self._takeover.lasted()
+        if was_connected:
             self.stats.disconnects += 1
             level = logging.INFO if self._stop.is_set() else logging.WARNING
-            log.log(level, "disconnected from broker: %s", reason_code)
-        # Dropped before CONNACK, a TLS alert from the broker is why (paho says so only in its log).
-        self._failures.dropped(before_connack=not self._connected.is_set() and not self._stop.is_set())
-        self._connected.clear()
-
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        # paho calls this inside its `except OSError` around connecting, so the error is current.
-        self._connect_failed(connect_failure_reason(sys.exc_info()[1], self.cfg.host))
+            by_packet = flags.is_disconnect_packet_from_server
+            if by_packet or self._stop.is_set():
+                log.log(level, "disconnected from broker: %s", reason_code)
+            else:
+                log.log(level, "connection to the broker lost (%s)", reason_code)
+            if not self._stop.is_set() and self._takeover.disconnected(
+                reason_code.value, by_packet=by_packet
+            ):
+                self._taken_over = True
+                self.stats.takeovers = self._takeover.takeovers
+                self.stats.last_takeover_at = self._takeover.last_at
+            self._failures.dropped(before_connack=False)
+        elif self._stop.is_set() or self._attempt_failed:
+            self._failures.dropped(before_connack=False)
+        else:
+            # Dropped before CONNACK: a TLS alert from the broker (paho says so only in its log),
+            # or a broker that does not speak this version closing after CONNECT (RabbitMQ 3.10).
+            # With `auto` the first MQTT 5 refusal is only INFO: the fallback's WARNING follows.
+            tls, was = self._failures.paho_error is not None, self._protocol.current
+            if not tls and self._protocol.refused() and was == "5":
+                self._failures.dropped(before_connack=False)
+                log.info("the broker closed the connection after an MQTT 5 CONNECT: trying MQTT 3.1.1")
+            else:
+                self._failures.dropped(before_connack=True)
+            self._takeover.attempt_failed()
+        self._lost.set()
 
     def _on_paho_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
         self._failures.paho_log(level, buf)
 
     def _connect_failed(self, reason: str) -> None:
         """A failed attempt, reported unless the link is stopping (paho may still be retrying)."""
+        self._takeover.attempt_failed()
         if not self._stop.is_set():
             self._failures.failed(reason)
 
@@ -342,3 +515,10 @@ class MqttLink:
             handler(message)
         except Exception:
             log.exception("handler for %s failed", message.topic)
+
+
+def _publish_overhead(topic: str, properties: dict[str, str] | None) -> int:
+    """Bytes of a QoS 1 PUBLISH besides its payload, at most: fixed header (5), topic, packet
+    id, and MQTT 5 properties (length, user properties, room for correlation data)."""
+    props = sum(5 + len(k.encode()) + len(v.encode()) for k, v in (properties or {}).items())
+    return 5 + 2 + len(topic.encode()) + 2 + 4 + props + 64

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -36,22 +36,30 @@ def disable_nagle(client: mqtt.Client, userdata: Any, sock: Any) -> None:
 
 
 def paho_client(
-    cfg: MqttConfig, client_id: str, will_topic: str, will_payload: bytes, *, inflight: int
+    cfg: MqttConfig,
+    client_id: str,
+    will_topic: str,
+    will_payload: bytes,
+    *,
+    inflight: int,
+    protocol: Literal["5", "3.1.1"],
 ) -> mqtt.Client:
     """A client ready to connect, with no callbacks but `on_socket_open`; ConfigError for TLS
     files it cannot load. Nothing is queued inside paho (`max_queued_messages` 0): the link's
-    outbox is the queue, and at most `inflight` QoS 1 messages await their PUBACK."""
-    proto = MQTTProtocolVersion.MQTTv5 if cfg.protocol == "5" else MQTTProtocolVersion.MQTTv311
+    outbox is the queue, and at most `inflight` QoS 1 messages await their PUBACK. paho does not
+    reconnect by itself (`reconnect_on_failure` off): the link's `mqtt.net` thread decides when,
+    with jitter, and with which `protocol` (`mqtt.protocol = "auto"` may change it)."""
+    proto = MQTTProtocolVersion.MQTTv5 if protocol == "5" else MQTTProtocolVersion.MQTTv311
     client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=proto,
+        reconnect_on_failure=False,
     )
     client.enable_logger(_paho_log)
     quiet_paho_socket_errors(_paho_log)
     client.max_inflight_messages_set(inflight)
     client.max_queued_messages_set(0)
-    client.reconnect_delay_set(
-        min_delay=max(1, round(cfg.reconnect_min_s)), max_delay=max(1, round(cfg.reconnect_max_s))
-    )
     if cfg.username is not None:
         client.username_pw_set(cfg.username, cfg.resolved_password())
     if cfg.tls is not None:

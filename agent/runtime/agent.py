@@ -135,6 +135,8 @@ class Agent:
             recorder=self.recorder,
             retention=self.retention,
             commands=self.dispatcher.stats,
+            rings=self.rings,
+            buffers=self.buffers,
         )
         timers = [
             Ticker("telemetry", self.cfg.gateway.telemetry_interval_s, telemetry.publish),

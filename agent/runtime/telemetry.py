@@ -9,10 +9,12 @@ section.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from agent.clock import iso
+from agent.footage.packet_ring import PacketRing
+from agent.footage.prebuffer import PreEventBuffer
 from agent.footage.recording import Recorder
 from agent.footage.retention import Retention
 from agent.mqtt.link import MqttLink
@@ -38,6 +40,8 @@ class Telemetry:
         recorder: Recorder | None = None,
         retention: Retention | None = None,
         commands: Callable[[], dict[str, Any]] | None = None,
+        rings: Mapping[str, PacketRing] | None = None,
+        buffers: Mapping[str, PreEventBuffer] | None = None,
     ) -> None:
         self._link = link
         self._topics = topics
@@ -48,6 +52,8 @@ class Telemetry:
         self._recorder = recorder
         self._retention = retention
         self._commands = commands
+        self._rings: Mapping[str, PacketRing] = rings or {}
+        self._buffers: Mapping[str, PreEventBuffer] = buffers or {}
 
     def publish(self) -> None:
         """Sample and publish once (QoS 0: a lost sample is replaced by the next)."""
@@ -82,6 +88,9 @@ class Telemetry:
             "connects": stats.connects,
             "disconnects": stats.disconnects,
             "qos0_dropped": stats.qos0_dropped,
+            "protocol": stats.protocol,
+            "takeovers": stats.takeovers,
+            "too_large": stats.too_large,
         }
         body["cameras"] = {
             w.id: {
@@ -91,10 +100,23 @@ class Telemetry:
                 "dropped_frames": w.stats.dropped,
                 "skipped_frames": w.stats.skipped,
                 "reconnects": w.stats.reconnects,
+                "footage": self._footage(w.id),
             }
             for w in self._cameras
         }
         return body
+
+    def _footage(self, camera: str) -> dict[str, Any] | None:
+        """What the camera's pre-event buffer holds: packets (as sent) or JPEG frames (pixel path)."""
+        ring = self._rings.get(camera)
+        if ring is not None:
+            r = ring.stats()
+            return {"kept": "packets", "bytes": r.bytes_used, "span_s": round(r.span_s, 2)}
+        buffer = self._buffers.get(camera)
+        if buffer is not None:
+            b = buffer.stats()
+            return {"kept": "jpeg", "bytes": b.bytes_used, "span_s": round(b.span_s, 2)}
+        return None
 
     def _outbox_section(self) -> dict[str, Any]:
         box = self._outbox

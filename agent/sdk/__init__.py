@@ -7,7 +7,9 @@ the same messages.
 
 Modules: `client` (PlatformClient: one method per command) on `connection` (the MQTT connection,
 request/reply, subscriptions; its paho client from `paho_client`), `live` (stream sessions),
-`clip_download` (resumable clip fetch), `errors`; `ctl` and `watch` are the command-line tools.
+`clip_download` (resumable clip fetch), `errors`, `fleet` (FleetWatch, describe_sweep: fleet state
+without wildcard retained messages, shared subscriptions); `ctl` and `watch` are the command-line
+tools.
 """
 
 from agent.sdk.client import PlatformClient

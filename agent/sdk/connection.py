@@ -77,7 +77,7 @@ class Connection:
         agency: str,
         operator: str,
         incident: str | None = None,
-        protocol: Literal["5", "3.1.1"] = "5",
+        protocol: Literal["auto", "5", "3.1.1"] = "5",
         tls: TlsConfig | None = None,
         username: str | None = None,
         password: str | None = None,
@@ -85,8 +85,8 @@ class Connection:
         keepalive_s: int = 30,
         signing_key: Ed25519PrivateKey | str | Path | None = None,
     ) -> None:
-        if protocol not in ("5", "3.1.1"):
-            raise ValueError(f"protocol must be '5' or '3.1.1', got {protocol!r}")
+        if protocol not in ("auto", "5", "3.1.1"):
+            raise ValueError(f"protocol must be 'auto', '5' or '3.1.1', got {protocol!r}")
         if not root or any(c in root for c in "+#\x00") or root.endswith("/"):
             raise ValueError(f"root must be a plain topic like cctv/v1/district/gateway, got {root!r}")
         self.host, self.port, self.root = host, port, root
@@ -94,11 +94,11 @@ class Connection:
         self.requester: dict[str, str] = {"agency": agency, "operator": operator}
         if incident is not None:
             self.requester["incident"] = incident
-        self.protocol = protocol
+        self.protocol: Literal["auto", "5", "3.1.1"] = protocol  # "auto" until connect() settles it
         if isinstance(signing_key, str | Path):  # read now: a bad key file fails here, not mid-command
             signing_key = load_private_key(Path(signing_key))
         self._signing_key = signing_key
-        self.v5 = protocol == "5"
+        self.v5 = protocol != "3.1.1"
         self.client_uuid = uuid.uuid4().hex
         self.reply_topic = self.topics.reply(self.client_uuid)
         self._keepalive = keepalive_s
@@ -114,24 +114,58 @@ class Connection:
         self._was_connected = False  # connect() subscribes the first time, _on_connect after that
         self._closing = False
         self._started = False
-        self._mqtt = new_paho_client(
-            client_id or f"platform-{self.client_uuid[:16]}",
-            v5=self.v5,
-            tls=tls,
-            username=username,
-            password=password,
-        )
-        self._mqtt.on_connect = self._on_connect
-        self._mqtt.on_disconnect = self._on_disconnect
-        self._mqtt.on_subscribe = self._on_subscribe
-        self._mqtt.message_callback_add(self.reply_topic, self._on_reply)
+        self._closed_before_connack = False  # the broker dropped the last attempt after CONNECT
+        self._client_args = (client_id or f"platform-{self.client_uuid[:16]}", tls, username, password)
+        self._mqtt = self._new_client()
+
+    def _new_client(self) -> mqtt.Client:
+        client_id, tls, username, password = self._client_args
+        client = new_paho_client(client_id, v5=self.v5, tls=tls, username=username, password=password)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.message_callback_add(self.reply_topic, self._on_reply)
+        return client
 
     # -- connection ------------------------------------------------------------------------------
 
     def connect(self, timeout: float = 10.0) -> Self:
-        """Connect, subscribe the reply topic and wait for both; raise ConnectFailed."""
+        """Connect, subscribe the reply topic and wait for both; raise ConnectFailed.
+
+        With protocol "auto", a broker that refuses MQTT 5 (closes the connection after CONNECT,
+        as RabbitMQ 3.10 does, or answers unsupported protocol version) is tried again at once
+        with 3.1.1, and `protocol` / `v5` say which version is in use."""
         if self._connected.is_set():
             return self
+        deadline = time.monotonic() + timeout
+        if self.protocol != "auto":
+            return self._connect_once(deadline)
+        try:
+            self._connect_once(deadline)
+        except ConnectFailed:
+            if not self._refused_version():
+                raise
+            self._fall_back_to_311()
+            self._connect_once(deadline)
+        else:
+            self.protocol = "5"
+        return self
+
+    def _refused_version(self) -> bool:
+        error = self._connect_error or ""
+        return self._closed_before_connack or "Unsupported protocol version" in error
+
+    def _fall_back_to_311(self) -> None:
+        log.info("%s:%s refused MQTT 5; using MQTT 3.1.1", self.host, self.port)
+        self._mqtt._reset_sockets()
+        self.protocol, self.v5 = "3.1.1", False
+        self._connect_error, self._closed_before_connack = None, False
+        self._closing = False
+        self._mqtt = self._new_client()
+
+    def _connect_once(self, deadline: float) -> Self:
+        timeout = max(0.1, deadline - time.monotonic())
+        self._connect_error, self._closed_before_connack = None, False
         try:
             self._mqtt.connect(self.host, self.port, keepalive=self._keepalive)
         except (OSError, ssl.SSLError) as exc:
@@ -139,7 +173,6 @@ class Connection:
         if not self._started:
             self._mqtt.loop_start()
             self._started = True
-        deadline = time.monotonic() + timeout
         while not self._connected.wait(0.05):
             if self._connect_error is not None or time.monotonic() > deadline:
                 reason = self._connect_error or f"no CONNACK within {timeout:g} s"
@@ -263,20 +296,39 @@ class Connection:
     # -- subscriptions ---------------------------------------------------------------------------
 
     def subscribe(
-        self, topic_filter: str, handler: Callable[[mqtt.MQTTMessage], None], timeout: float
+        self,
+        topic_filter: str,
+        handler: Callable[[mqtt.MQTTMessage], None],
+        timeout: float,
+        *,
+        share: str | None = None,
     ) -> None:
-        """Subscribe `handler` (run on paho's thread) to a filter, waiting for the SUBACK."""
-        with self._subs:
-            self._filters.add(topic_filter)
-        self._mqtt.message_callback_add(topic_filter, self._guarded(handler))
-        self._wait_subscribed([topic_filter], time.monotonic() + timeout)
+        """Subscribe `handler` (run on paho's thread) to a filter, waiting for the SUBACK.
 
-    def unsubscribe(self, topic_filter: str) -> None:
+        With `share` (MQTT 5 only) the subscription is `$share/{share}/{topic_filter}`: the
+        broker hands each message to one of the clients subscribed with that group name."""
+        wire = self._wire_filter(topic_filter, share)
         with self._subs:
-            self._filters.discard(topic_filter)
+            self._filters.add(wire)
+        self._mqtt.message_callback_add(topic_filter, self._guarded(handler))
+        self._wait_subscribed([wire], time.monotonic() + timeout)
+
+    def unsubscribe(self, topic_filter: str, *, share: str | None = None) -> None:
+        wire = self._wire_filter(topic_filter, share)
+        with self._subs:
+            self._filters.discard(wire)
         self._mqtt.message_callback_remove(topic_filter)
         if self._connected.is_set():
-            self._mqtt.unsubscribe(topic_filter)
+            self._mqtt.unsubscribe(wire)
+
+    def _wire_filter(self, topic_filter: str, share: str | None) -> str:
+        if share is None:
+            return topic_filter
+        if not self.v5:
+            raise ClientError("shared subscriptions need MQTT 5 (this connection runs 3.1.1)")
+        if not share or any(c in share for c in "/+#"):
+            raise ValueError(f"a share group is a plain name, got {share!r}")
+        return f"$share/{share}/{topic_filter}"
 
     def subscription(
         self, topic_filter: str, handler: Callable[[mqtt.MQTTMessage], None], deadline: float
@@ -343,7 +395,11 @@ class Connection:
             level = logging.DEBUG if self._closing else logging.WARNING
             log.log(level, "disconnected from %s:%s: %s", self.host, self.port, reason_code)
         elif reason_code.is_failure and self._connect_error is None:  # dropped before the CONNACK
-            self._connect_error = f"connection closed before CONNACK ({reason_code}); TLS client certificate?"
+            self._closed_before_connack = True
+            self._connect_error = (
+                f"connection closed before CONNACK ({reason_code}); a TLS client certificate missing,"
+                " or a broker without MQTT 5 (use protocol 3.1.1 or auto)?"
+            )
         self._connected.clear()
 
     def _on_subscribe(

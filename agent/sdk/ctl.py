@@ -94,7 +94,7 @@ def _client(args: argparse.Namespace) -> PlatformClient:
         agency=args.agency,
         operator=args.operator,
         incident=args.incident,
-        protocol=cast(Literal["5", "3.1.1"], protocol),
+        protocol=cast(Literal["auto", "5", "3.1.1"], protocol),
         tls=tls,
         username=username,
         password=password,
@@ -171,7 +171,11 @@ def _add_connection_options(conn: argparse._ArgumentGroup) -> None:
     conn.add_argument("--config", "-c", help="take broker, TLS and topic root from this agent config")
     conn.add_argument("--host", help="broker host (default 127.0.0.1)")
     conn.add_argument("--port", type=int, help="broker port (default 1883)")
-    conn.add_argument("--protocol", choices=["5", "3.1.1"], help="MQTT version (default 5)")
+    conn.add_argument(
+        "--protocol",
+        choices=["auto", "5", "3.1.1"],
+        help="MQTT version (default 5; auto falls back to 3.1.1)",
+    )
     conn.add_argument("--root", help="gateway topic root, e.g. cctv/v1/gangnam/gw-01")
     conn.add_argument("--prefix", default="cctv/v1", help="topic prefix with --district/--gateway")
     conn.add_argument("--district")

@@ -1,0 +1,153 @@
+"""When the link tries the broker again: full-jitter backoff, the protocol `auto` settles on, and
+another client taking this gateway's session.
+
+Full jitter (AWS's name): the n-th wait after a lost connection is random in
+[0, min(reconnect_max_s, reconnect_min_s * 2**n)], the first one included. A fleet that lost its
+broker together then returns spread over seconds instead of in one burst of TLS handshakes,
+at the price of one gateway waiting up to `reconnect_min_s` after a blip. A connection that ends
+within `STABLE_S` of its CONNACK does not reset the count, so a flapping link backs off too.
+
+Everything here is touched only by the link's `mqtt.net` thread and paho's callbacks, which
+never run at the same time as an attempt is being prepared, so there are no locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+Version = Literal["5", "3.1.1"]
+
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason code
+
+
+class FullJitter:
+    """Waits of capped exponential backoff with full jitter."""
+
+    def __init__(self, min_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        self.min_s, self.max_s = min_s, max_s
+        self.failures = 0  # attempts (or short-lived connections) since the last stable one
+        self._rng = rng or random.Random()  # spreading load, not a secret
+
+    def cap(self) -> float:
+        return min(self.max_s, self.min_s * 2.0 ** min(self.failures, 32))
+
+    def next_wait(self) -> float:
+        """The wait before the next attempt; each call counts one more failure."""
+        wait = self._rng.uniform(0.0, self.cap())
+        self.failures += 1
+        return wait
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class ProtocolChoice:
+    """The MQTT version of the next attempt. `auto` starts with 5 and alternates while the broker
+    drops the connection before CONNACK (or answers "unsupported protocol version"); the first
+    version that gets a CONNACK is kept for the life of the link."""
+
+    def __init__(self, configured: Literal["auto", "5", "3.1.1"], where: str) -> None:
+        self.auto = configured == "auto"
+        self.current: Version = "5" if configured == "auto" else configured
+        self.settled = not self.auto
+        self._where = where
+        self._refused_5 = False
+
+    def refused(self) -> bool:
+        """The broker refused this version or closed before CONNACK; True if `auto` switches."""
+        if self.settled:
+            return False
+        if self.current == "5":
+            self._refused_5 = True
+        self.current = "3.1.1" if self.current == "5" else "5"
+        return True
+
+    def accepted(self) -> None:
+        """A CONNACK: keep this version, and say once what a fallback to 3.1.1 means."""
+        if self.settled:
+            return
+        self.settled = True
+        if self.current == "3.1.1" and self._refused_5:
+            log.warning(
+                "the broker at %s refused MQTT 5 (it closed the connection after CONNECT or said"
+                " unsupported protocol version); connected with MQTT 3.1.1 instead: events and"
+                " snapshots carry no user properties and replies no correlation data (the platform"
+                ' matches them by id). Set mqtt.protocol = "3.1.1" to skip the MQTT 5 attempt',
+                self._where,
+            )
+
+
+class TakeoverWatch:
+    """Recognises another client with the same client id taking this gateway's session.
+
+    MQTT 5 brokers may say so (DISCONNECT 0x8E). Under 3.1.1, and from brokers that just close
+    the socket (Mosquitto 2.0.11 does under MQTT 5 too), `QUICK_REPEATS` connections in a row
+    that end without a DISCONNECT within `QUICK_S` of their CONNACK, each followed by an attempt
+    that succeeds at once, count as a takeover too. A failed attempt in between (the broker
+    itself went away: refused, unreachable) starts the count again, so outages never look like
+    a takeover. An ACL that disconnects on a denied publish looks the same; the ERROR says both.
+    """
+
+    QUICK_S = 10.0
+    QUICK_REPEATS = 3
+    LOG_INTERVAL_S = 60.0
+
+    def __init__(self, client_id: str, where: str) -> None:
+        self.client_id = client_id
+        self.where = where
+        self.takeovers = 0
+        self.last_at: float | None = None  # wall clock of the last takeover, for telemetry
+        self._connected_at: float | None = None
+        self._quick = 0
+        self._logged_at = -1e18
+
+    def connected(self) -> None:
+        self._connected_at = time.monotonic()
+
+    def attempt_failed(self) -> None:
+        """A connection attempt failed: the broker, not a twin, is what ended the last one."""
+        self._quick = 0
+
+    def lasted(self) -> float:
+        """Seconds the connection that just ended had lasted (0 if there was none)."""
+        return 0.0 if self._connected_at is None else time.monotonic() - self._connected_at
+
+    def disconnected(self, reason: int, *, by_packet: bool) -> bool:
+        """A connection ended (not by us), `by_packet` if the broker sent DISCONNECT with
+        `reason`; True if that was a takeover."""
+        lasted, was_connected = self.lasted(), self._connected_at is not None
+        self._connected_at = None
+        if not was_connected:
+            return False
+        if by_packet and reason == SESSION_TAKEN_OVER:
+            self._taken_over("the broker says the session was taken over (MQTT 5 reason 0x8E)")
+            return True
+        if by_packet or lasted >= self.QUICK_S:
+            self._quick = 0
+            return False
+        self._quick += 1
+        if self._quick < self.QUICK_REPEATS:
+            return False
+        self._quick = 0
+        how = f"the broker dropped {self.QUICK_REPEATS} connections in a row within {self.QUICK_S:g} s"
+        self._taken_over(how + " of accepting them (or its ACL disconnects on a denied publish)")
+        return True
+
+    def _taken_over(self, how: str) -> None:
+        self.takeovers += 1
+        self.last_at = time.time()
+        now = time.monotonic()
+        if now - self._logged_at < self.LOG_INTERVAL_S:
+            return
+        self._logged_at = now
+        log.error(
+            "another client took this gateway's MQTT session at %s: client id %r is in use twice"
+            " (%s; %d takeovers so far). Two gateways share one identity (a cloned SD card, a"
+            " copied seed?): give each its own gateway.id or mqtt.client_id. Backing off",
+            self.where, self.client_id, how, self.takeovers,
+        )  # fmt: skip

@@ -1,8 +1,10 @@
-"""OpenCV capture backend: RTSP and HTTP (MJPEG) cameras, V4L2 devices and video files.
+"""OpenCV capture backend: HTTP (MJPEG) cameras, V4L2 devices and video files.
 
-Network streams go through OpenCV's FFmpeg backend with open and read timeouts, so that a dead
-camera raises SourceError instead of hanging its capture thread. RTSP is forced over TCP: UDP
-drops packets on busy district links and the decoder then smears whole frames. A file plays at
+RTSP cameras go through agent.capture.pyav (packets kept, no process-wide open lock);
+`open_source` sends rtsp:// there. This backend still accepts rtsp:// URLs (benches compare the
+two), forced over TCP: UDP drops packets on busy district links and the decoder then smears whole
+frames. Network streams go through OpenCV's FFmpeg backend with open and read timeouts, so that a
+dead camera raises SourceError instead of hanging its capture thread. A file plays at
 its own frame rate and loops so that it can stand in for a camera; replay reads it once, flat out.
 
 Sources are read by one thread. `close()` may come from another thread: it interrupts a read that

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.clock import parse_iso
+from agent.clock import iso, parse_iso
 from agent.sdk import PlatformClient
 from tests.conftest import Broker
 from tests.harness import GatewayRun, wait_answering
@@ -345,5 +345,29 @@ def test_a_camera_that_stalls_or_drops_its_clients_is_reported_and_comes_back(
         event = make_event(run, camera, 3.0)  # and it still records
         check_clip(fetch(platform, event["clip_id"], tmp_path / "after.mp4"), event)
         assert "Traceback" not in run.agent.log()
+    finally:
+        run.close()
+
+
+@pytest.mark.slow
+def test_clip_export_of_a_span_is_the_cameras_packets_and_the_same_span_gives_the_same_bytes(
+    tmp_path: Path, broker: Broker, unique_gateway: str, camera: RtspCamera, platform: PlatformClient
+) -> None:
+    run = GatewayRun(tmp_path, broker.host, broker.port, DISTRICT, unique_gateway, camera_toml(camera))
+    try:
+        wait_answering(platform)
+        wait_ok(run)
+        time.sleep(PRE_S)
+        event = make_event(run, camera, 3.0)
+        fetch(platform, event["clip_id"], tmp_path / "event.mp4")  # the recording exists
+        start = parse_iso(event["started_at"])
+        span = (iso(start + 0.5), iso(start + 2.5))
+        first = platform.clip_export("cam-1", *span)
+        time.sleep(PRE_S + GOP_S + 8)  # the span has left the ring: only the recording has it now
+        second = platform.clip_export("cam-1", *span)
+        assert first["sha256"] == second["sha256"] and first["bytes"] == second["bytes"]
+        out = fetch(platform, second["clip_id"], tmp_path / "export.mp4")
+        meta = check_clip(out, event)
+        assert 2.0 <= meta["duration"] <= 2.0 + GOP_S + 0.2  # from the keyframe at or before the start
     finally:
         run.close()

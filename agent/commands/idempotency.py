@@ -250,8 +250,10 @@ def _open(path: Path | None) -> tuple[sqlite3.Connection, bool]:
 
 
 def _prepare(path: Path) -> None:
-    """The folder 0700, the file 0600 and created here: never a symlink's target."""
+    """The folder 0700, the file 0600 and created here: neither is ever a symlink's target."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.parent.is_symlink():  # else the chmod below raises NotImplementedError (Linux), not OSError
+        raise OSError(f"folder {path.parent} is a symbolic link; refusing to follow it")
     os.chmod(path.parent, 0o700, follow_symlinks=False)
     try:
         st = path.lstat()

@@ -31,6 +31,7 @@ remux, from packet recordings and the packet ring.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -279,6 +280,31 @@ class ClipStore:
 
     # -- export ----------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _admitted(
+        self, camera: str, start: float, end: float, clip_id: str | None, source: ClipSource
+    ) -> Iterator[str]:
+        """The checks every export passes (camera, span, id), then an export slot for "export"
+        clips (busy when none is free); yields the clip id to write."""
+        check_camera(camera)
+        check_span(start, end)
+        if end - start > MAX_EXPORT_S:
+            raise ClipError(
+                "bad_request", f"span of {end - start:.0f} s exceeds the {MAX_EXPORT_S:.0f} s limit"
+            )
+        clip_id = validate_clip_id(clip_id) if clip_id is not None else str(uuid.uuid4())
+        with self._lock:
+            if clip_id in self._clips:
+                raise ClipError("bad_request", f"clip {clip_id} already exists")
+        bounded = source == "export"
+        if bounded and not self._export_slots.acquire(blocking=False):
+            raise ClipError("busy", "another clip export is running on this gateway; retry shortly")
+        try:
+            yield clip_id
+        finally:
+            if bounded:
+                self._export_slots.release()
+
     def export(
         self,
         camera: str,
@@ -303,27 +329,11 @@ class ClipStore:
         when `max_exports` other "export" clips are being written ("event" and "hold" ones are
         never refused), internal when encoding or writing fails (e.g. the disk is full).
         """
-        check_camera(camera)
-        check_span(start, end)
-        if end - start > MAX_EXPORT_S:
-            raise ClipError(
-                "bad_request", f"span of {end - start:.0f} s exceeds the {MAX_EXPORT_S:.0f} s limit"
-            )
-        clip_id = validate_clip_id(clip_id) if clip_id is not None else str(uuid.uuid4())
-        with self._lock:
-            if clip_id in self._clips:
-                raise ClipError("bad_request", f"clip {clip_id} already exists")
-        bounded = source == "export"
-        if bounded and not self._export_slots.acquire(blocking=False):
-            raise ClipError("busy", "another clip export is running on this gateway; retry shortly")
-        try:
-            info = self._export(clip_id, camera, start, end, frames, masks, event_id, source, now)
-        finally:
-            if bounded:
-                self._export_slots.release()
+        with self._admitted(camera, start, end, clip_id, source) as chosen:
+            info = self._export(chosen, camera, start, end, frames, masks, event_id, source, now)
         log.info(
             "clip %s (%s): %s %d frames @ %.0f fps, %d bytes",
-            clip_id,
+            info.clip_id,
             source,
             camera,
             info.frames,
@@ -494,21 +504,8 @@ class ClipStore:
         parameter sets (e.g. re-encoded by the pixel path) are left out. Same checks and errors
         as `export`.
         """
-        check_camera(camera)
-        check_span(start, end)
-        if end - start > MAX_EXPORT_S:
-            raise ClipError(
-                "bad_request", f"span of {end - start:.0f} s exceeds the {MAX_EXPORT_S:.0f} s limit"
-            )
-        clip_id = validate_clip_id(clip_id) if clip_id is not None else str(uuid.uuid4())
-        with self._lock:
-            if clip_id in self._clips:
-                raise ClipError("bad_request", f"clip {clip_id} already exists")
-        bounded = source == "export"
-        if bounded and not self._export_slots.acquire(blocking=False):
-            raise ClipError("busy", "another clip export is running on this gateway; retry shortly")
-        try:
-            part = self.part_path(clip_id)
+        with self._admitted(camera, start, end, clip_id, source) as chosen:
+            part = self.part_path(chosen)
             try:
                 packets = self._span_packets(camera, start, end, buffered)
                 result = remux_span(packets, start, end, part)
@@ -523,13 +520,10 @@ class ClipStore:
             except FormatChanged as exc:  # the filter below makes this a bug guard
                 part.unlink(missing_ok=True)
                 raise ClipError("internal", str(exc)) from None
-            info = self.adopt(clip_id, camera, result, event_id=event_id, source=source, now=now)
-        finally:
-            if bounded:
-                self._export_slots.release()
+            info = self.adopt(chosen, camera, result, event_id=event_id, source=source, now=now)
         log.info(
             "clip %s (%s, remux): %s %d frames @ %.0f fps, %d bytes",
-            clip_id,
+            info.clip_id,
             source,
             camera,
             info.frames,

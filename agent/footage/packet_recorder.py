@@ -225,7 +225,7 @@ class PacketRecorder:
         if writer is None:
             self._count_failure(job, "no packets of the camera were buffered for its span")
             return
-        if self.retention is not None and self._enforce():
+        if self.retention is not None and self.retention.make_room():
             writer.abort()
             with self._lock:
                 self._disk_full += 1
@@ -246,7 +246,7 @@ class PacketRecorder:
         with self._lock:
             self._written += 1
         if self.retention is not None:
-            self._enforce()
+            self.retention.make_room()
 
     def _abandon(self, job: _Job, why: str) -> None:
         writer, job.writer = job.writer, None
@@ -259,15 +259,6 @@ class PacketRecorder:
             self._failed += 1
             self._last_error = why
         log.warning("clip %s for event %s failed: %s", job.clip_id, job.event_id, why)
-
-    def _enforce(self) -> bool:
-        """Run retention; True when the disk is full. A failing retention run is logged, not fatal."""
-        assert self.retention is not None
-        try:
-            return self.retention.enforce().disk_full
-        except OSError as exc:
-            log.warning("retention failed: %s", exc)
-            return self.retention.disk_full
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_s):

@@ -494,7 +494,7 @@ class ClipRecorder:
         if job.kept and self._exists(job.clip_id):  # written before a stop could remove its entry
             self.pending.remove(job.clip_id)
             return
-        if self.retention is not None and self._enforce():
+        if self.retention is not None and self.retention.make_room():
             with self._lock:
                 self._disk_full += 1
             log.warning("disk full: clip %s for event %s not written", job.clip_id, job.event_id)
@@ -521,7 +521,7 @@ class ClipRecorder:
             self.pending.remove(job.clip_id)
             log.info("clip %s for event %s finished from clips-pending", job.clip_id, job.event_id)
         if self.retention is not None:
-            self._enforce()
+            self.retention.make_room()
 
     def _failed_write(self, job: _Job, exc: Exception) -> None:
         with self._lock:
@@ -547,15 +547,6 @@ class ClipRecorder:
         except ClipError:
             return False
         return True
-
-    def _enforce(self) -> bool:
-        """Run retention; True when the disk is full. A failing retention run is logged, not fatal."""
-        assert self.retention is not None
-        try:
-            return self.retention.enforce().disk_full
-        except OSError as exc:
-            log.warning("retention failed: %s", exc)
-            return self.retention.disk_full
 
     def stats(self) -> RecorderStats:
         """Counters; `queued` includes the pending clips a previous stop left to finish."""

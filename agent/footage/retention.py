@@ -78,6 +78,15 @@ class Retention:
         with self._lock:
             return self.last is not None and self.last.disk_full
 
+    def make_room(self) -> bool:
+        """Enforce before or after writing a clip; True when the disk is full. A failing run is
+        logged, not raised: a recorder must carry on, judging by the last report."""
+        try:
+            return self.enforce().disk_full
+        except OSError as exc:
+            log.warning("retention failed: %s", exc)
+            return self.disk_full
+
     def enforce(self, *, now: float | None = None) -> RetentionReport:
         """Delete set-aside files, then the oldest unheld clips, until within quota and free floor."""
         now = time.time() if now is None else now

@@ -54,7 +54,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.file)
         problems = (
-            [] if args.no_files else cfg.mqtt.file_problems() + _key_problems(cfg)
+            [] if args.no_files else cfg.mqtt.file_problems() + _key_problems(cfg) + _onvif_problems(cfg)
         ) + detector_problems(cfg)
         if problems:
             raise ConfigError(args.file, problems)
@@ -95,6 +95,16 @@ def _footage_path(cam: CameraConfig) -> str:
         f"pixels ({why}: frames decoded, kept as JPEG and re-encoded for clips, about 8x the CPU"
         f" of the packet path with a substream, bench/ip_camera_bench.py); analysis on {analysis}"
     )
+
+
+def _onvif_problems(cfg: AgentConfig) -> list[str]:
+    """Each ONVIF camera's password file, read as `run` would read it."""
+    return [
+        f"cameras[{i}].onvif.password_file: {problem}"
+        for i, cam in enumerate(cfg.cameras)
+        if cam.onvif is not None
+        for problem in cam.onvif.file_problems()
+    ]
 
 
 def _key_problems(cfg: AgentConfig) -> list[str]:
@@ -214,6 +224,35 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_discover(args: argparse.Namespace) -> int:
+    """ONVIF cameras on the LAN (or at --device) as `[[cameras]]` tables on stdout; progress and
+    failures on stderr. Exit 1 when no camera could be read."""
+    from agent.onvif.discovery import WSD_PORT, Found, describe, probe, to_toml
+
+    password_file = Path(args.password_file).resolve() if args.password_file else None
+    targets: list[tuple[str, Found | None]] = [(url, None) for url in args.device]
+    if not args.device:
+        try:
+            found = probe(interface=args.interface, port=args.wsd_port or WSD_PORT, timeout_s=args.timeout)
+        except OSError as exc:
+            where = args.interface or "the default interface"
+            print(f"discover: cannot send a WS-Discovery probe from {where}: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"discover: {len(found)} ONVIF device(s) answered", file=sys.stderr)
+        targets = [(f.xaddrs[0], f) for f in found]
+    if not targets:
+        print("discover: no ONVIF camera answered the WS-Discovery probe", file=sys.stderr)
+        return EXIT_ERROR
+    reports = [
+        describe(url, args.username, password_file, timeout_s=args.timeout, found=f) for url, f in targets
+    ]
+    for r in reports:
+        if r.error is not None:
+            print(f"discover: {r.error}", file=sys.stderr)
+    print(to_toml(reports, args.username, password_file))
+    return EXIT_OK if any(r.error is None and r.uris for r in reports) else EXIT_ERROR
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     from agent.sdk.watch import watch
 
@@ -329,6 +368,24 @@ def build_parser(*, with_ctl: bool = True) -> argparse.ArgumentParser:
     s = sub.add_parser("keygen", help="make an Ed25519 pair for signing commands (PREFIX.key, PREFIX.pub)")
     s.add_argument("--out", required=True, metavar="PREFIX", help="e.g. platform-2026; never overwrites")
     s.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("discover", help="find ONVIF cameras and print [[cameras]] tables for the config")
+    s.add_argument("--username", help="ONVIF user to read the cameras with")
+    s.add_argument(
+        "--password-file", help="first line is the ONVIF password (named in the output, never shown)"
+    )
+    s.add_argument("--interface", help="IPv4 address of the interface to probe from (default: the system's)")
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0,
+        help="seconds to wait for answers to the probe, and for each ONVIF request",
+    )
+    s.add_argument(
+        "--device", action="append", default=[], metavar="URL", help="read this device service, no probe"
+    )
+    s.add_argument("--wsd-port", type=int, default=0, help=argparse.SUPPRESS)  # tests: a port of their own
+    s.set_defaults(func=cmd_discover)
 
     s = sub.add_parser("watch", help="print a gateway's messages as the platform sees them")
     s.add_argument("--host", default="127.0.0.1")

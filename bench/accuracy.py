@@ -72,6 +72,9 @@ class ReferenceDetector:
     def update_settings(self, settings: MotionSettings) -> None:
         self.settings = settings
 
+    def reset(self) -> None:
+        self.avg = None
+
     def detect(self, image: Image, ts: float) -> MotionResult:
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         h, w = grey.shape

@@ -24,6 +24,7 @@ from agent.commands import COMMANDS
 from agent.sdk.client import CommandFailed, PlatformClient
 from tests.conftest import Broker
 from tests.harness import GatewayRun, Received, wait_answering, wait_frames
+from tests.onvif_fake import FakeOnvifCamera
 
 pytestmark = pytest.mark.broker
 
@@ -37,7 +38,9 @@ source = "synthetic:street?fps=10&seed=7&width=320&height=180"
 allowed_agencies = ["{ALLOWED}"]
 geo = {{ lat = {GEO[0]}, lon = {GEO[1]}, heading_deg = 90.0, fov_deg = 90.0, range_m = 200.0 }}
 buffer = {{ pre_event_s = 5.0, fps = 10.0 }}
+ptz_agencies = ["{ALLOWED}"]
 """
+ONVIF = 'onvif = {{ url = "{url}", username = "{user}", password_file = "{pw}" }}\n'
 
 
 @dataclass
@@ -87,6 +90,14 @@ CASES: dict[str, tuple[Outcome, Args]] = {
     "clip.export": ("forbidden", lambda site: site.span()),
     "clip.fetch": ("forbidden", lambda site: {"clip_id": site.clip_id, "chunk_bytes": 1024 * 1024}),
     "clip.hold": ("forbidden", lambda site: {**site.span(), "until": iso(time.time() + 3600)}),
+    "ptz.move": ("forbidden", lambda site: {"camera": "cam-1", "pan": 0.2, "timeout_s": 0.5}),
+    "ptz.stop": ("forbidden", lambda site: {"camera": "cam-1"}),
+    "ptz.presets": ("forbidden", lambda site: {"camera": "cam-1"}),
+    "ptz.goto_preset": ("forbidden", lambda site: {"camera": "cam-1", "preset": "1"}),
+    "ptz.look_at": (
+        "forbidden",
+        lambda site: {"camera": "cam-1", "lat": SEEN_BY_CAM_1[0], "lon": SEEN_BY_CAM_1[1]},
+    ),
 }
 """For each command: what an agency not allowed on cam-1 gets (refused, shown nothing, or answered
 like anyone), and arguments the allowed agency may use on cam-1 (built when needed)."""
@@ -95,7 +106,11 @@ like anyone), and arguments the allowed agency may use on cam-1 (built when need
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[Site]:
     gateway = "gw-" + uuid.uuid4().hex[:12]
-    run = GatewayRun(tmp_path_factory.mktemp("access"), broker.host, broker.port, "access", gateway, CAMERAS)
+    tmp = tmp_path_factory.mktemp("access")
+    dome = FakeOnvifCamera()  # cam-1 is also a PTZ camera, for the ptz.* cases
+    (tmp / "onvif-pw").write_text(dome.password)
+    cameras = CAMERAS + ONVIF.format(url=dome.url, user=dome.username, pw=tmp / "onvif-pw")
+    run = GatewayRun(tmp, broker.host, broker.port, "access", gateway, cameras)
     clients: list[PlatformClient] = []
     try:
         for agency in (ALLOWED, DENIED):
@@ -111,6 +126,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[S
         for c in clients:
             c.close()
         run.close()
+        dome.close()
 
 
 def test_every_command_has_a_case() -> None:

@@ -128,6 +128,9 @@ class WatchedMotion:
             return result
         return MotionResult(motion=True, regions=[self._moving(ts)], score=0.5)
 
+    def reset(self) -> None:
+        self._real.reset()
+
     def update_settings(self, settings: MotionSettings) -> None:
         self._real.update_settings(settings)
         self._settings = settings

@@ -23,12 +23,14 @@ CONTRACT_COMMANDS = [
     "config.get",
     "config.set",
 ]
+AGENT_COMMANDS = ["ptz.move", "ptz.stop", "ptz.presets", "ptz.goto_preset", "ptz.look_at"]
+"""Commands this agent adds to version 1 (docs/protocol.md, "PTZ (ONVIF cameras)")."""
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
 
 def test_every_contract_command_has_models_and_a_handler() -> None:
-    assert list(COMMAND_MODELS) == CONTRACT_COMMANDS
-    assert list(COMMANDS) == CONTRACT_COMMANDS
+    assert list(COMMAND_MODELS) == CONTRACT_COMMANDS + AGENT_COMMANDS
+    assert list(COMMANDS) == CONTRACT_COMMANDS + AGENT_COMMANDS
     for name, spec in COMMANDS.items():
         assert spec.args is COMMAND_MODELS[name][0]
 

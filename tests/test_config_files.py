@@ -110,7 +110,7 @@ def test_good_files_pass(tmp_path: Path, files: dict[str, Path], capsys: pytest.
     ):
         code, lines, out = check_config(tmp_path, mqtt, capsys)
         assert (code, lines) == (0, []), mqtt
-        assert out.endswith(": OK (cctv/v1/gangnam/gw-01, 1 camera(s))\n")
+        assert ": OK (cctv/v1/gangnam/gw-01, 1 camera(s))\n" in out
 
 
 def test_each_bad_file_is_one_exact_line(
@@ -193,3 +193,26 @@ def test_a_config_given_as_data_is_named_config_in_errors() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({})
     assert (info.value.source, info.value.problems) == ("<config>", ["gateway: Field required"])
+
+
+def test_check_config_says_which_cameras_keep_packets_and_which_pixels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import main
+
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[gateway]\ndistrict = "gangnam"\nid = "gw-01"\n'
+        f'data_dir = "{tmp_path / "data"}"\n[mqtt]\nhost = "127.0.0.1"\n'
+        '[[cameras]]\nid = "ip"\nsource = "rtsp://192.0.2.10/main"\ndetect_source = "rtsp://192.0.2.10/sub"\n'
+        '[[cameras]]\nid = "masked"\nsource = "rtsp://192.0.2.11/main"\n'
+        "privacy_masks = [[[0.0, 0.0], [0.5, 0.0], [0.5, 0.5]]]\n"
+        '[[cameras]]\nid = "usb"\nsource = "usb:0"\n',
+        encoding="utf-8",
+    )
+    assert main(["check-config", str(path), "--no-files"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split(":")[0].strip(): line for line in out.splitlines()[1:]}
+    assert lines["ip"].split(": ", 1)[1].startswith("packets") and "nothing of the main stream" in lines["ip"]
+    assert "pixels (privacy masks must be burnt in" in lines["masked"]
+    assert "pixels (the source gives no packets" in lines["usb"]

@@ -91,8 +91,13 @@ def misspelt(model: type[BaseModel]) -> str:
     return "unknown_key"
 
 
+REQUIRED = {"onvif": {"url": "http://192.0.2.1/onvif/device_service"}}
+"""Tables with a required key, created with it so that only the typo is refused."""
+
+
 def put(data: dict[str, Any], path: Path_, key: str) -> str:
-    """Add `key = 1` at `path` inside `data` (creating empty tables); the dotted path as reported."""
+    """Add `key = 1` at `path` inside `data` (creating tables, with their required keys); the
+    dotted path as reported."""
     node: Any = data
     shown = ""
     for step in path:
@@ -101,7 +106,7 @@ def put(data: dict[str, Any], path: Path_, key: str) -> str:
             node = node[step]
         else:
             shown += f".{step}" if shown else step
-            node = node.setdefault(step, {})
+            node = node.setdefault(step, dict(REQUIRED.get(step, {})))
     node[key] = 1
     return f"{shown}.{key}" if shown else key
 
@@ -179,9 +184,9 @@ def test_check_config_exits_1_naming_the_misspelt_key(
 @pytest.mark.parametrize(
     ("source", "problem"),
     [
-        ("rtsp://admin:pw@10.0.0.5:554main", "not a valid URL"),
-        ("rtsp://:554/main", "has no host"),
-        ("https://cam:99999/mjpeg", "not a valid URL"),
+        ("rtsp://admin:pw@10.0.0.5:554main", "malformed URL"),
+        ("rtsp://:554/main", "the URL has no host"),
+        ("https://cam:99999/mjpeg", "malformed URL"),
     ],
 )
 def test_a_malformed_camera_url_is_a_config_error_without_its_password(source: str, problem: str) -> None:

@@ -70,7 +70,8 @@ def test_a_crossing_person_is_one_event_with_a_stable_id_and_label() -> None:
     end = phases[-1].event
     assert end.ended_at is not None
     assert abs(parse_iso(end.ended_at) - (T0 + 5.9)) < 2e-3
-    assert parse_iso(end.ts) - parse_iso(end.ended_at) > SETTINGS.end_delay_s
+    # Lost once predicted out of the view for a second (it was walking off the right edge).
+    assert 1.0 - 1e-3 <= parse_iso(end.ts) - parse_iso(end.ended_at) <= SETTINGS.end_delay_s
     assert tracker.open_events == 0
     assert tracker.track_count == 0
 
@@ -163,7 +164,7 @@ def test_a_parked_car_that_drives_off_is_a_new_event() -> None:
 
 def test_close_ends_open_events() -> None:
     tracker = ObjectTracker("cam-1", SETTINGS)
-    for i in range(5):
+    for i in range(8):
         tracker.update([obj("person", 0.8, (0.1 + 0.02 * i, 0.3, 0.05, 0.3))], frame(T0 + i * 0.1))
     assert tracker.open_events == 1
     (end,) = tracker.close(T0 + 1.0, 1.0)

@@ -11,7 +11,7 @@ import io
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,26 @@ def camera(tmp_path: Path) -> Iterator[RtspCamera]:
     cam = RtspCamera.start(tmp_path / "camera", gop_s=GOP_S, motion=False)
     yield cam
     cam.stop()
+
+
+@pytest.fixture
+def start_gateway(
+    tmp_path: Path, broker: Broker, unique_gateway: str, camera: RtspCamera, platform: PlatformClient
+) -> Iterator[Callable[..., GatewayRun]]:
+    """`edge-agent run` on the test camera (extra TOML for the camera), answering and camera ok."""
+    runs: list[GatewayRun] = []
+
+    def start(extra: str = "") -> GatewayRun:
+        toml = camera_toml(camera, extra)
+        run = GatewayRun(tmp_path, broker.host, broker.port, DISTRICT, unique_gateway, toml)
+        runs.append(run)
+        wait_answering(platform)
+        wait_ok(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.close()
 
 
 @pytest.fixture
@@ -120,83 +140,77 @@ def check_clip(path: Path, event: dict[str, Any], size: tuple[int, int] = (1280,
 
 
 def test_an_event_clip_is_the_main_streams_own_h264_starting_at_the_keyframe_before_its_pre_roll(
-    tmp_path: Path, broker: Broker, unique_gateway: str, camera: RtspCamera, platform: PlatformClient
+    tmp_path: Path,
+    start_gateway: Callable[..., GatewayRun],
+    camera: RtspCamera,
+    platform: PlatformClient,
 ) -> None:
-    run = GatewayRun(tmp_path, broker.host, broker.port, DISTRICT, unique_gateway, camera_toml(camera))
-    try:
-        wait_answering(platform)
-        wait_ok(run)
-        time.sleep(PRE_S + GOP_S)  # the ring holds a full pre-roll
-        footage = [m.json()["cameras"]["cam-1"]["footage"] for m in run.sub.on("/telemetry")][-1]
-        assert footage["kept"] == "packets" and footage["bytes"] > 0 and footage["span_s"] >= PRE_S
-        event = make_event(run, camera, 3.0)
-        clip_id = event["clip_id"]
-        assert clip_id, event
-        out = fetch(platform, clip_id, tmp_path / "clip.mp4")  # written once the post-roll arrived
-        meta = check_clip(out, event)
-        sidecar = json.loads((tmp_path / "data" / "clips" / f"{clip_id}.json").read_text())
-        wanted = parse_iso(event["started_at"]) - PRE_S
-        start = parse_iso(sidecar["start"])
-        assert wanted - GOP_S - 0.2 <= start <= wanted + 0.2, (sidecar["start"], event["started_at"])
-        ended = parse_iso(event["ended_at"])
-        assert meta["duration"] >= ended + POST_S - wanted - 0.5
-        # The analysis ran on the substream: the main stream was never decoded, and the clip's
-        # picture is the main stream's (1280 wide), not the substream's.
-        with av.open(str(out)) as clip:
-            first = next(clip.decode(video=0)).to_ndarray(format="rgb24")
-        assert first.shape == (720, 1280, 3) and float(np.std(first)) > 5.0
-        code, took = run.agent.terminate()
-        assert code == 0 and took < 6.0
-    finally:
-        run.close()
+    run = start_gateway()
+    time.sleep(PRE_S + GOP_S)  # the ring holds a full pre-roll
+    footage = [m.json()["cameras"]["cam-1"]["footage"] for m in run.sub.on("/telemetry")][-1]
+    assert footage["kept"] == "packets" and footage["bytes"] > 0 and footage["span_s"] >= PRE_S
+    event = make_event(run, camera, 3.0)
+    clip_id = event["clip_id"]
+    assert clip_id, event
+    out = fetch(platform, clip_id, tmp_path / "clip.mp4")  # written once the post-roll arrived
+    meta = check_clip(out, event)
+    sidecar = json.loads((tmp_path / "data" / "clips" / f"{clip_id}.json").read_text())
+    wanted = parse_iso(event["started_at"]) - PRE_S
+    start = parse_iso(sidecar["start"])
+    assert wanted - GOP_S - 0.2 <= start <= wanted + 0.2, (sidecar["start"], event["started_at"])
+    ended = parse_iso(event["ended_at"])
+    assert meta["duration"] >= ended + POST_S - wanted - 0.5
+    # The analysis ran on the substream: the main stream was never decoded, and the clip's
+    # picture is the main stream's (1280 wide), not the substream's.
+    with av.open(str(out)) as clip:
+        first = next(clip.decode(video=0)).to_ndarray(format="rgb24")
+    assert first.shape == (720, 1280, 3) and float(np.std(first)) > 5.0
+    code, took = run.agent.terminate()
+    assert code == 0 and took < 6.0
 
 
 @pytest.mark.slow
 def test_clips_survive_a_camera_restart_and_a_resolution_change_mid_clip(
-    tmp_path: Path, broker: Broker, unique_gateway: str, camera: RtspCamera, platform: PlatformClient
+    tmp_path: Path,
+    start_gateway: Callable[..., GatewayRun],
+    camera: RtspCamera,
+    platform: PlatformClient,
 ) -> None:
-    run = GatewayRun(tmp_path, broker.host, broker.port, DISTRICT, unique_gateway, camera_toml(camera))
-    try:
-        wait_answering(platform)
-        wait_ok(run)
-        time.sleep(PRE_S + GOP_S)
-        restarted = make_event(run, camera, 8.0, during=lambda: camera.restart(down_s=1.0))
-        resized = make_event(run, camera, 6.0, during=lambda: camera.resize(960, 540))
-        for n, (event, size) in enumerate(((restarted, (1280, 720)), (resized, (1280, 720)))):
-            assert event["clip_id"], event
-            check_clip(fetch(platform, event["clip_id"], tmp_path / f"clip{n}.mp4"), event, size)
-        assert "Traceback" not in run.agent.log()
-    finally:
-        run.close()
+    run = start_gateway()
+    time.sleep(PRE_S + GOP_S)
+    restarted = make_event(run, camera, 8.0, during=lambda: camera.restart(down_s=1.0))
+    resized = make_event(run, camera, 6.0, during=lambda: camera.resize(960, 540))
+    for n, (event, size) in enumerate(((restarted, (1280, 720)), (resized, (1280, 720)))):
+        assert event["clip_id"], event
+        check_clip(fetch(platform, event["clip_id"], tmp_path / f"clip{n}.mp4"), event, size)
+    assert "Traceback" not in run.agent.log()
 
 
 @pytest.mark.slow
 def test_a_sigterm_during_an_event_keeps_its_clip(
-    tmp_path: Path, broker: Broker, unique_gateway: str, camera: RtspCamera, platform: PlatformClient
+    tmp_path: Path,
+    start_gateway: Callable[..., GatewayRun],
+    camera: RtspCamera,
+    platform: PlatformClient,
 ) -> None:
-    run = GatewayRun(tmp_path, broker.host, broker.port, DISTRICT, unique_gateway, camera_toml(camera))
-    try:
-        wait_answering(platform)
-        wait_ok(run)
-        time.sleep(PRE_S)
-        camera.motion(True)
-        assert run.sub.wait_for(lambda _ms: any(e["phase"] == "start" for e in run.events("cam-1")), 20), (
-            log_tail(run)
-        )
-        time.sleep(2.0)
-        code, took = run.agent.terminate()
-        assert code == 0 and took < 5.5, took
-        ends = ended_events(run)
-        assert ends and ends[-1]["clip_id"], log_tail(run)
-        clip_id = ends[-1]["clip_id"]
-        clips = tmp_path / "data" / "clips"
-        assert (clips / f"{clip_id}.mp4").exists(), log_tail(run)
-        assert not list(clips.glob("*.part*"))
-        meta = check_clip(clips / f"{clip_id}.mp4", ends[-1])
-        assert meta["duration"] >= 2.0
-        assert "pending clips are lost" not in run.agent.log()
-    finally:
-        run.close()
+    run = start_gateway()
+    time.sleep(PRE_S)
+    camera.motion(True)
+    assert run.sub.wait_for(lambda _ms: any(e["phase"] == "start" for e in run.events("cam-1")), 20), (
+        log_tail(run)
+    )
+    time.sleep(2.0)
+    code, took = run.agent.terminate()
+    assert code == 0 and took < 5.5, took
+    ends = ended_events(run)
+    assert ends and ends[-1]["clip_id"], log_tail(run)
+    clip_id = ends[-1]["clip_id"]
+    clips = tmp_path / "data" / "clips"
+    assert (clips / f"{clip_id}.mp4").exists(), log_tail(run)
+    assert not list(clips.glob("*.part*"))
+    meta = check_clip(clips / f"{clip_id}.mp4", ends[-1])
+    assert meta["duration"] >= 2.0
+    assert "pending clips are lost" not in run.agent.log()
 
 
 def test_a_camera_that_refuses_the_password_or_has_no_such_stream_is_reported(
@@ -261,113 +275,105 @@ def stream_bytes(platform: PlatformClient, seconds: float, **kw: Any) -> tuple[b
 
 @pytest.mark.slow
 def test_a_masked_cameras_clip_snapshot_and_fmp4_stream_carry_no_unmasked_pixel(
-    tmp_path: Path, broker: Broker, unique_gateway: str, camera: RtspCamera, platform: PlatformClient
+    tmp_path: Path,
+    start_gateway: Callable[..., GatewayRun],
+    camera: RtspCamera,
+    platform: PlatformClient,
 ) -> None:
     mask = "privacy_masks = [[[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]]"
-    run = GatewayRun(tmp_path, broker.host, broker.port, DISTRICT, unique_gateway, camera_toml(camera, mask))
-    try:
-        wait_answering(platform)
-        wait_ok(run)
-        time.sleep(PRE_S)
-        event = make_event(run, camera, 3.0)
-        clip = fetch(platform, event["clip_id"], tmp_path / "masked.mp4")
-        _, jpeg = platform.snapshot("cam-1")
-        snap = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
-        assert snap is not None, "the snapshot is not a JPEG"
-        data, parts = stream_bytes(platform, 3.0, max_width=640)
-        assert parts[0] == "init" and "fragment" in parts
-        pictures = {
-            "clip": decode_frames(clip),
-            "snapshot": [np.dstack([snap] * 3)],
-            "fmp4 stream": decode_frames(data),
-        }
-        for what, frames in pictures.items():
-            assert frames, what
-            for img in frames:
-                w = img.shape[1]
-                left, right = img[4:-4, 4 : w // 2 - 8], img[4:-4, w // 2 + 8 : -4]
-                assert left.max() <= 24, f"{what}: unmasked pixels in the masked half"
-                assert float(right.std()) > 5.0, f"{what}: the unmasked half should show the scene"
-        sidecar = json.loads((tmp_path / "data" / "clips" / f"{event['clip_id']}.json").read_text())
-        assert sidecar["codec"] != "copy"
-    finally:
-        run.close()
+    run = start_gateway(mask)
+    time.sleep(PRE_S)
+    event = make_event(run, camera, 3.0)
+    clip = fetch(platform, event["clip_id"], tmp_path / "masked.mp4")
+    _, jpeg = platform.snapshot("cam-1")
+    snap = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert snap is not None, "the snapshot is not a JPEG"
+    data, parts = stream_bytes(platform, 3.0, max_width=640)
+    assert parts[0] == "init" and "fragment" in parts
+    pictures = {
+        "clip": decode_frames(clip),
+        "snapshot": [np.dstack([snap] * 3)],
+        "fmp4 stream": decode_frames(data),
+    }
+    for what, frames in pictures.items():
+        assert frames, what
+        for img in frames:
+            w = img.shape[1]
+            left, right = img[4:-4, 4 : w // 2 - 8], img[4:-4, w // 2 + 8 : -4]
+            assert left.max() <= 24, f"{what}: unmasked pixels in the masked half"
+            assert float(right.std()) > 5.0, f"{what}: the unmasked half should show the scene"
+    sidecar = json.loads((tmp_path / "data" / "clips" / f"{event['clip_id']}.json").read_text())
+    assert sidecar["codec"] != "copy"
 
 
 @pytest.mark.slow
 def test_an_fmp4_stream_of_a_packet_camera_is_its_own_h264_and_shows_the_scene(
-    tmp_path: Path, broker: Broker, unique_gateway: str, camera: RtspCamera, platform: PlatformClient
+    tmp_path: Path,
+    start_gateway: Callable[..., GatewayRun],
+    camera: RtspCamera,
+    platform: PlatformClient,
 ) -> None:
-    run = GatewayRun(tmp_path, broker.host, broker.port, DISTRICT, unique_gateway, camera_toml(camera))
-    try:
-        wait_answering(platform)
-        wait_ok(run)
-        time.sleep(GOP_S)
-        data, parts = stream_bytes(platform, 4.0, max_width=None)
-        out = tmp_path / "live.mp4"
-        out.write_bytes(data)
-        meta = probe(out)
-        assert (meta["codec_name"], meta["width"], meta["height"]) == ("h264", 1280, 720)
-        assert parts[0] == "init" and parts.count("init") == 1
-        frames = decode_frames(data)
-        assert len(frames) >= 3 * FPS, len(frames)  # the camera's full rate, copied
-        _, jpeg = platform.snapshot("cam-1")
-        bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        assert bgr is not None, "the snapshot is not a JPEG"
-        snap = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        last = cv2.resize(frames[-1], (snap.shape[1], snap.shape[0]), interpolation=cv2.INTER_AREA)
-        # The scene is still: the stream's last frame and a snapshot show the same street.
-        assert float(np.mean(np.abs(last.astype(np.int16) - snap.astype(np.int16)))) < 12.0
-    finally:
-        run.close()
+    start_gateway()
+    time.sleep(GOP_S)
+    data, parts = stream_bytes(platform, 4.0, max_width=None)
+    out = tmp_path / "live.mp4"
+    out.write_bytes(data)
+    meta = probe(out)
+    assert (meta["codec_name"], meta["width"], meta["height"]) == ("h264", 1280, 720)
+    assert parts[0] == "init" and parts.count("init") == 1
+    frames = decode_frames(data)
+    assert len(frames) >= 3 * FPS, len(frames)  # the camera's full rate, copied
+    _, jpeg = platform.snapshot("cam-1")
+    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert bgr is not None, "the snapshot is not a JPEG"
+    snap = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    last = cv2.resize(frames[-1], (snap.shape[1], snap.shape[0]), interpolation=cv2.INTER_AREA)
+    # The scene is still: the stream's last frame and a snapshot show the same street.
+    assert float(np.mean(np.abs(last.astype(np.int16) - snap.astype(np.int16)))) < 12.0
 
 
 @pytest.mark.slow
 def test_a_camera_that_stalls_or_drops_its_clients_is_reported_and_comes_back(
-    tmp_path: Path, broker: Broker, unique_gateway: str, camera: RtspCamera, platform: PlatformClient
+    tmp_path: Path,
+    start_gateway: Callable[..., GatewayRun],
+    camera: RtspCamera,
+    platform: PlatformClient,
 ) -> None:
-    run = GatewayRun(tmp_path, broker.host, broker.port, DISTRICT, unique_gateway, camera_toml(camera))
-    try:
-        wait_answering(platform)
-        wait_ok(run)
+    run = start_gateway()
 
-        def states() -> list[str]:
-            return [m.json()["state"] for m in run.sub.on("/cam/cam-1/status")]
+    def states() -> list[str]:
+        return [m.json()["state"] for m in run.sub.on("/cam/cam-1/status")]
 
-        camera.stall(8.0)
-        assert run.sub.wait_for(lambda _ms: "failed" in states(), 20), log_tail(run)
-        failed = [m.json() for m in run.sub.on("/cam/cam-1/status") if m.json()["state"] == "failed"]
-        assert failed[0]["error"], failed
-        assert run.sub.wait_for(lambda _ms: states()[-1] == "ok", 40), log_tail(run)
-        seen = len(states())
-        camera.drop_clients()
-        assert run.sub.wait_for(lambda _ms: len(states()) > seen and states()[-1] == "ok", 40), log_tail(run)
-        event = make_event(run, camera, 3.0)  # and it still records
-        check_clip(fetch(platform, event["clip_id"], tmp_path / "after.mp4"), event)
-        assert "Traceback" not in run.agent.log()
-    finally:
-        run.close()
+    camera.stall(8.0)
+    assert run.sub.wait_for(lambda _ms: "failed" in states(), 20), log_tail(run)
+    failed = [m.json() for m in run.sub.on("/cam/cam-1/status") if m.json()["state"] == "failed"]
+    assert failed[0]["error"], failed
+    assert run.sub.wait_for(lambda _ms: states()[-1] == "ok", 40), log_tail(run)
+    seen = len(states())
+    camera.drop_clients()
+    assert run.sub.wait_for(lambda _ms: len(states()) > seen and states()[-1] == "ok", 40), log_tail(run)
+    event = make_event(run, camera, 3.0)  # and it still records
+    check_clip(fetch(platform, event["clip_id"], tmp_path / "after.mp4"), event)
+    assert "Traceback" not in run.agent.log()
 
 
 @pytest.mark.slow
 def test_clip_export_of_a_span_is_the_cameras_packets_and_the_same_span_gives_the_same_bytes(
-    tmp_path: Path, broker: Broker, unique_gateway: str, camera: RtspCamera, platform: PlatformClient
+    tmp_path: Path,
+    start_gateway: Callable[..., GatewayRun],
+    camera: RtspCamera,
+    platform: PlatformClient,
 ) -> None:
-    run = GatewayRun(tmp_path, broker.host, broker.port, DISTRICT, unique_gateway, camera_toml(camera))
-    try:
-        wait_answering(platform)
-        wait_ok(run)
-        time.sleep(PRE_S)
-        event = make_event(run, camera, 3.0)
-        fetch(platform, event["clip_id"], tmp_path / "event.mp4")  # the recording exists
-        start = parse_iso(event["started_at"])
-        span = (iso(start + 0.5), iso(start + 2.5))
-        first = platform.clip_export("cam-1", *span)
-        time.sleep(PRE_S + GOP_S + 8)  # the span has left the ring: only the recording has it now
-        second = platform.clip_export("cam-1", *span)
-        assert first["sha256"] == second["sha256"] and first["bytes"] == second["bytes"]
-        out = fetch(platform, second["clip_id"], tmp_path / "export.mp4")
-        meta = check_clip(out, event)
-        assert 2.0 <= meta["duration"] <= 2.0 + GOP_S + 0.2  # from the keyframe at or before the start
-    finally:
-        run.close()
+    run = start_gateway()
+    time.sleep(PRE_S)
+    event = make_event(run, camera, 3.0)
+    fetch(platform, event["clip_id"], tmp_path / "event.mp4")  # the recording exists
+    start = parse_iso(event["started_at"])
+    span = (iso(start + 0.5), iso(start + 2.5))
+    first = platform.clip_export("cam-1", *span)
+    time.sleep(PRE_S + GOP_S + 8)  # the span has left the ring: only the recording has it now
+    second = platform.clip_export("cam-1", *span)
+    assert first["sha256"] == second["sha256"] and first["bytes"] == second["bytes"]
+    out = fetch(platform, second["clip_id"], tmp_path / "export.mp4")
+    meta = check_clip(out, event)
+    assert 2.0 <= meta["duration"] <= 2.0 + GOP_S + 0.2  # from the keyframe at or before the start

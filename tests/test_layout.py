@@ -25,6 +25,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "contract": {"capture", "analysis", "footage", "mqtt", "runtime", "sdk"},
     "runtime": {"sdk"},
     "sdk": {"runtime", "capture", "analysis", "footage"},
+    "onvif": {"capture", "analysis", "footage", "mqtt", "commands", "runtime", "sdk"},
 }
 
 

@@ -10,6 +10,7 @@ a frame never sees half of a change.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from agent.analysis.events import EventPhase
@@ -46,9 +47,12 @@ class MotionDetecting(Protocol):
 
     def update_settings(self, settings: MotionSettings) -> None: ...
 
+    def reset(self) -> None: ...
+
 
 class MotionStage:
-    """Motion detector plus motion event tracker."""
+    """Motion detector plus motion event tracker; with `publish_events` off it still finds the
+    regions that steer object detection, and its events are not published."""
 
     def __init__(
         self, camera_id: str, settings: MotionSettings, motion_detector: MotionDetecting | None = None
@@ -57,19 +61,36 @@ class MotionStage:
             motion_detector if motion_detector is not None else MotionDetector(settings)
         )
         self.tracker = MotionEventTracker(camera_id, settings)
+        self._publish = settings.publish_events
+        self._open: set[str] = set()  # published events not yet ended
 
     def process(self, ctx: FrameContext) -> list[EventPhase]:
         frame = ctx.frame
         result = self.motion_detector.detect(frame.image, frame.ts)
         ctx.motion = result
-        return self.tracker.feed(result, frame.ts, frame.image, frame.pts)
+        return self._published(self.tracker.feed(result, frame.ts, frame.image, frame.pts))
 
     def close(self, ts: float, offset_s: float) -> list[EventPhase]:
-        return self.tracker.close(ts, offset_s)
+        return self._published(self.tracker.close(ts, offset_s))
 
     def update_settings(self, settings: MotionSettings) -> None:
         self.motion_detector.update_settings(settings)
         self.tracker.update_settings(settings)
+        self._publish = settings.publish_events
+
+    def _published(self, phases: list[EventPhase]) -> list[EventPhase]:
+        """Phases of events that started while `publish_events` was on: switching it either way
+        never leaves the platform an event without its start or its end."""
+        out = []
+        for p in phases:
+            eid = p.event.event_id
+            if p.event.phase == "start" and self._publish:
+                self._open.add(eid)
+            if eid in self._open:
+                out.append(p)
+                if p.event.phase == "end":
+                    self._open.discard(eid)
+        return out
 
 
 class CameraPipeline:
@@ -87,8 +108,11 @@ class CameraPipeline:
         *,
         objects: DetectionService | None = None,
         objects_inline: bool = False,
+        state_dir: Path | None = None,
     ) -> None:
+        """`state_dir` (under data_dir) keeps what must outlive a restart: stationary objects."""
         self.camera_id = camera.id
+        self._state_dir = state_dir
         self._motion = MotionStage(camera.id, camera.motion, motion_detector)
         self._objects: ObjectStage | None = None
         self._objects_inline = objects_inline
@@ -116,7 +140,10 @@ class CameraPipeline:
 
     def _add_objects(self, detection: DetectionSettings, objects: DetectionService | None) -> None:
         if detection.enabled and objects is not None and self._objects is None:
-            stage = ObjectStage(self.camera_id, detection, objects, synchronous=self._objects_inline)
+            state = None if self._state_dir is None else self._state_dir / f"objects-{self.camera_id}.json"
+            stage = ObjectStage(
+                self.camera_id, detection, objects, synchronous=self._objects_inline, state_path=state
+            )
             self._objects = stage
             self._stages.append(stage)
 
@@ -135,6 +162,11 @@ class CameraPipeline:
         for stage in self._stages:
             phases.extend(stage.process(ctx))
         return phases
+
+    def camera_moved(self) -> None:
+        """The view itself changed (a PTZ move): motion re-learns its background from the next
+        frame instead of reading the whole new view as movement."""
+        self._motion.motion_detector.reset()
 
     def close(self, ts: float, offset_s: float) -> list[EventPhase]:
         """End every open event (shutdown, end of a video)."""

@@ -32,13 +32,14 @@ import threading
 import time
 from pathlib import Path
 from typing import Literal, cast
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
 
 from agent.capture.source import EndOfStream, Frame, Image
 from agent.config.redact import redact as redact  # noqa: PLC0414 - re-exported (PEP 484)
+from agent.config.urls import file_path, url_problem
 from agent.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -78,25 +79,15 @@ def parse_uri(uri: str) -> tuple[Kind, str | int]:
     """Split a source URI into its kind and target (URL, absolute path or device index)."""
     scheme = uri.partition(":")[0].lower()
     if scheme in DEFAULT_PORTS:
-        try:
-            parts = urlsplit(uri)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as exc:
-            raise SourceError(f"{redact(uri)!r}: malformed URL ({exc})") from None
-        if not parts.hostname:
-            raise SourceError(f"{redact(uri)!r}: the URL has no host")
+        problem = url_problem(uri)
+        if problem is not None:
+            raise SourceError(f"{redact(uri)!r}: {problem}")
         return "network", uri
     if scheme == "file":
-        parts = urlsplit(uri)
-        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise SourceError(
-                f"{redact(uri)!r}: a file source must be an absolute URI such as file:///srv/video.mp4"
-            )
-        if parts.query or parts.fragment:
-            raise SourceError(
-                f"{redact(uri)!r}: unexpected '?' or '#' in a file URI (escape them as %3F and %23)"
-            )
-        return "file", unquote(parts.path)
+        try:
+            return "file", file_path(uri)
+        except ValueError as exc:
+            raise SourceError(f"{redact(uri)!r}: {exc}") from None
     if scheme == "usb":
         index = uri.partition(":")[2]
         if not re.fullmatch(r"[0-9]{1,3}", index):

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import av
 import av.codec.codec
@@ -39,6 +39,7 @@ import av.video.stream
 from agent.capture.packets import PacketSink, StreamInfo, StreamPacket
 from agent.capture.source import EndOfStream, Frame, Image
 from agent.config.redact import redact
+from agent.config.urls import file_path, url_problem
 from agent.errors import SourceError
 
 __all__ = ["DecodeMode", "PyAVSource", "parameter_sets"]
@@ -181,21 +182,15 @@ def _target(uri: str) -> tuple[Literal["network", "file"], str]:
     """The kind of `uri` and what FFmpeg opens: the URL itself, or a file's absolute path."""
     scheme = uri.partition(":")[0].lower()
     if scheme in DEFAULT_PORTS:
-        try:
-            parts = urlsplit(uri)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as exc:
-            raise SourceError(f"{redact(uri)!r}: malformed URL ({exc})") from None
-        if not parts.hostname:
-            raise SourceError(f"{redact(uri)!r}: the URL has no host")
+        problem = url_problem(uri)
+        if problem is not None:
+            raise SourceError(f"{redact(uri)!r}: {problem}")
         return "network", uri
     if scheme == "file":
-        parts = urlsplit(uri)
-        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise SourceError(
-                f"{redact(uri)!r}: a file source must be an absolute URI such as file:///srv/v.mp4"
-            )
-        return "file", unquote(parts.path)
+        try:
+            return "file", file_path(uri)
+        except ValueError as exc:
+            raise SourceError(f"{redact(uri)!r}: {exc}") from None
     if uri.startswith("/"):
         return "file", uri
     raise SourceError(

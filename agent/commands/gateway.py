@@ -8,7 +8,7 @@ the broker link to the runtime.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from agent.capture.source import Frame
 from agent.config import AgentConfig
@@ -124,3 +124,54 @@ class Gateway(Protocol):
         publish on `config/reported`, and return the new settings. Raise `ConfigError`,
         pydantic `ValidationError` or `ValueError` naming the fault when invalid; nothing is
         applied then. Privacy masks must not be removable this way."""
+
+
+class PtzLease(Protocol):
+    """Which agency controls a camera's PTZ, until when (agent.onvif.Lease fits)."""
+
+    @property
+    def agency(self) -> str: ...
+    @property
+    def until(self) -> float: ...
+
+
+class PtzAccess(Protocol):
+    """PTZ of the gateway's ONVIF cameras (agent.onvif.PtzService implements it).
+
+    Access per agency is the handlers' (`ptz_agencies`); leases are this side's: a camera leased
+    to another agency is `busy` unless `agency` is an admin agency. Failures carry a protocol code
+    in `.code` (agent.onvif.OnvifError): not_found, busy, bad_request, internal. Calls block the
+    command worker for at most the camera's `onvif.timeout_s` (plus a second).
+    """
+
+    def presets(self, camera: str) -> list[tuple[str, str]]:
+        """(token, name) of each preset."""
+
+    def move(
+        self,
+        camera: str,
+        agency: str,
+        *,
+        mode: Literal["continuous", "relative"],
+        pan: float,
+        tilt: float,
+        zoom: float,
+        timeout_s: float,
+    ) -> PtzLease: ...
+
+    def absolute(self, camera: str, agency: str, *, pan: float, tilt: float, zoom: float | None) -> PtzLease:
+        """Turn to a position in ONVIF's generic space."""
+
+    def goto_preset(self, camera: str, agency: str, preset: str) -> PtzLease: ...
+
+    def stop_camera(self, camera: str, agency: str, *, release: bool) -> PtzLease | None:
+        """Stop moving; `release` ends the agency's lease (None then)."""
+
+
+@runtime_checkable
+class PtzGateway(Protocol):
+    """A `Gateway` that controls PTZ cameras; one without (or a test stand-in) need not implement it,
+    and ptz.* then answer not_found."""
+
+    def ptz(self) -> PtzAccess | None:
+        """The PTZ control, or None when no camera of the gateway has ONVIF."""

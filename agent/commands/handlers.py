@@ -3,7 +3,8 @@
 A handler gets validated arguments and a `CommandContext`, returns the result as a JSON-ready
 dict, and raises `CommandError` for anything the platform should be told. Access control is
 done by the dispatcher before a handler runs, from the spec's `access` and `camera_of`; only
-`locate`, which spans cameras, filters by agency itself.
+`locate`, which spans cameras, filters by agency itself, and the `ptz.*` commands check the
+camera's `ptz_agencies` (or an admin agency) themselves.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pydantic import BaseModel
 from agent.capture.source import Frame
 from agent.clock import iso, parse_iso
 from agent.commands import models as m
-from agent.commands.gateway import ClipAccess, Gateway
+from agent.commands.aim import aim
+from agent.commands.gateway import ClipAccess, Gateway, PtzAccess, PtzGateway, PtzLease
 from agent.commands.geo import covers
 from agent.commands.models import DEFAULT_CHUNK_BYTES, CommandError
 from agent.commands.streams import StreamManager
@@ -283,6 +285,82 @@ def clip_hold(ctx: CommandContext, args: m.ClipHoldArgs) -> dict[str, Any]:
     return _dump(result)
 
 
+# --------------------------------------------------------------------------- PTZ
+
+
+def _ptz(ctx: CommandContext, camera: str) -> tuple[PtzAccess, CameraConfig]:
+    """The access check of every ptz.* command (spec access "per_camera"): the camera is the
+    audit record's; the agency must be in its `ptz_agencies` or an admin agency."""
+    ctx.subject = camera
+    cam = ctx.camera(camera)
+    agency = ctx.request.requester.agency
+    if agency not in cam.ptz_agencies and agency not in ctx.gateway.config.gateway.admin_agencies:
+        raise CommandError("forbidden", f"agency {agency!r} may not turn camera {camera!r} (ptz_agencies)")
+    gw = ctx.gateway
+    access = gw.ptz() if isinstance(gw, PtzGateway) else None
+    if access is None or cam.onvif is None:
+        raise CommandError("not_found", f"camera {camera!r} has no PTZ control on this gateway")
+    return access, cam
+
+
+def _leased(camera: str, lease: PtzLease) -> m.PtzLeaseResult:
+    return m.PtzLeaseResult(camera=camera, agency=lease.agency, lease_until=iso(lease.until))
+
+
+def ptz_move(ctx: CommandContext, args: m.PtzMoveArgs) -> dict[str, Any]:
+    access, _ = _ptz(ctx, args.camera)
+    lease = access.move(
+        args.camera,
+        ctx.request.requester.agency,
+        mode=args.mode,
+        pan=args.pan,
+        tilt=args.tilt,
+        zoom=args.zoom,
+        timeout_s=args.timeout_s,
+    )
+    return _dump(_leased(args.camera, lease))
+
+
+def ptz_stop(ctx: CommandContext, args: m.PtzStopArgs) -> dict[str, Any]:
+    access, _ = _ptz(ctx, args.camera)
+    lease = access.stop_camera(args.camera, ctx.request.requester.agency, release=args.release)
+    return _dump(m.PtzStopResult(camera=args.camera, lease_until=iso(lease.until) if lease else None))
+
+
+def ptz_presets(ctx: CommandContext, args: m.PtzCameraArgs) -> dict[str, Any]:
+    access, _ = _ptz(ctx, args.camera)
+    presets = [m.PtzPreset(token=token, name=name) for token, name in access.presets(args.camera)]
+    return _dump(m.PtzPresetsResult(camera=args.camera, presets=presets))
+
+
+def ptz_goto_preset(ctx: CommandContext, args: m.PtzGotoPresetArgs) -> dict[str, Any]:
+    access, _ = _ptz(ctx, args.camera)
+    lease = access.goto_preset(args.camera, ctx.request.requester.agency, args.preset)
+    return _dump(_leased(args.camera, lease))
+
+
+def ptz_look_at(ctx: CommandContext, args: m.PtzLookAtArgs) -> dict[str, Any]:
+    """Turn the camera to a point on the ground, from its geo and ptz calibration."""
+    access, cam = _ptz(ctx, args.camera)
+    if cam.geo is None:
+        raise CommandError("bad_request", f"camera {cam.id!r} has no geo: its position is needed for look_at")
+    target = aim(cam.id, cam.geo, cam.ptz_settings, args.lat, args.lon)
+    lease = access.absolute(
+        cam.id, ctx.request.requester.agency, pan=target.pan, tilt=target.tilt, zoom=args.zoom
+    )
+    result = m.PtzLookAtResult(
+        camera=cam.id,
+        agency=lease.agency,
+        lease_until=iso(lease.until),
+        pan=round(target.pan, 6),
+        tilt=round(target.tilt, 6),
+        bearing_deg=round(target.bearing_deg, 2),
+        distance_m=round(target.distance_m, 2),
+        depression_deg=round(target.depression_deg, 2),
+    )
+    return _dump(result)
+
+
 def _clip_camera(ctx: CommandContext, args: m.ClipFetchArgs) -> str:
     return _clips(ctx).get(args.clip_id).camera
 
@@ -312,6 +390,11 @@ COMMANDS: dict[str, CommandSpec] = {
         _spec("locate", locate, "per_camera", audited=True),
         _spec("config.get", config_get, "any", audited=False),
         _spec("config.set", config_set, "admin", audited=True),
+        _spec("ptz.move", ptz_move, "per_camera", audited=True),
+        _spec("ptz.stop", ptz_stop, "per_camera", audited=True),
+        _spec("ptz.presets", ptz_presets, "per_camera", audited=True),
+        _spec("ptz.goto_preset", ptz_goto_preset, "per_camera", audited=True),
+        _spec("ptz.look_at", ptz_look_at, "per_camera", audited=True),
     )
 }
 """Every command of the contract, keyed by name."""

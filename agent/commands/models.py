@@ -250,6 +250,55 @@ class LocateArgs(Model):
     at: Timestamp | None = Field(default=None, description="Snapshots nearest to this time")
 
 
+PresetName = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=PRINTABLE_PATTERN, description="A preset's token")
+]
+Generic = Annotated[float, Field(ge=-1.0, le=1.0)]
+
+
+class PtzCameraArgs(Model):
+    camera: Ident
+
+
+class PtzMoveArgs(Model):
+    camera: Ident
+    mode: Literal["continuous", "relative"] = Field(
+        default="continuous",
+        description="continuous: pan/tilt/zoom are speeds, for timeout_s; relative: they are steps",
+    )
+    pan: Generic = Field(default=0.0, description="ONVIF generic space: speed or step, -1..1")
+    tilt: Generic = Field(default=0.0, description="ONVIF generic space: speed or step, -1..1")
+    zoom: Generic = Field(default=0.0, description="ONVIF generic space: speed or step, -1..1")
+    timeout_s: float = Field(
+        default=1.0, gt=0.0, le=60.0, description="continuous: the camera stops after this long"
+    )
+
+    @model_validator(mode="after")
+    def _moves(self) -> PtzMoveArgs:
+        if self.pan == 0.0 and self.tilt == 0.0 and self.zoom == 0.0:
+            raise ValueError("give a non-zero pan, tilt or zoom (ptz.stop stops)")
+        return self
+
+
+class PtzStopArgs(Model):
+    camera: Ident
+    release: bool = Field(default=False, description="Also end this agency's lease of the camera")
+
+
+class PtzGotoPresetArgs(Model):
+    camera: Ident
+    preset: PresetName
+
+
+class PtzLookAtArgs(Model):
+    camera: Ident
+    lat: float = Field(ge=-90.0, le=90.0, description="Latitude of the point on the ground, WGS84 degrees")
+    lon: float = Field(ge=-180.0, le=180.0, description="Longitude of the point on the ground, WGS84 degrees")
+    zoom: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="ONVIF zoom position 0..1; absent: zoom unchanged"
+    )
+
+
 class ConfigSetArgs(BaseModel):
     """A partial of config.get's result; the runtime validates it as a whole before applying."""
 
@@ -356,6 +405,35 @@ class LocateResult(Model):
     cameras: list[LocateHit] = Field(description="Cameras whose view covers the point, nearest first")
 
 
+class PtzLeaseResult(Model):
+    camera: str
+    agency: str = Field(description="The agency holding the camera's PTZ lease (the requester)")
+    lease_until: str = Field(description="Other agencies get busy until then, unless an admin takes over")
+
+
+class PtzStopResult(Model):
+    camera: str
+    lease_until: str | None = Field(description="The requester's lease; null once released")
+
+
+class PtzPreset(Model):
+    token: str = Field(description="What ptz.goto_preset takes")
+    name: str
+
+
+class PtzPresetsResult(Model):
+    camera: str
+    presets: list[PtzPreset]
+
+
+class PtzLookAtResult(PtzLeaseResult):
+    pan: float = Field(description="ONVIF generic pan sent in AbsoluteMove, -1..1")
+    tilt: float = Field(description="ONVIF generic tilt sent in AbsoluteMove, -1..1")
+    bearing_deg: float = Field(description="From the camera to the point, from north")
+    distance_m: float = Field(description="Geodesic (WGS84) distance from the camera to the point")
+    depression_deg: float = Field(description="Angle below the horizon from the camera to the point")
+
+
 class SettingsResult(BaseModel):
     """The runtime-adjustable settings (shape owned by the runtime, see docs/protocol.md)."""
 
@@ -375,6 +453,11 @@ COMMAND_MODELS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "locate": (LocateArgs, LocateResult),
     "config.get": (NoArgs, SettingsResult),
     "config.set": (ConfigSetArgs, SettingsResult),
+    "ptz.move": (PtzMoveArgs, PtzLeaseResult),
+    "ptz.stop": (PtzStopArgs, PtzStopResult),
+    "ptz.presets": (PtzCameraArgs, PtzPresetsResult),
+    "ptz.goto_preset": (PtzGotoPresetArgs, PtzLeaseResult),
+    "ptz.look_at": (PtzLookAtArgs, PtzLookAtResult),
 }
 """Arguments and result model of every command, in the contract's order."""
 

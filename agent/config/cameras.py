@@ -4,13 +4,16 @@ pre-event buffer and clip settings (those `config.set` may change at runtime sta
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from agent.config.base import Ident, Polygon, Strict
 from agent.config.redact import redact
+from agent.config.urls import url_problem
+from agent.errors import ConfigError
 
 FootagePath = Literal["auto", "packets", "pixels"]
 PACKET_SCHEMES = ("rtsp://", "rtsps://")
@@ -50,13 +53,23 @@ class MotionSettings(Strict):
     masks: list[Polygon] = Field(
         default_factory=list, description="Normalised polygons where motion is ignored"
     )
+    publish_events: bool = Field(
+        default=True,
+        description=(
+            "Publish motion events; false keeps motion detection only to steer object detection"
+            " (a camera that reports objects without a motion event for every swaying tree)"
+        ),
+    )
 
 
 DEFAULT_OBJECT_LABELS = ["person", "car", "bus", "truck", "motorcycle", "bicycle"]
 
 
 class DetectionSettings(Strict):
-    """Per-camera object detection settings (runtime-adjustable); inference runs only on motion."""
+    """Per-camera object detection settings (runtime-adjustable).
+
+    Inference runs on motion regions, on the boxes of tracked objects due for a check, and on the
+    whole frame every `full_frame_s`."""
 
     enabled: bool = Field(default=False, description="Detect objects in this camera's motion regions")
     labels: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
@@ -88,6 +101,21 @@ class DetectionSettings(Strict):
         ge=1.0,
         le=3600.0,
         description="A box that hardly moves for this long is stationary and raises no new events",
+    )
+    stationary_check_s: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=3600.0,
+        description="Seconds between detections on a stationary object's box that check it is still there",
+    )
+    full_frame_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=3600.0,
+        description=(
+            "Seconds between detection passes over the whole frame (in tiles) that find what motion"
+            " missed, such as vehicles parked before the start; 0: only motion and checks"
+        ),
     )
 
 
@@ -123,6 +151,143 @@ class ClipsSettings(Strict):
     post_roll_s: float = Field(
         default=5.0, ge=0.0, le=120.0, description="Seconds after the event's end included in its clip"
     )
+
+
+ONVIF_DEVICE_PATH = "/onvif/device_service"
+
+
+class OnvifConfig(Strict):
+    """Where a camera's ONVIF device service is and how to log in. The password lives in a file
+    (first line), like the MQTT password, so it is never in the config, a log or a reply."""
+
+    url: str = Field(
+        description=(
+            "Device service: http://host[:port]/onvif/device_service (the path ONVIF defines; the"
+            " client takes the other services' addresses from the device)"
+        )
+    )
+    username: str | None = Field(default=None, min_length=1, max_length=64, description="ONVIF user")
+    password_file: Path | None = Field(
+        default=None, description="File whose first line is the ONVIF user's password"
+    )
+    timeout_s: float = Field(
+        default=5.0, gt=0.0, le=60.0, description="Longest wait for one ONVIF request before it fails"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _device_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ValueError(f"onvif url {redact(value)!r} is not a valid URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"onvif url {redact(value)!r} must be http(s)://host[:port]{ONVIF_DEVICE_PATH}")
+        if parts.username or parts.password:
+            raise ValueError("onvif url must not carry credentials: give username and password_file")
+        if parts.path not in ("", "/", ONVIF_DEVICE_PATH) or parts.query:
+            raise ValueError(
+                f"onvif url {redact(value)!r}: the device service must be at {ONVIF_DEVICE_PATH}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _login_pairs(self) -> OnvifConfig:
+        if self.password_file is not None and self.username is None:
+            raise ValueError("onvif.password_file needs onvif.username")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    def resolved_password(self) -> str | None:
+        """The password from `password_file` (None without one); ConfigError naming the file."""
+        if self.password_file is None:
+            return None
+        try:
+            lines = self.password_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+            raise ConfigError("onvif.password_file", [f"cannot read {self.password_file}: {why}"]) from None
+        if not lines or not lines[0]:
+            raise ConfigError(
+                "onvif.password_file", [f"{self.password_file} is empty (its first line is the password)"]
+            )
+        return lines[0]
+
+    def file_problems(self) -> list[str]:
+        """What `run` would refuse about the password file (for check-config)."""
+        try:
+            self.resolved_password()
+        except ConfigError as exc:
+            return exc.problems
+        return []
+
+
+class PtzConfig(Strict):
+    """How the camera's ONVIF pan/tilt maps to the world (for ptz.look_at), and its leases.
+
+    Pan: ONVIF pan `p` (generic space -1..1) faces compass heading
+    `pan0_heading_deg + p * pan_deg_per_unit`. Tilt: ONVIF tilt `t` looks
+    `tilt0_depression_deg + t * tilt_deg_per_unit` degrees below the horizon. Measure both once on
+    site (two presets and a map are enough); the camera's own position is `geo`.
+    """
+
+    height_m: float = Field(
+        default=6.0, gt=0.0, le=500.0, description="Height of the camera above the ground it looks at"
+    )
+    pan0_heading_deg: float = Field(
+        default=0.0, ge=0.0, lt=360.0, description="Compass heading the camera faces at ONVIF pan 0"
+    )
+    pan_deg_per_unit: float = Field(
+        default=180.0,
+        ge=-360.0,
+        le=360.0,
+        description="Degrees turned clockwise per +1 of ONVIF pan (negative: the camera turns anticlockwise)",
+    )
+    tilt0_depression_deg: float = Field(
+        default=45.0, ge=-90.0, le=90.0, description="Degrees below the horizon at ONVIF tilt 0"
+    )
+    tilt_deg_per_unit: float = Field(
+        default=-45.0,
+        ge=-180.0,
+        le=180.0,
+        description="Degrees further down per +1 of ONVIF tilt (negative: +tilt looks up)",
+    )
+    home_preset: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Preset the camera returns to after idle_return_s without PTZ commands; none: stays",
+    )
+    idle_return_s: float = Field(
+        default=300.0, ge=5.0, le=86400.0, description="Seconds after the last PTZ command before going home"
+    )
+    lease_s: float = Field(
+        default=60.0,
+        ge=5.0,
+        le=3600.0,
+        description="Seconds an agency keeps control after its last PTZ command; others get busy meanwhile",
+    )
+
+    @field_validator("pan_deg_per_unit", "tilt_deg_per_unit")
+    @classmethod
+    def _nonzero(cls, value: float) -> float:
+        if value == 0.0:
+            raise ValueError("must not be 0 (the camera would not turn)")
+        return value
+
+
+def _onvif_shorthand(value: Any) -> Any:
+    """`onvif = "http://…"` is `onvif = { url = "http://…" }` (no credentials)."""
+    return {"url": value} if isinstance(value, str) else value
 
 
 class CameraConfig(Strict):
@@ -193,13 +358,9 @@ class CameraConfig(Strict):
         if value is not None and not value.startswith(schemes):
             raise ValueError(f"source {redact(value)!r} must start with one of {', '.join(schemes)}")
         if value is not None and value.startswith(("rtsp://", "rtsps://", "http://", "https://")):
-            try:
-                parts = urlsplit(value)
-                parts.port  # noqa: B018 - raises ValueError on a bad port
-            except ValueError as exc:
-                raise ValueError(f"source {redact(value)!r} is not a valid URL: {exc}") from None
-            if not parts.hostname:
-                raise ValueError(f"source {redact(value)!r} has no host")
+            problem = url_problem(value)
+            if problem is not None:
+                raise ValueError(f"source {redact(value)!r}: {problem}")
         return value
 
     @model_validator(mode="after")
@@ -226,6 +387,39 @@ class CameraConfig(Strict):
         if self.footage == "pixels" or self.privacy_masks:
             return False
         return self.source.startswith(PACKET_SCHEMES)
+
+    onvif: OnvifConfig | None = Field(
+        default=None,
+        description="The camera's ONVIF device service: PTZ control (ptz_agencies) and `edge-agent discover`",
+    )
+    ptz_agencies: list[Ident] = Field(
+        default_factory=list,
+        description="Agencies that may turn this camera (ptz.* commands); each must be in allowed_agencies",
+    )
+    ptz: PtzConfig | None = Field(
+        default=None, description="PTZ calibration, home preset and lease; needs onvif (and geo for look_at)"
+    )
+
+    @field_validator("onvif", mode="before")
+    @classmethod
+    def _onvif_url_only(cls, value: Any) -> Any:
+        return _onvif_shorthand(value)
+
+    @model_validator(mode="after")
+    def _ptz_needs_onvif(self) -> CameraConfig:
+        if (self.ptz_agencies or self.ptz is not None) and self.onvif is None:
+            raise ValueError("ptz_agencies and ptz need onvif (the camera's ONVIF device service)")
+        outside = [a for a in self.ptz_agencies if a not in self.allowed_agencies]
+        if outside:
+            raise ValueError(
+                f"ptz_agencies {outside} are not in allowed_agencies: an agency turning a camera must see it"
+            )
+        return self
+
+    @property
+    def ptz_settings(self) -> PtzConfig:
+        """`ptz`, or the defaults when the table is absent."""
+        return self.ptz if self.ptz is not None else PtzConfig()
 
     @model_validator(mode="after")
     def _detect_source_differs(self) -> CameraConfig:

@@ -54,6 +54,7 @@ from agent.footage.store import ClipStore
 from agent.mqtt.link import MqttLink
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.topics import Topics
+from agent.onvif import PtzService
 from agent.runtime.camera import CameraWorker
 from agent.runtime.gateway import GatewayFacade
 from agent.runtime.health import GatewayHealth
@@ -98,6 +99,7 @@ class Agent:
         self.clip_store, self.retention, self.recorder = open_clips(data_dir, cfg, self.buffers, self.rings)
         open_events = OpenEvents(data_dir / "open_events.json")
         self.events = EventPublisher(self.link, self.topics, open_events, self._privacy_masks, self.recorder)
+        self.ptz = PtzService.from_config(cfg.cameras, cfg.gateway.admin_agencies)
         self.cameras = {
             cam.id: CameraWorker(
                 cam,
@@ -107,6 +109,8 @@ class Agent:
                 on_packet=self.rings[cam.id].push if cam.id in self.rings else None,
                 source_factory=source_factory,
                 frame_fps=cam.buffer.fps,  # frames neither the buffer nor detection needs are skipped
+                state_dir=data_dir / "analysis",
+                moving=self._moving_check(cam.id),
             )
             for cam in cfg.cameras
         }
@@ -167,6 +171,7 @@ class Agent:
             rings=self.rings,
             settings=self.settings,
             clips=clips,
+            ptz=self.ptz,
         )
         streams = StreamManager(gateway, limits=stream_limits(self.settings.current))
         self.settings.add_listener(lambda new: streams.set_limits(stream_limits(new)))
@@ -186,6 +191,13 @@ class Agent:
     def _privacy_masks(self, camera: str) -> Sequence[PolygonLike]:
         cam = self.cfg.camera(camera)
         return cam.privacy_masks if cam is not None else []
+
+    def _moving_check(self, camera: str) -> Callable[[], bool] | None:
+        """Whether the agent is turning `camera` (PTZ), for its detect thread; None without PTZ."""
+        ptz = self.ptz
+        if ptz is None:
+            return None
+        return lambda: ptz.moving(camera)
 
     def _buffer_frame(self, camera: str, frame: Frame) -> bool:
         return self.buffers[camera].push(frame) is not None  # False: the camera converts the next
@@ -229,6 +241,8 @@ class Agent:
             self.recorder.start()
         for timer in self.timers:
             timer.start()
+        if self.ptz is not None:
+            self.ptz.start()
         self.commands.start()
         self.link.wait_connected(5.0)
         notify("READY=1")
@@ -260,6 +274,8 @@ class Agent:
         for worker in self.cameras.values():
             worker.stop(timeout=max(0.1, deadline - time.monotonic()))
         self.commands.stop(timeout=0.5)
+        if self.ptz is not None:
+            self.ptz.stop(timeout=0.5)
         self.dispatcher.close()  # writes the last rate-limit summaries, closes the reply store
         for timer in self.timers:
             timer.stop(timeout=0.2)

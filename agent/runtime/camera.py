@@ -34,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
@@ -97,10 +98,15 @@ class CameraWorker:
         backoff_max_s: float = 30.0,
         frame_fps: float | None = None,
         motion_detector: MotionDetecting | None = None,
+        state_dir: Path | None = None,
+        moving: Callable[[], bool] | None = None,
     ) -> None:
         """`frame_fps`: the most frames per second `on_frame` needs (None: every frame).
         `on_packet` takes the main stream's packets, from sources that have them (PyAV).
-        `motion_detector` replaces the built-in one (a bench's reference, a test's observer)."""
+        `motion_detector` replaces the built-in one (a bench's reference, a test's observer).
+        `state_dir` keeps analysis state across restarts (stationary objects). `moving()` says the
+        camera is being turned (PTZ): its frames are not analysed, and motion re-learns the view
+        once it is still again."""
         self.cfg = cfg
         self.id = cfg.id
         self.stats = CameraStats()
@@ -115,7 +121,8 @@ class CameraWorker:
         self._main_packets_only = False
         self._backoff_max_s = backoff_max_s
         # Read its counters only: the detect thread alone drives it (settings go through apply()).
-        self.pipeline = CameraPipeline(cfg, motion_detector)
+        self.pipeline = CameraPipeline(cfg, motion_detector, state_dir=state_dir)
+        self._moving = moving
         # _pending_lock guards _pending, the newest settings not yet applied (a one-slot mailbox).
         self._pending_lock = threading.Lock()
         self._pending: _Settings | None = None
@@ -388,8 +395,18 @@ class CameraWorker:
 
     # -- detect thread ---------------------------------------------------------------------
 
+    def _is_moving(self) -> bool:
+        if self._moving is None:
+            return False
+        try:
+            return self._moving()
+        except Exception:  # a PTZ bug must not stop analysis
+            log.exception("camera %s: PTZ state unavailable", self.id)
+            return False
+
     def _detect_loop(self) -> None:
         last: Frame | None = None
+        was_moving = False
         while not self._stop.is_set():
             self._apply_pending()  # also while no frames flow
             try:
@@ -398,6 +415,12 @@ class CameraWorker:
                 continue
             self._apply_pending()  # a change made while waiting holds from this frame on
             last = frame
+            if self._is_moving():
+                was_moving = True
+                continue
+            if was_moving:
+                was_moving = False
+                self.pipeline.camera_moved()
             try:
                 phases = self.pipeline.process(frame)
             except Exception:

@@ -13,7 +13,7 @@ from typing import Any
 
 from agent import __version__
 from agent.capture.source import Frame
-from agent.commands.gateway import ClipAccess
+from agent.commands.gateway import ClipAccess, PtzAccess
 from agent.config import AgentConfig
 from agent.contract.messages import CameraStatus
 from agent.footage.packet_frames import decode_nearest
@@ -41,6 +41,7 @@ class GatewayFacade:
         rings: Mapping[str, PacketRing] | None = None,
         settings: SettingsApplier,
         clips: ClipAccess | None,
+        ptz: PtzAccess | None = None,
     ) -> None:
         self._cfg = cfg
         self._topics = topics
@@ -51,6 +52,7 @@ class GatewayFacade:
         self._rings: Mapping[str, PacketRing] = rings or {}
         self._settings = settings
         self._clips = clips
+        self._ptz = ptz
 
     @property
     def config(self) -> AgentConfig:
@@ -71,6 +73,10 @@ class GatewayFacade:
     @property
     def clips(self) -> ClipAccess | None:
         return self._clips
+
+    def ptz(self) -> PtzAccess | None:
+        """PTZ control of the ONVIF cameras (agent.commands.gateway.PtzGateway); None without any."""
+        return self._ptz
 
     def uptime_s(self) -> float:
         return time.time() - self._started_at

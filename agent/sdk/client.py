@@ -80,6 +80,44 @@ class PlatformClient(Connection):
         args = {"camera": camera, "start": start, "end": end, "until": until}
         return self.request("clip.hold", args, timeout=timeout)
 
+    # PTZ: each call waits for the camera (the agent's ONVIF timeout), hence the longer defaults.
+
+    def ptz_move(
+        self,
+        camera: str,
+        *,
+        pan: float = 0.0,
+        tilt: float = 0.0,
+        zoom: float = 0.0,
+        mode: str = "continuous",
+        timeout_s: float | None = None,
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        """Continuous (speeds -1..1 for `timeout_s`) or relative (steps -1..1) pan/tilt/zoom."""
+        args: dict[str, Any] = {"camera": camera, "mode": mode}
+        args.update({k: float(v) for k, v in (("pan", pan), ("tilt", tilt), ("zoom", zoom)) if v})
+        if timeout_s is not None:
+            args["timeout_s"] = float(timeout_s)
+        return self.request("ptz.move", args, timeout=timeout)
+
+    def ptz_stop(self, camera: str, *, release: bool = False, timeout: float = 10.0) -> dict[str, Any]:
+        return self.request("ptz.stop", {"camera": camera, "release": release}, timeout=timeout)
+
+    def ptz_presets(self, camera: str, timeout: float = 10.0) -> dict[str, Any]:
+        return self.request("ptz.presets", {"camera": camera}, timeout=timeout)
+
+    def ptz_goto_preset(self, camera: str, preset: str, timeout: float = 10.0) -> dict[str, Any]:
+        return self.request("ptz.goto_preset", {"camera": camera, "preset": preset}, timeout=timeout)
+
+    def ptz_look_at(
+        self, camera: str, lat: float, lon: float, zoom: float | None = None, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Turn `camera` to a point on the ground (e.g. one `locate` listed it for)."""
+        args: dict[str, Any] = {"camera": camera, "lat": float(lat), "lon": float(lon)}
+        if zoom is not None:
+            args["zoom"] = float(zoom)
+        return self.request("ptz.look_at", args, timeout=timeout)
+
     def snapshot(
         self, camera: str, max_width: int | None = None, at: str | None = None, timeout: float = 5.0
     ) -> tuple[dict[str, Any], bytes]:

@@ -159,6 +159,8 @@ def add_ctl_parser(sub: Subparsers) -> None:
     _add_config_commands(config.add_subparsers(dest="config_command", required=True))
     clip = cmds.add_parser("clip", help="clips: export, fetch, hold")
     _add_clip_commands(clip.add_subparsers(dest="clip_command", required=True))
+    ptz = cmds.add_parser("ptz", help="turn a PTZ camera: move, stop, presets, goto, look-at")
+    _add_ptz_commands(ptz.add_subparsers(dest="ptz_command", required=True))
 
 
 def _add(cmds: Subparsers, name: str, action: Action, help_text: str) -> argparse.ArgumentParser:
@@ -239,3 +241,26 @@ def _add_clip_commands(cmds: Subparsers) -> None:
     p.add_argument("start")
     p.add_argument("end")
     p.add_argument("until")
+
+
+def _add_ptz_commands(cmds: Subparsers) -> None:
+    p = _add(cmds, "move", commands.ptz_move, "pan/tilt/zoom: speeds for --seconds, or --relative steps")
+    p.add_argument("camera")
+    p.add_argument("--pan", type=float, default=0.0, help="-1..1")
+    p.add_argument("--tilt", type=float, default=0.0, help="-1..1")
+    p.add_argument("--zoom", type=float, default=0.0, help="-1..1")
+    p.add_argument("--seconds", type=float, help="continuous: stop after this long (agent default 1)")
+    p.add_argument("--relative", action="store_true", help="steps in ONVIF's generic space, not speeds")
+    p = _add(cmds, "stop", commands.ptz_stop, "stop moving; --release gives the camera back")
+    p.add_argument("camera")
+    p.add_argument("--release", action="store_true", help="end this agency's lease")
+    p = _add(cmds, "presets", commands.ptz_presets, "list the camera's presets")
+    p.add_argument("camera")
+    p = _add(cmds, "goto", commands.ptz_goto, "go to a preset (its token, from presets)")
+    p.add_argument("camera")
+    p.add_argument("preset")
+    p = _add(cmds, "look-at", commands.ptz_look_at, "turn the camera to a point on the ground")
+    p.add_argument("camera")
+    p.add_argument("lat", type=float)
+    p.add_argument("lon", type=float)
+    p.add_argument("--zoom", type=float, help="zoom position 0..1 (default: unchanged)")

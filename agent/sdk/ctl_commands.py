@@ -246,3 +246,57 @@ def clip_hold(client: PlatformClient, args: argparse.Namespace) -> None:
     else:
         clips = ", ".join(result.get("clip_ids", [])) or "none stored yet"
         print(f"hold on {args.camera} {start} .. {end} until {until}; clips held: {clips}")
+
+
+def _print_lease(result: dict[str, Any], as_json: bool = False) -> None:
+    if as_json:
+        _print_json(result)
+        return
+    until = result.get("lease_until")
+    held = f"controlled by {result.get('agency')} until {until}" if until else "released"
+    print(f"{result['camera']}: {held}")
+
+
+def ptz_move(client: PlatformClient, args: argparse.Namespace) -> None:
+    result = client.ptz_move(
+        args.camera,
+        pan=args.pan,
+        tilt=args.tilt,
+        zoom=args.zoom,
+        mode="relative" if args.relative else "continuous",
+        timeout_s=None if args.relative else args.seconds,
+        timeout=args.timeout,
+    )
+    _print_lease(result, args.json)
+
+
+def ptz_stop(client: PlatformClient, args: argparse.Namespace) -> None:
+    result = client.ptz_stop(args.camera, release=args.release, timeout=args.timeout)
+    _print_lease(result, args.json)
+
+
+def ptz_presets(client: PlatformClient, args: argparse.Namespace) -> None:
+    result = client.ptz_presets(args.camera, timeout=args.timeout)
+    if args.json:
+        _print_json(result)
+        return
+    for preset in result.get("presets", []):
+        print(f"{preset['token']:<12} {preset['name']}")
+
+
+def ptz_goto(client: PlatformClient, args: argparse.Namespace) -> None:
+    result = client.ptz_goto_preset(args.camera, args.preset, timeout=args.timeout)
+    _print_lease(result, args.json)
+
+
+def ptz_look_at(client: PlatformClient, args: argparse.Namespace) -> None:
+    result = client.ptz_look_at(args.camera, args.lat, args.lon, zoom=args.zoom, timeout=args.timeout)
+    if args.json:
+        _print_json(result)
+        return
+    print(
+        f"{result['camera']}: bearing {result['bearing_deg']:.1f}, {result['distance_m']:.0f} m,"
+        f" {result['depression_deg']:.1f} below the horizon"
+        f" (pan {result['pan']:.3f}, tilt {result['tilt']:.3f})"
+    )
+    _print_lease(result)

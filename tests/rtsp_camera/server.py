@@ -469,8 +469,10 @@ class Camera:
         fps = self._fps[mount]
         gop = max(1, round(self.args.gop_s * fps))
         return (
-            "( appsrc name=src is-live=true format=time block=false "
-            "max-buffers=4 leaky-type=downstream "
+            # Never leaky: a camera's encoder does not drop frames when the machine is busy, and
+            # the clip tests count frames against duration x fps. The feed catches up instead.
+            "( appsrc name=src is-live=true format=time block=true "
+            "max-buffers=25 "
             f"caps=video/x-raw,format=I420,width={width},height={height},framerate={fps}/1,"
             "pixel-aspect-ratio=1/1 "
             f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} "

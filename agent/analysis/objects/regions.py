@@ -111,6 +111,24 @@ def plan_crops(
     return crops
 
 
+def tile_crops(frame_size: tuple[int, int], input_side: int) -> list[Crop]:
+    """Squares side by side along the frame's long axis that cover all of it, one per frame
+    height (two for 16:9), overlapping evenly: the full-frame pass that finds what motion missed,
+    at a resolution the model can still use."""
+    width, height = frame_size
+    if width <= 0 or height <= 0 or input_side <= 0:
+        raise ValueError(f"bad frame size {frame_size} or input side {input_side}")
+    long, short = max(width, height), min(width, height)
+    side = max(short, min(input_side, long))
+    count = max(1, math.ceil(long / side))
+    step = 0 if count == 1 else (long - side) / (count - 1)
+    offset = (short - side) // 2  # a square taller than the frame is centred (padded)
+    starts = [round(i * step) if long > side else (long - side) // 2 for i in range(count)]
+    if width >= height:
+        return [Crop(x, offset, side) for x in starts]
+    return [Crop(offset, y, side) for y in starts]
+
+
 def extract(image: Image, crop: Crop, input_side: int) -> Image:
     """The crop's pixels at input_side x input_side; outside the frame is black."""
     height, width = image.shape[:2]

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.analysis.objects.interpreter import BACKENDS
-from agent.analysis.objects.model import DetectionModel
+from agent.analysis.objects.model import DetectionModel, nms
 from agent.analysis.objects.regions import Crop, NormBox, extract, plan_crops
 from agent.capture.source import Frame, Image
 from agent.config import AgentConfig, DetectionSettings, DetectorConfig
@@ -33,6 +33,7 @@ from agent.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MAX_CROPS = 4  # per frame; more motion regions than this become one crop
+TILE_NMS_IOU = 0.5  # overlap at which two boxes from overlapping tiles are one object
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,14 +215,23 @@ class DetectionService:
         for the camera, service not running) or the frame was dropped (rate cap or full queue,
         both counted). Only frames that will be inferred are copied.
         """
-        if not regions or not self.running:
+        return self._submit(camera_id, frame, regions, ())
+
+    def submit_tiles(self, camera_id: str, frame: Frame, tiles: Sequence[Crop]) -> bool:
+        """Queue a frame for detection on `tiles` (crops taken as they are, see `tile_crops`),
+        as `submit` does for regions."""
+        return self._submit(camera_id, frame, (), tiles)
+
+    def _submit(
+        self, camera_id: str, frame: Frame, regions: Sequence[NormBox], tiles: Sequence[Crop]
+    ) -> bool:
+        if not (regions or tiles) or not self.running:
             return False
         with self._lock:
             cam = self._cameras.get(camera_id)
         if cam is None or not cam.settings.enabled:
             return False
-        height, width = frame.image.shape[:2]
-        crops = plan_crops(regions, (width, height), self.input_side, max_crops=MAX_CROPS)
+        crops = self._crops(frame, regions, tiles)
         if not crops or not self._admit(len(crops)):
             return False
         # A private copy: the caller may reuse its buffer, and the result's frame becomes a snapshot.
@@ -235,19 +245,27 @@ class DetectionService:
             return False
         return True
 
-    def detect_now(self, camera_id: str, frame: Frame, regions: Sequence[NormBox]) -> DetectionResult | None:
+    def detect_now(
+        self, camera_id: str, frame: Frame, regions: Sequence[NormBox], *, tiles: Sequence[Crop] = ()
+    ) -> DetectionResult | None:
         """Detect on the caller's thread, without the rate cap: for replay, where every frame
         counts and results must not depend on timing. None when there is nothing to do."""
         with self._lock:
             cam = self._cameras.get(camera_id)
-        if not regions or cam is None or not cam.settings.enabled:
+        if not (regions or tiles) or cam is None or not cam.settings.enabled:
             return None
-        height, width = frame.image.shape[:2]
-        crops = plan_crops(regions, (width, height), self.input_side, max_crops=MAX_CROPS)
+        crops = self._crops(frame, regions, tiles)
         if not crops:
             return None
         private = dataclasses.replace(frame, image=frame.image.copy())
         return self._detect(_Job(camera_id, private, crops), cam)
+
+    def _crops(self, frame: Frame, regions: Sequence[NormBox], tiles: Sequence[Crop]) -> list[Crop]:
+        """Tiles cover the whole frame already: regions are planned only without them."""
+        if tiles:
+            return list(tiles)
+        height, width = frame.image.shape[:2]
+        return plan_crops(regions, (width, height), self.input_side, max_crops=MAX_CROPS)
 
     def _admit(self, inferences: int) -> bool:
         """Count a submission; take its tokens if the queue has room and the cap allows."""
@@ -295,6 +313,11 @@ class DetectionService:
                 box = crop.to_frame(det.box, (width, height))
                 if box is not None and cam.keeps(det.label, det.score, box):
                     objects.append(DetectedObject(label=det.label, score=round(det.score, 4), box=box))
+        if len(job.crops) > 1:  # tiles overlap: one object may be found in two
+            ids = {label: i for i, label in enumerate(sorted({o.label for o in objects}))}
+            classes = [ids[o.label] for o in objects]
+            kept = nms([o.box for o in objects], [o.score for o in objects], classes, TILE_NMS_IOU)
+            objects = [objects[i] for i in sorted(kept)]
         with self._lock:
             self._stats.inferences += len(job.crops)
             self._stats.frames_done += 1

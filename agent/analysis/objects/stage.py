@@ -1,7 +1,8 @@
 """The camera pipeline's object stage: motion regions in, object events out.
 
 `CameraPipeline` creates it once a camera's detection is enabled and passes it later settings.
-It submits each moving frame's regions to the gateway's shared `DetectionService` and takes the
+It submits each moving frame's regions, the boxes of tracked objects due for a check and, every
+`full_frame_s`, tiles of the whole frame to the gateway's shared `DetectionService`, and takes the
 results back through a small per-camera queue, so the tracker is only ever touched by the
 camera's own thread; results that pile up (a stalled camera thread) are dropped oldest first.
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import queue
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.analysis.events import EventPhase
+from agent.analysis.objects.regions import Crop, tile_crops
 from agent.analysis.objects.service import DetectionResult, DetectionService
 from agent.analysis.objects.tracker import ObjectTracker
 from agent.config import DetectionSettings
@@ -32,12 +35,15 @@ class ObjectStage:
         *,
         backlog: int = 8,
         synchronous: bool = False,
+        state_path: Path | None = None,
     ) -> None:
-        """`synchronous` detects on the camera's own thread (replay); else via the shared worker."""
+        """`synchronous` detects on the camera's own thread (replay); else via the shared worker.
+        `state_path` keeps the camera's stationary objects across restarts."""
         self.camera_id = camera_id
         self.synchronous = synchronous
         self.service = service
-        self.tracker = ObjectTracker(camera_id, settings)
+        self.tracker = ObjectTracker(camera_id, settings, state_path=state_path)
+        self._next_sweep: float | None = None  # the first frame gets a full-frame pass
         self.dropped_results = 0
         self._results: queue.Queue[DetectionResult] = queue.Queue(maxsize=backlog)
         service.add_camera(camera_id, settings, self._on_result)
@@ -62,21 +68,37 @@ class ObjectStage:
                 result = self._results.get_nowait()
             except queue.Empty:
                 break
-            phases.extend(self.tracker.update(result.objects, result.frame))
+            phases.extend(self._feed(result))
         return phases
 
     def process(self, ctx: FrameContext) -> list[EventPhase]:
         phases = self.drain()
-        motion = ctx.motion
-        if motion is not None and motion.motion:
+        frame, motion = ctx.frame, ctx.motion
+        regions = list(motion.regions) if motion is not None and motion.motion else []
+        regions += self.tracker.due_checks(frame.ts)
+        tiles: list[Crop] = []
+        every = self.tracker.settings.full_frame_s
+        if every > 0 and (self._next_sweep is None or frame.ts >= self._next_sweep):
+            height, width = frame.image.shape[:2]
+            tiles = tile_crops((width, height), self.service.input_side)
+            self._next_sweep = frame.ts + every
+        if regions or tiles:
             if self.synchronous:
-                result = self.service.detect_now(self.camera_id, ctx.frame, motion.regions)
+                result = self.service.detect_now(self.camera_id, frame, regions, tiles=tiles)
                 if result is not None:
-                    phases.extend(self.tracker.update(result.objects, result.frame))
+                    phases.extend(self._feed(result))
             else:
-                self.service.submit(self.camera_id, ctx.frame, motion.regions)
-        phases.extend(self.tracker.tick(ctx.frame.ts, ctx.frame.pts))
+                self.service.submit(self.camera_id, frame, regions)
+                if tiles:
+                    self.service.submit_tiles(self.camera_id, frame, tiles)
+        phases.extend(self.tracker.tick(frame.ts, frame.pts))
         return phases
+
+    def _feed(self, result: DetectionResult) -> list[EventPhase]:
+        """Give a result to the tracker with where it looked (its crops, normalised)."""
+        height, width = result.frame.image.shape[:2]
+        looked = [(c.x / width, c.y / height, c.side / width, c.side / height) for c in result.crops]
+        return self.tracker.update(result.objects, result.frame, looked)
 
     def close(self, ts: float, offset_s: float) -> list[EventPhase]:
         """Stop taking results for this camera and end its open events."""

@@ -1,31 +1,44 @@
 """Turns per-frame detections into object events: one tracked object, one event_id.
 
-A track follows one object across frames by box overlap (with a constant-velocity guess, since
-inference is sparse) or, failing that, by a nearby centre. Its event starts once the track has
-been seen `min_hits` times, sends updates at most every `update_interval_s`, and ends when the
-object has been unseen for `end_delay_s`. The label is a score-weighted vote over the track's
-history and the score an exponential average, so neither flickers between frames.
+Detection runs only where something is looked at (motion crops, checks of known objects, a
+periodic full-frame pass), so "unseen" means little by itself. A track therefore ends only when
+it is lost: looked at and not found (`LOSE_MISSES` times and for `end_delay_s`), or predicted out
+of the frame for `end_delay_s`. Until then a detection near where it was heading (constant
+velocity, a gate that widens with the time unseen) continues it as the same track and the same
+event, so a small person the model misses for a few seconds stays one event. The event's end
+waits for that loss; `ended_at` is when the object was last seen.
 
-Stationary objects: an event starts only for a track that has moved (its box left where it first
-stood for MOVE_HITS detections in a row), so a parked car seen in a crop because someone walked
-past raises nothing. A track whose box stays put for `stationary_s` ends its event and goes quiet;
-when it disappears (no motion, so no inference there) its box is remembered as parked, and a
-later detection on that spot joins as stationary at once. A stationary track raises a new event
-only after it has clearly moved for `min_hits` detections in a row.
+Association: greedy one-to-one on the predicted box: same label group first (car, bus and truck
+are one group; a track keeps a score-weighted label vote, so one frame calling a person a
+bicycle changes nothing), then overlap, then centre distance. Another group joins a track only
+with a large overlap.
+
+Stationary objects: an event starts only for a track that has moved (its box left where it
+first stood for MOVE_HITS detections in a row; a box shrunk inside the old one is an occluded
+view, not a move), so objects present at the start, seen in a crop because someone walked past,
+raise nothing. A track that stays put for `stationary_s`, or goes unseen without anything
+looking at it for `stationary_s`, is stationary: its event ends and the track stays, its box
+re-checked by a detection every `stationary_check_s` (`due_checks`). Seen again in the same
+place it is the same object, no event; it raises one new event only after it has clearly moved
+for `min_hits` detections in a row. Stationary tracks can be saved to a file and restored at the
+next start (`state_path`), still stationary.
 
 Not thread-safe: one owner (the camera's pipeline) calls `update` with each detection result and
-`tick` regularly, because without motion no results arrive and events must still end. The best
-frame is kept by reference: frames given to `update` must not be modified afterwards (those in a
-`DetectionResult` are the service's private copies).
+`tick` regularly. The best frame is kept by reference: frames given to `update` must not be
+modified afterwards (those in a `DetectionResult` are the service's private copies).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from agent.analysis.events import EventPhase
@@ -33,20 +46,37 @@ from agent.capture.source import Frame, Image
 from agent.clock import iso
 from agent.config import DetectionSettings
 from agent.contract.messages import DetectedObject, Event
+from agent.files import open_read, private_dir, write_atomic
+
+log = logging.getLogger(__name__)
 
 NormBox = tuple[float, float, float, float]  # x, y, w, h normalised
 Phase = Literal["start", "update", "end"]
 
 MATCH_IOU = 0.2  # overlap with the predicted box that continues a track
 MATCH_DISTANCE = 0.6  # ...or centre distance, in box diagonals, for fast or sparse movers
-CROSS_LABEL_IOU = 0.5  # a detection of another label continues a track only when it overlaps this much
-STATIONARY_IOU = 0.7  # overlap with the anchor box below which the object is away from it
+GATE_GROWTH = 0.5  # the distance gate grows by this many diagonals per second unseen
+MAX_GATE = 2.0  # ...up to this many
+CROSS_LABEL_IOU = 0.5  # a detection of another label group continues a track only at this overlap
+STATIONARY_IOU = 0.5  # overlap with the anchor box below which the object may be away from it
+OCCLUDED = 0.8  # share of a box inside the anchor above which it is the same object, partly hidden
 MOVE_HITS = 2  # consecutive hits away from the anchor that make an object a mover
+MOVE_DISTANCE = 0.25  # ...each with its centre this many box diagonals from the anchor's
+SHADOW_INSIDE = 0.5  # a new box this much inside a stationary box of its group is that object
+SHADOW_IOU = 0.3  # ...and so is one overlapping it this much
+LOSE_MISSES = 2  # looks that did not find a track before it can be lost
 SCORE_ALPHA = 0.3  # weight of a new detection in the smoothed score
 PREDICT_S = 1.0  # longest gap bridged by the constant-velocity guess (objects stop, too)
-PARKED_MEMORY_S = 3600.0  # how long a parked object's spot is remembered after it was last seen
-PARKED_MAX = 64
 MAX_TRACKS = 32  # per camera; each may hold a full frame as its best, so memory stays bounded
+MAX_SAVED = 64  # stationary tracks written to the state file
+STATE_VERSION = 1
+
+LABEL_GROUPS = {"car": "vehicle", "bus": "vehicle", "truck": "vehicle"}
+
+
+def label_group(label: str) -> str:
+    """Labels the model confuses for one object (car, bus, truck) share a group."""
+    return LABEL_GROUPS.get(label, label)
 
 
 def iou(a: NormBox, b: NormBox) -> float:
@@ -55,6 +85,14 @@ def iou(a: NormBox, b: NormBox) -> float:
     inter = ix * iy
     union = a[2] * a[3] + b[2] * b[3] - inter
     return inter / union if union > 0 else 0.0
+
+
+def inside(a: NormBox, b: NormBox) -> float:
+    """Share of box `a` inside box `b`."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    area = a[2] * a[3]
+    return ix * iy / area if area > 0 else 0.0
 
 
 def _centre(b: NormBox) -> tuple[float, float]:
@@ -67,11 +105,9 @@ def _distance(a: NormBox, b: NormBox) -> float:
     return math.hypot(ax - bx, ay - by) / max(math.hypot(a[2], a[3]), math.hypot(b[2], b[3]), 1e-6)
 
 
-@dataclass(slots=True)
-class _Parked:
-    box: NormBox
-    since: float  # when it became stationary
-    seen: float  # when it was last seen
+def _covered(box: NormBox, areas: Sequence[NormBox]) -> bool:
+    cx, cy = _centre(box)
+    return any(x <= cx <= x + w and y <= cy <= y + h for x, y, w, h in areas)
 
 
 @dataclass(slots=True)
@@ -88,6 +124,8 @@ class _Track:
     stationary: bool = False
     moved: bool = False  # has moved since it appeared or last stood still
     away_hits: int = 0  # consecutive hits away from the anchor
+    misses: int = 0  # looks since the last hit that did not find it
+    checked_ts: float = 0.0  # when a detection last looked at its box
     event_id: str | None = None
     started_ts: float = 0.0
     last_phase_ts: float = 0.0
@@ -101,6 +139,8 @@ class _Track:
         return max(self.votes.items(), key=lambda kv: kv[1])[0]
 
     def predicted(self, ts: float) -> NormBox:
+        if self.stationary:
+            return self.box
         dt = min(max(ts - self.last_ts, 0.0), PREDICT_S)
         x, y, w, h = self.box
         return (x + self.velocity[0] * dt, y + self.velocity[1] * dt, w, h)
@@ -115,12 +155,16 @@ class ObjectTracker:
         settings: DetectionSettings,
         *,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        state_path: Path | None = None,
     ) -> None:
+        """`state_path`: where stationary tracks are kept across restarts (None: not kept)."""
         self.camera_id = camera_id
         self.settings = settings
         self._new_id = new_id
         self._tracks: list[_Track] = []
-        self._parked: list[_Parked] = []
+        self._state_path = state_path
+        self._restored: list[tuple[str, NormBox]] | None = self._load() if state_path else None
+        self._saved: list[tuple[str, NormBox]] = list(self._restored or [])
 
     def update_settings(self, settings: DetectionSettings) -> None:
         self.settings = settings
@@ -133,18 +177,36 @@ class ObjectTracker:
     def track_count(self) -> int:
         return len(self._tracks)
 
+    def stationary_boxes(self) -> list[tuple[str, NormBox]]:
+        """(label, box) of each stationary track."""
+        return [(t.label, t.box) for t in self._tracks if t.stationary]
+
     # -- public steps ---------------------------------------------------------------------------
 
-    def update(self, objects: Sequence[DetectedObject], frame: Frame) -> list[EventPhase]:
-        """Feed the (already filtered) objects detected in `frame`; return the phases to publish."""
+    def update(
+        self, objects: Sequence[DetectedObject], frame: Frame, looked: Sequence[NormBox] | None = None
+    ) -> list[EventPhase]:
+        """Feed the (already filtered) objects detected in `frame`; return the phases to publish.
+
+        `looked` is where the detector looked (normalised crops); None means the whole frame. A
+        track it covered and did not find counts a miss.
+        """
         ts = frame.ts
         phases = self.tick(ts, frame.pts)
         matched = self._match(objects, ts)
         for ti, oi in matched:
             self._hit(self._tracks[ti], objects[oi], frame)
+        hit = {ti for ti, _ in matched}
+        for ti, track in enumerate(self._tracks):
+            if ti in hit:
+                continue
+            guess = track.predicted(ts)
+            if looked is None or _covered(guess, looked):
+                track.misses += 1
+                track.checked_ts = ts
         taken = {oi for _, oi in matched}
         for oi, obj in enumerate(objects):
-            if oi not in taken and len(self._tracks) < MAX_TRACKS:
+            if oi not in taken and len(self._tracks) < MAX_TRACKS and not self._shadow(obj):
                 self._tracks.append(self._new_track(obj, frame))
         for track in self._tracks:
             phase = self._advance(track, ts, frame.pts)
@@ -153,23 +215,47 @@ class ObjectTracker:
         return phases
 
     def tick(self, ts: float, offset_s: float = 0.0) -> list[EventPhase]:
-        """End the events of tracks unseen for `end_delay_s`; call this regularly."""
+        """End the events of lost tracks, make quiet ones stationary; call this regularly."""
+        self._restore(ts)
+        s = self.settings
         phases: list[EventPhase] = []
         alive: list[_Track] = []
         for track in self._tracks:
-            if ts - track.last_ts <= self.settings.end_delay_s:
-                alive.append(track)
+            unseen = ts - track.last_ts
+            gone = self._gone(track, ts) and unseen >= min(s.end_delay_s, PREDICT_S)  # left the view
+            if gone or (unseen >= s.end_delay_s and track.misses >= LOSE_MISSES):
+                if track.event_id is not None:
+                    phases.append(self._phase(track, "end", ts, offset_s, ended_at=track.last_ts))
                 continue
-            if track.event_id is not None:
-                phases.append(self._phase(track, "end", ts, offset_s, ended_at=track.last_ts))
-            if track.stationary:
-                self._park(track)
+            alive.append(track)
+            if not track.stationary and unseen >= s.stationary_s and track.misses == 0:
+                # Nothing moved near it and nothing looked at it: it stands somewhere, unseen.
+                track.stationary, track.moved, track.away_hits = True, False, 0
+                track.anchor, track.anchor_ts = track.box, track.last_ts
+                if track.event_id is not None:
+                    phases.append(self._phase(track, "end", ts, offset_s, ended_at=track.last_ts))
         self._tracks = alive
-        self._parked = [p for p in self._parked if ts - p.seen <= PARKED_MEMORY_S]
+        self._save_if_changed()
         return phases
 
+    def due_checks(self, ts: float) -> list[NormBox]:
+        """Boxes to look at now: stationary tracks every `stationary_check_s`, and tracks unseen
+        for `end_delay_s` that nothing looked at since (so a vanished object is found lost)."""
+        self._restore(ts)
+        s = self.settings
+        due: list[NormBox] = []
+        for t in self._tracks:
+            since = ts - max(t.checked_ts, t.last_ts)
+            if (t.stationary and since >= s.stationary_check_s) or (
+                not t.stationary and since >= s.end_delay_s and not self._gone(t, ts)
+            ):
+                due.append(t.predicted(ts))
+        return due
+
     def close(self, ts: float, offset_s: float = 0.0) -> list[EventPhase]:
-        """End every open event (shutdown or detection switched off) and forget all tracks."""
+        """End every open event (shutdown or detection switched off), keep the stationary tracks
+        in the state file and forget all tracks."""
+        self._save_if_changed()
         phases = [self._phase(t, "end", ts, offset_s, ended_at=t.last_ts) for t in self._tracks if t.event_id]
         self._tracks = []
         return phases
@@ -177,16 +263,22 @@ class ObjectTracker:
     # -- matching -------------------------------------------------------------------------------
 
     def _match(self, objects: Sequence[DetectedObject], ts: float) -> list[tuple[int, int]]:
-        """Greedy one-to-one matching: same-label pairs first, best overlap first."""
+        """Greedy one-to-one matching: same-group pairs first, best overlap first."""
         candidates: list[tuple[int, float, float, int, int]] = []
         for ti, track in enumerate(self._tracks):
             guesses = (track.predicted(ts), track.box)  # moving on, or stopped
-            label = track.label
+            group = label_group(track.label)
+            gate = MATCH_DISTANCE  # a stationary object does not wander off
+            if not track.stationary:  # a mover unseen for a while may be further along
+                unseen = min(ts - track.last_ts, self.settings.end_delay_s)
+                gate = min(MATCH_DISTANCE + GATE_GROWTH * max(unseen - 0.5, 0.0), MAX_GATE)
             for oi, obj in enumerate(objects):
                 overlap = max(iou(g, obj.box) for g in guesses)
+                if track.stationary:
+                    overlap = max(overlap, 0.5 * inside(obj.box, track.anchor))
                 dist = min(_distance(g, obj.box) for g in guesses)
-                same = obj.label == label
-                if (same and (overlap >= MATCH_IOU or dist <= MATCH_DISTANCE)) or overlap >= CROSS_LABEL_IOU:
+                same = label_group(obj.label) == group
+                if (same and (overlap >= MATCH_IOU or dist <= gate)) or overlap >= CROSS_LABEL_IOU:
                     candidates.append((0 if same else 1, -overlap, dist, ti, oi))
         candidates.sort()
         used_t: set[int] = set()
@@ -200,34 +292,40 @@ class ObjectTracker:
         return pairs
 
     def _new_track(self, obj: DetectedObject, frame: Frame) -> _Track:
-        track = _Track(box=obj.box, first_ts=frame.ts, last_ts=frame.ts, anchor=obj.box, anchor_ts=frame.ts)
+        ts = frame.ts
+        track = _Track(box=obj.box, first_ts=ts, last_ts=ts, anchor=obj.box, anchor_ts=ts, checked_ts=ts)
         track.votes[obj.label] += obj.score
         track.score = obj.score
         self._remember_best(track, obj.score, frame)
-        for i, spot in enumerate(self._parked):
-            if iou(spot.box, obj.box) >= STATIONARY_IOU:
-                track.stationary, track.anchor, track.anchor_ts = True, spot.box, spot.since
-                del self._parked[i]
-                break
         return track
 
     def _hit(self, track: _Track, obj: DetectedObject, frame: Frame) -> None:
         ts = frame.ts
         dt = ts - track.last_ts
-        if dt > 0:
+        away = (
+            iou(track.anchor, obj.box) < STATIONARY_IOU
+            and inside(obj.box, track.anchor) < OCCLUDED
+            and _distance(track.anchor, obj.box) >= MOVE_DISTANCE
+        )
+        occluded = not away and inside(obj.box, track.anchor) >= OCCLUDED and iou(track.anchor, obj.box) < 0.7
+        if dt > 0 and not occluded:
             (cx, cy), (ox, oy) = _centre(track.box), _centre(obj.box)
             vx, vy = (ox - cx) / dt, (oy - cy) / dt
             track.velocity = (0.5 * track.velocity[0] + 0.5 * vx, 0.5 * track.velocity[1] + 0.5 * vy)
-        track.box, track.last_ts = obj.box, ts
+        if not (occluded and track.stationary):  # a stationary box keeps its whole extent
+            track.box = obj.box
+        track.last_ts = track.checked_ts = ts
+        track.misses = 0
         track.hits += 1
         track.votes[obj.label] += obj.score
         track.score += SCORE_ALPHA * (obj.score - track.score)
         track.seen_since_phase = True
         self._remember_best(track, obj.score, frame)
-        if iou(track.anchor, obj.box) >= STATIONARY_IOU:  # still where it was
+        if not away:  # still where it was
             track.away_hits = 0
             if not track.stationary and ts - track.anchor_ts >= self.settings.stationary_s:
                 track.stationary, track.moved = True, False
+                track.velocity = (0.0, 0.0)
             return
         track.away_hits += 1
         if track.away_hits >= (self.settings.min_hits if track.stationary else MOVE_HITS):
@@ -236,15 +334,27 @@ class ObjectTracker:
             track.stationary, track.moved, track.away_hits = False, True, 0
             track.anchor, track.anchor_ts = obj.box, ts
 
+    def _shadow(self, obj: DetectedObject) -> bool:
+        """A second box on a stationary object (part of it beside someone in front of it)."""
+        group = label_group(obj.label)
+        return any(
+            t.stationary
+            and label_group(t.label) == group
+            and (inside(obj.box, t.anchor) >= SHADOW_INSIDE or iou(obj.box, t.anchor) >= SHADOW_IOU)
+            for t in self._tracks
+        )
+
+    @staticmethod
+    def _gone(track: _Track, ts: float) -> bool:
+        """Predicted to have left the frame."""
+        cx, cy = _centre(track.predicted(ts))
+        return not (0.0 <= cx <= 1.0 and 0.0 <= cy <= 1.0)
+
     @staticmethod
     def _remember_best(track: _Track, score: float, frame: Frame) -> None:
         if score > track.best_score:
             track.best_score, track.best_frame = score, frame.image
             track.best_pending = True
-
-    def _park(self, track: _Track) -> None:
-        self._parked.append(_Parked(track.box, track.anchor_ts, track.last_ts))
-        del self._parked[:-PARKED_MAX]
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -284,7 +394,7 @@ class ObjectTracker:
             phase=phase,
             started_at=iso(track.started_ts),
             ts=iso(ts),
-            ended_at=iso(ended_at) if ended_at is not None else None,
+            ended_at=iso(max(ended_at, track.started_ts)) if ended_at is not None else None,
             objects=[DetectedObject(label=track.label, score=score, box=track.box)],
             score=score,
         )
@@ -296,3 +406,60 @@ class ObjectTracker:
             track.event_id = None
             track.best_score, track.best_frame = -1.0, None
         return EventPhase(event=event, frame=frame, offset_s=offset_s)
+
+    # -- state across restarts ------------------------------------------------------------------
+
+    def _load(self) -> list[tuple[str, NormBox]]:
+        path = self._state_path
+        assert path is not None
+        try:
+            out: list[tuple[str, NormBox]] = []
+            with os.fdopen(open_read(path), "rb") as handle:  # never through a link
+                raw = json.loads(handle.read())
+            if raw.get("version") != STATE_VERSION:
+                raise ValueError(f"unknown version {raw.get('version')!r}")
+            for item in raw["stationary"][:MAX_SAVED]:
+                x, y, w, h = (float(v) for v in item["box"])
+                if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0 and 0.0 < w <= 1.0 and 0.0 < h <= 1.0):
+                    raise ValueError(f"box {item['box']} is not normalised")
+                out.append((str(item["label"]), (x, y, w, h)))
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("camera %s: ignoring stationary objects in %s: %s", self.camera_id, path, exc)
+            return []
+        return out
+
+    def _restore(self, ts: float) -> None:
+        """Bring back saved stationary tracks at the first frame; each is checked soon after."""
+        if not self._restored:
+            self._restored = None
+            return
+        for label, box in self._restored:
+            track = _Track(box=box, first_ts=ts, last_ts=ts, anchor=box, anchor_ts=ts, stationary=True)
+            track.checked_ts = ts - self.settings.stationary_check_s  # due for a look at once
+            track.votes[label] = 1.0
+            self._tracks.append(track)
+        self._restored = None
+
+    def _save_if_changed(self) -> None:
+        if self._state_path is None or self._restored:
+            return
+        now = [(t.label, tuple(round(v, 4) for v in t.anchor)) for t in self._tracks if t.stationary][
+            :MAX_SAVED
+        ]
+        if now == self._saved:
+            return
+        self._saved = now  # type: ignore[assignment]
+        body = {
+            "version": STATE_VERSION,
+            "camera": self.camera_id,
+            "stationary": [{"label": label, "box": list(box)} for label, box in now],
+        }
+        try:
+            private_dir(self._state_path.parent)
+            write_atomic(self._state_path, json.dumps(body).encode())
+        except OSError as exc:  # a full disk costs the memory of parked objects, nothing else
+            log.warning(
+                "camera %s: cannot save stationary objects to %s: %s", self.camera_id, self._state_path, exc
+            )

@@ -163,6 +163,8 @@ def _decode_time(p: StreamPacket) -> int | None:
 class PacketFeed:
     """A packet-path camera's stream: its ring's packets from the newest keyframe on, copied."""
 
+    copied = True  # the camera's own packets, no encode
+
     def __init__(self, ring: PacketRing) -> None:
         self._ring = ring
         self._track = Fmp4Track()
@@ -211,6 +213,8 @@ class PacketFeed:
 
 class EncodeFeed:
     """A pixel-path stream: the newest frames, masked at full size, scaled, encoded to H.264."""
+
+    copied = False
 
     def __init__(self, *, max_width: int, fps: float, quality: int, max_bytes_per_s: float) -> None:
         self._max_width = max_width

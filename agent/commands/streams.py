@@ -35,20 +35,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from agent.capture.source import Frame
 from agent.clock import iso
 from agent.commands.gateway import Gateway
 from agent.commands.models import CommandError
-from agent.commands.stream_fmp4 import (
-    EncodeFeed,
-    PacketFeed,
-    Segment,
-    encoded_size,
-    estimate_h264_bytes_per_s,
-)
 from agent.footage.images import Jpeg, encode_outgoing, estimate_jpeg_bytes
+
+if TYPE_CHECKING:
+    from agent.commands.stream_fmp4 import EncodeFeed, PacketFeed
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +248,14 @@ class StreamManager:
     ) -> SessionInfo:
         """An fmp4 session: the camera's packets copied where it has them (and no smaller size is
         asked for), else its masked pixels encoded."""
+        # Here, not at the top: PyAV costs ~25 MB, paid only once a gateway streams fmp4.
+        from agent.commands.stream_fmp4 import (
+            EncodeFeed,
+            PacketFeed,
+            encoded_size,
+            estimate_h264_bytes_per_s,
+        )
+
         state = self._gw.camera_state(camera)
         ring = self._gw.packets(camera)
         newest = ring.newest() if ring is not None else None
@@ -416,6 +420,8 @@ class StreamManager:
     def _send_fmp4(self, s: _Session, feed: PacketFeed | EncodeFeed) -> None:
         """Publish what the feed has made since the last call: an init segment alone, fragments
         together in one message."""
+        from agent.commands.stream_fmp4 import PacketFeed, Segment
+
         try:
             if isinstance(feed, PacketFeed):
                 segments = feed.poll()
@@ -495,5 +501,5 @@ class StreamManager:
         return SessionInfo(
             s.id, s.camera, s.owner, s.topic, s.fps, s.expires_at, s.seq, s.bytes_per_s(),
             format=s.format, codec=s.codec, width=s.width, height=s.height,
-            copied=isinstance(s.feed, PacketFeed),
+            copied=s.feed is not None and s.feed.copied,
         )  # fmt: skip

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-import av
 import numpy as np
-from av.video.codeccontext import VideoCodecContext
 
 from agent.capture.packets import StreamPacket
 from agent.capture.source import Frame
+
+if TYPE_CHECKING:
+    from av.video.codeccontext import VideoCodecContext
 
 __all__ = ["decode_nearest"]
 
@@ -40,8 +41,10 @@ def decode_nearest(packets: Sequence[StreamPacket], ts: float, max_gap_s: float)
     if abs(best.ts - ts) > max_gap_s or best.pts is None:
         return None
     last = index + _REORDER_SLACK  # a frame may come out a few packets after its own
+    import av  # here, not at the top: PyAV costs ~25 MB, paid only by gateways with packet cameras
+
     try:
-        codec = cast(VideoCodecContext, av.CodecContext.create(info.codec, "r"))
+        codec = cast("VideoCodecContext", av.CodecContext.create(info.codec, "r"))
         if info.extradata:
             codec.extradata = info.extradata
         for packet in [*run[: last + 1], None]:

@@ -22,15 +22,18 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from agent.analysis.events import EventPhase
 from agent.clock import parse_iso
 from agent.footage.clips import ClipError
 from agent.footage.packet_ring import PacketRing
 from agent.footage.recorder import ClipSettings, RecorderStats
-from agent.footage.remux import ClipWriter, FormatChanged
 from agent.footage.retention import Retention
 from agent.footage.store import ClipStore
+
+if TYPE_CHECKING:
+    from agent.footage.remux import ClipWriter
 
 __all__ = ["PacketRecorder"]
 
@@ -193,6 +196,9 @@ class PacketRecorder:
         fresh = ring.since(job.start) if job.last_seq < 0 else ring.after(job.last_seq)
         if not fresh:
             return
+        # Here, not at the top: PyAV costs ~25 MB, paid only by gateways with packet cameras.
+        from agent.footage.remux import ClipWriter, FormatChanged
+
         job.progressed_at = now
         try:
             for seq, packet in fresh:

@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.capture.packets import StreamInfo, StreamPacket
 from agent.clock import iso
@@ -78,19 +78,10 @@ from agent.footage.encoding import (
 )
 from agent.footage.holds import HOLDS_FILE, HoldBook
 from agent.footage.privacy import PolygonLike
-from agent.footage.remux import (
-    FormatChanged,
-    FormatKey,
-    RemuxResult,
-    canonical,
-    format_key,
-    normalised,
-    probe_info,
-    read_clip_packets,
-    remux_span,
-    splice,
-)
 from agent.footage.scan import Sweep, file_sha256
+
+if TYPE_CHECKING:
+    from agent.footage.remux import FormatKey, RemuxResult
 
 __all__ = ["MAX_EXPORT_S", "ClipStore"]
 
@@ -504,6 +495,9 @@ class ClipStore:
         parameter sets (e.g. re-encoded by the pixel path) are left out. Same checks and errors
         as `export`.
         """
+        # Here, not at the top: PyAV costs ~25 MB, paid only by gateways with packet cameras.
+        from agent.footage.remux import FormatChanged, remux_span
+
         with self._admitted(camera, start, end, clip_id, source) as chosen:
             part = self.part_path(chosen)
             try:
@@ -536,6 +530,15 @@ class ClipStore:
         self, camera: str, start: float, end: float, buffered: Sequence[StreamPacket]
     ) -> Iterator[StreamPacket]:
         """The packets for [start, end] in one format, in Annex-B with one canonical info."""
+        from agent.footage.remux import (
+            canonical,
+            format_key,
+            normalised,
+            probe_info,
+            read_clip_packets,
+            splice,
+        )
+
         recordings = sorted(
             (c for c in self.clips(camera) if c.source in RECORDED and c.end >= start and c.start <= end),
             key=lambda c: (c.start, c.source != "event", c.clip_id),

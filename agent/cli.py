@@ -22,6 +22,7 @@ from agent.config import AgentConfig, CameraConfig, load_config
 from agent.config.builtin import default_config as default_config  # noqa: PLC0414 - re-exported (PEP 484)
 from agent.config.builtin import to_toml
 from agent.errors import AgentError, ConfigError
+from agent.simulate.run import add_arguments as simulate_arguments
 
 log = logging.getLogger("agent")
 
@@ -78,10 +79,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def _footage_path(cam: CameraConfig) -> str:
     """How a camera's footage is kept and what that costs, for the operator reading check-config."""
     analysis = "the detect_source substream" if cam.detect_source else "the main stream"
+    if cam.streams_from_onvif:
+        analysis = "the substream the camera names over ONVIF (its smallest profile), if it has one"
     if cam.records_packets:
         decoded = (
             "nothing of the main stream is decoded"
-            if cam.detect_source
+            if cam.detect_source or cam.streams_from_onvif
             else "frames decoded for analysis only"
         )
         return f"packets (clips are the camera's own video, remuxed; {decoded}); analysis on {analysis}"
@@ -253,6 +256,12 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return EXIT_OK if any(r.error is None and r.uris for r in reports) else EXIT_ERROR
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from agent.simulate.run import run
+
+    return run(args)
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     from agent.sdk.watch import watch
 
@@ -386,6 +395,10 @@ def build_parser(*, with_ctl: bool = True) -> argparse.ArgumentParser:
     )
     s.add_argument("--wsd-port", type=int, default=0, help=argparse.SUPPRESS)  # tests: a port of their own
     s.set_defaults(func=cmd_discover)
+
+    s = sub.add_parser("simulate", help="N simulated gateways in one process, for load tests of a platform")
+    simulate_arguments(s)
+    s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("watch", help="print a gateway's messages as the platform sees them")
     s.add_argument("--host", default="127.0.0.1")

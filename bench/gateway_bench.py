@@ -456,7 +456,7 @@ def drain(path: str, seconds: float) -> int:
     cfg = CameraConfig(id="cam-1", source=Path(path).as_uri(), detect_fps=60)
     pipeline = CameraPipeline(cfg)
     buffer = PreEventBuffer(seconds=10, fps=10)
-    source = OpenCVSource(cfg.source, realtime=False, loop=True)
+    source = OpenCVSource(Path(path).as_uri(), realtime=False, loop=True)
     source.open()
     done = 0
     deadline = time.monotonic() + seconds

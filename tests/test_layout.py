@@ -25,6 +25,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "contract": {"capture", "analysis", "footage", "mqtt", "runtime", "sdk"},
     "runtime": {"sdk"},
     "sdk": {"runtime", "capture", "analysis", "footage"},
+    "simulate": {"capture", "analysis", "footage", "runtime", "sdk"},  # the agent's MQTT face, no cameras
     "onvif": {"capture", "analysis", "footage", "mqtt", "commands", "runtime", "sdk"},
 }
 

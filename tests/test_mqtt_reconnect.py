@@ -15,7 +15,7 @@ import pytest
 
 from agent.config import MqttConfig
 from agent.mqtt import MqttLink, Outbox
-from agent.mqtt.reconnect import FullJitter
+from agent.mqtt.reconnect import FullJitter, SpreadJitter, backoff_of
 from agent.sdk.client import PlatformClient
 from tests.conftest import Broker, free_port, start_mosquitto, stop_mosquitto
 from tests.harness import Subscriber
@@ -86,6 +86,58 @@ def test_full_jitter_waits_are_random_under_a_doubling_cap() -> None:
     firsts = [FullJitter(0.5, 30.0, random.Random(i)).next_wait() for i in range(1000)]
     per_tenth = [sum(1 for w in firsts if k / 10 <= w < (k + 1) / 10) for k in range(5)]
     assert max(per_tenth) < 260 and min(per_tenth) > 140, per_tenth
+
+
+def fleet_return(policy: Callable[[random.Random], object], n: int, back_at: float) -> list[float]:
+    """When each of `n` gateways that lost the broker at 0 first tries after `back_at` (the broker
+    returned then), attempts taking no time: the return the policy gives a fleet."""
+    times = []
+    for i in range(n):
+        backoff = policy(random.Random(i))
+        t = 0.0
+        while t < back_at:
+            t += backoff.next_wait()  # type: ignore[attr-defined]
+        times.append(t - back_at)
+    return sorted(times)
+
+
+def peak_share(times: list[float], n: int) -> float:
+    """The largest share of `n` returning within any one second (a sliding window)."""
+    j, peak = 0, 0
+    for i, t in enumerate(times):
+        while times[j] < t - 1.0:
+            j += 1
+        peak = max(peak, i - j + 1)
+    return peak / n
+
+
+@pytest.mark.parametrize("outage_s", [1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0])
+def test_spread_jitter_keeps_any_second_under_a_tenth_of_the_fleet(outage_s: float) -> None:
+    n = 1000
+    spread = fleet_return(lambda rng: SpreadJitter(0.5, 20.0, 30.0, rng), n, outage_s)
+    assert peak_share(spread, n) <= 0.10, peak_share(spread, n)
+    assert spread[-1] <= 30.0  # no gateway waits longer than reconnect_max_s between attempts
+    if outage_s == 5.0:  # what full jitter did (and the fleet bench measured: 32 %)
+        full = fleet_return(lambda rng: FullJitter(0.5, 30.0, rng), n, outage_s)
+        assert peak_share(full, n) > 0.2
+
+
+def test_spread_jitter_waits() -> None:
+    backoff = SpreadJitter(0.5, 20.0, 30.0, random.Random(3))
+    waits = [backoff.next_wait() for _ in range(6)]
+    assert 0 <= waits[0] <= 0.5  # a blip costs at most reconnect_min_s
+    assert 0 <= waits[1] <= 0.5 + 20.0
+    assert all(20.0 <= w <= 30.0 for w in waits[2:4]) and all(w == pytest.approx(30.0) for w in waits[4:])
+    backoff.reset()
+    assert backoff.next_wait() <= 0.5
+    # Attempts of the whole fleet (after its first one) land one per window at a uniform phase.
+    starts = []
+    for i in range(1000):
+        b = SpreadJitter(0.5, 20.0, 30.0, random.Random(i))
+        starts.append(b.next_wait() + b.next_wait())
+    per_5s = [sum(1 for t in starts if 0.5 + 5 * k <= t < 0.5 + 5 * (k + 1)) for k in range(4)]
+    assert all(200 <= c <= 300 for c in per_5s), per_5s
+    assert isinstance(backoff_of(0.5, 0.0, 30.0), FullJitter)  # reconnect_spread_s = 0: as before
 
 
 def test_a_fleet_returns_spread_after_its_broker_restarts(tmp_path: Path, links: Links) -> None:

@@ -17,8 +17,9 @@ HEADER = '[gateway]\ndistrict = "gangnam"\nid = "gw-01"\n\n'
 
 
 def discover(*args: str) -> subprocess.CompletedProcess[str]:
+    # --timeout is the probe's wait and each ONVIF request's limit: 1 s failed on a loaded machine.
     return subprocess.run(
-        [sys.executable, "-m", "agent", "discover", "--interface", "127.0.0.1", "--timeout", "1", *args],
+        [sys.executable, "-m", "agent", "discover", "--interface", "127.0.0.1", "--timeout", "2", *args],
         capture_output=True,
         text=True,
         check=False,
@@ -67,6 +68,29 @@ def test_discover_prints_a_config_check_config_accepts(
     )
     assert checked.returncode == 0, checked.stderr + "\n" + text
     assert "2 camera(s)" in checked.stdout
+
+    # The same without the stream URIs: the agent asks the cameras for them at start.
+    bare = "\n".join(
+        line for line in text.splitlines() if not line.startswith(("source =", "detect_source ="))
+    )
+    config.write_text(HEADER + bare)
+    checked = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr + "\n" + bare
+    assert "  gate-dome: packets" in checked.stdout
+    pw.unlink()  # the password file is checked as `run` reads it
+    checked = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 1
+    assert f"cameras[0].onvif.password_file: cannot read {pw}" in checked.stderr
 
 
 def test_wrong_password_says_so_without_showing_it(

@@ -96,7 +96,8 @@ def make_site(
                 "password_file": str(pw),
                 "timeout_s": 2.0,
             },
-            "ptz": {"height_m": 10.0, "pan0_heading_deg": 90.0, **ptz},
+            # No status polls: the tests count what reaches the camera (test_ptz_status polls).
+            "ptz": {"height_m": 10.0, "pan0_heading_deg": 90.0, "status_poll_s": 0.0, **ptz},
         },
         {"id": "fixed", "source": "synthetic:street", "allowed_agencies": ["police"]},
     ]

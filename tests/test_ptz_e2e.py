@@ -106,13 +106,16 @@ def test_sdk_move_reaches_the_camera_and_is_audited(site: Site) -> None:
 
 
 def test_other_agency_is_refused_and_audited(site: Site) -> None:
-    before = len(site.camera.requests)
+    def commands() -> int:  # the agent asks the camera's status in the background
+        return len([r for r in site.camera.requests if r.operation != "GetStatus"])
+
+    before = commands()
     rid = "deny-" + uuid.uuid4().hex[:8]
     with pytest.raises(CommandFailed) as refused:
         site.press.request("ptz.goto_preset", {"camera": "dome", "preset": "2"}, timeout=10, request_id=rid)
     assert refused.value.code == "forbidden"
     assert site.audit(rid) == [("ptz.goto_preset", "dome", "forbidden", "press")]
-    assert len(site.camera.requests) == before
+    assert commands() == before
 
 
 def test_ctl_ptz(site: Site) -> None:
@@ -138,3 +141,24 @@ def test_ctl_ptz(site: Site) -> None:
     assert slow.returncode == 1
     assert "busy" in slow.stderr
     assert time.monotonic() - t0 < 10.0
+
+
+def test_camera_status_says_when_the_camera_moves_and_whose_move_it_is(site: Site) -> None:
+    def ptz_states(ms: list[Received]) -> list[dict[str, object]]:
+        return [m.json()["ptz"] for m in ms if m.topic.endswith("/cam/dome/status") and "ptz" in m.json()]
+
+    site.police.ptz_goto_preset("dome", "1")
+    moved = {"moving": True, "commanded": True, "by": "police", "preset": "1"}
+    assert site.run.sub.wait_for(lambda ms: moved in ptz_states(ms), 5.0)
+    still = moved | {"moving": False}
+    assert site.run.sub.wait_for(lambda ms: ptz_states(ms)[-1:] == [still], 5.0), ptz_states(
+        site.run.sub.messages
+    )
+    site.police.ptz_stop("dome", release=True)
+    site.run.sub.wait_for(lambda ms: not ptz_states(ms)[-1]["moving"], 5.0)
+    site.camera.move_by_itself(0.1, seconds=3.0)  # nobody holds it: the agent asks every 2 s
+    nobody = {"moving": True, "commanded": False, "by": None, "preset": None}
+    assert site.run.sub.wait_for(lambda ms: ptz_states(ms)[-1:] == [nobody], 6.0), ptz_states(
+        site.run.sub.messages
+    )
+    assert site.run.sub.wait_for(lambda ms: ptz_states(ms)[-1:] == [nobody | {"moving": False}], 8.0)

@@ -181,6 +181,7 @@ def test_look_at_without_geo(tmp_path: Path) -> None:
                         "allowed_agencies": ["police"],
                         "ptz_agencies": ["police"],
                         "onvif": cam.url,
+                        "ptz": {"status_poll_s": 0.0},  # nothing but the command may reach it
                     }
                 ],
             }

@@ -46,7 +46,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from agent.clock import parse_iso
+from agent.clock import parse_iso, skew_hint
 from agent.commands import models as m
 from agent.commands.audit import AuditLog
 from agent.commands.audit_records import AuditRecorder
@@ -321,11 +321,11 @@ class Dispatcher:
         ahead = issued - now
         if ahead > self._max_skew_s:
             message = f"issued_at is {ahead:.1f} s in the future (tolerance {self._max_skew_s:g} s)"
-            raise CommandError("bad_request", message)
+            raise CommandError("bad_request", message + skew_hint())
         ttl = min(request.ttl_s, m.MAX_TTL_S)
         if now - issued > ttl:
             raise CommandError(
-                "expired", f"request expired {now - issued - ttl:.1f} s ago (issued_at + ttl_s)"
+                "expired", f"request expired {now - issued - ttl:.1f} s ago (issued_at + ttl_s)" + skew_hint()
             )
         if spec is None:
             known = ", ".join(self._commands)

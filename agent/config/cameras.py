@@ -173,6 +173,13 @@ class OnvifConfig(Strict):
     timeout_s: float = Field(
         default=5.0, gt=0.0, le=60.0, description="Longest wait for one ONVIF request before it fails"
     )
+    rtsp_login: bool = Field(
+        default=True,
+        description=(
+            "Stream URIs the agent asks the camera for (no `source`) get this username and password,"
+            " since cameras check the same accounts for RTSP; false: used as the camera gives them"
+        ),
+    )
 
     @field_validator("url")
     @classmethod
@@ -270,6 +277,15 @@ class PtzConfig(Strict):
     idle_return_s: float = Field(
         default=300.0, ge=5.0, le=86400.0, description="Seconds after the last PTZ command before going home"
     )
+    status_poll_s: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=60.0,
+        description=(
+            "Seconds between PTZ GetStatus requests while no agency holds the camera, to notice moves"
+            " the agent did not command (no events meanwhile); 0: never asked"
+        ),
+    )
     lease_s: float = Field(
         default=60.0,
         ge=5.0,
@@ -293,16 +309,22 @@ def _onvif_shorthand(value: Any) -> Any:
 class CameraConfig(Strict):
     id: Ident = Field(description="Camera id, unique on this gateway")
     name: str = Field(default="", max_length=128, description="Human-readable camera name")
-    source: str = Field(
+    source: str | None = Field(
+        default=None,
         min_length=1,
-        description="rtsp://…, file:///path.mp4, usb:N, picamera:N or synthetic:street",
+        description=(
+            "rtsp://…, file:///path.mp4, usb:N, picamera:N or synthetic:street. May be left out for a"
+            " camera with `onvif`: the agent then asks the camera for its largest profile's RTSP URI"
+            " at start and after the camera reboots"
+        ),
     )
     detect_source: str | None = Field(
         default=None,
         min_length=1,
         description=(
             "Low-resolution substream used for detection; `source` stays the main stream for"
-            " snapshots, streams and clips. Absent: detect on `source`"
+            " snapshots, streams and clips. Absent: detect on `source`, or, when `source` comes from"
+            " `onvif`, on the camera's smallest profile"
         ),
     )
     enabled: bool = Field(default=True, description="A disabled camera is reported and not opened")
@@ -367,7 +389,7 @@ class CameraConfig(Strict):
     def _footage_path_allowed(self) -> CameraConfig:
         if self.footage != "packets":
             return self
-        if not self.source.startswith(PACKET_SCHEMES):
+        if self.source is not None and not self.source.startswith(PACKET_SCHEMES):
             raise ValueError(
                 f"footage = 'packets' needs an rtsp:// or rtsps:// source, not {redact(self.source)!r}"
             )
@@ -386,7 +408,14 @@ class CameraConfig(Strict):
         """
         if self.footage == "pixels" or self.privacy_masks:
             return False
+        if self.source is None:
+            return self.onvif is not None  # ONVIF gives RTSP URIs (GetStreamUri, RTP over RTSP)
         return self.source.startswith(PACKET_SCHEMES)
+
+    @property
+    def streams_from_onvif(self) -> bool:
+        """Whether the agent asks the camera (ONVIF GetStreamUri) for its stream URIs."""
+        return self.source is None and self.onvif is not None
 
     onvif: OnvifConfig | None = Field(
         default=None,
@@ -404,6 +433,12 @@ class CameraConfig(Strict):
     @classmethod
     def _onvif_url_only(cls, value: Any) -> Any:
         return _onvif_shorthand(value)
+
+    @model_validator(mode="after")
+    def _source_or_onvif(self) -> CameraConfig:
+        if self.source is None and self.onvif is None:
+            raise ValueError("source is required (or onvif, to ask the camera for its stream URIs)")
+        return self
 
     @model_validator(mode="after")
     def _ptz_needs_onvif(self) -> CameraConfig:

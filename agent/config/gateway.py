@@ -158,11 +158,25 @@ class MqttConfig(Strict):
         gt=0,
         le=60,
         description=(
-            "Cap of the first wait after a lost connection; each wait is random in [0, cap] and the"
-            " cap doubles per failed attempt (full jitter), so a fleet spreads its return"
+            "The first attempt after a lost connection comes at a random time in [0, this]; with"
+            " reconnect_spread_s 0 it is the first cap of full jitter (each wait random in [0, cap],"
+            " the cap doubling per failed attempt)"
         ),
     )
-    reconnect_max_s: float = Field(default=30.0, gt=0, le=600, description="Largest cap of a reconnect wait")
+    reconnect_spread_s: float = Field(
+        default=20.0,
+        ge=0,
+        le=600,
+        description=(
+            "After the first attempt, one attempt per window at a random phase: the first window"
+            " this long, each next twice as long up to reconnect_max_s. A fleet that lost its broker"
+            " returns at most fleet/this per second; one gateway waits up to this long (half on"
+            " average) after its broker restarts. 0: full jitter instead (docs/brokers.md)"
+        ),
+    )
+    reconnect_max_s: float = Field(
+        default=30.0, gt=0, le=600, description="Longest wait between two reconnect attempts"
+    )
     takeover_backoff_s: float = Field(
         default=60.0,
         ge=1,

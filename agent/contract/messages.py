@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent import clock
+
 Box = Annotated[
     tuple[float, float, float, float], Field(description="[x, y, w, h] normalised to 0..1 of the frame")
 ]
@@ -42,6 +44,14 @@ class Event(Message):
     objects: list[DetectedObject] = Field(default_factory=list)
     score: float = Field(ge=0.0, le=1.0)
     clip_id: str | None = None
+    clock_unsynced: bool | None = Field(
+        default_factory=clock.unsynced_mark,
+        exclude_if=lambda v: v is None,
+        description=(
+            "Only present, true, when the gateway's clock was not synchronised (NTP) as this phase was"
+            " stamped, e.g. before its first sync after boot: its times may be far off"
+        ),
+    )
 
 
 class GatewayStatus(Message):
@@ -52,6 +62,22 @@ class GatewayStatus(Message):
     agent_version: str
     started_at: str
     cameras: list[str]
+    clock_synced: bool | None = Field(
+        default_factory=clock.clock_synced,
+        exclude_if=lambda v: v is None,
+        description="Whether the gateway's clock is synchronised (as timedatectl says); absent if unknown",
+    )
+
+
+class CameraPtz(Message):
+    """Whether a PTZ camera is turning; no motion or object events come from it meanwhile."""
+
+    moving: bool
+    commanded: bool = Field(
+        description="Whether the agent moved it; false: its PTZ status reported a move nobody sent"
+    )
+    by: str | None = Field(description="Agency whose command moved it; null: not an agency's command")
+    preset: str | None = Field(description="Preset token it is going to or is at; null: elsewhere")
 
 
 class CameraStatus(Message):
@@ -63,3 +89,8 @@ class CameraStatus(Message):
     height: int | None = None
     last_frame_at: str | None = None
     error: str | None = None
+    ptz: CameraPtz | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="ONVIF PTZ cameras, once moved since the agent started: the latest move",
+    )

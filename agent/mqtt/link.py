@@ -9,9 +9,10 @@ replies (`reply`) go to paho directly at QoS 1 without being stored: a reply is 
 a platform that is waiting for it now.
 
 A second thread, `mqtt.net`, also owned here, connects: it runs paho's network thread
-(`loop_start`) for one connection at a time and, when that ends, waits with full jitter
-(agent.mqtt.reconnect: random in [0, cap], the cap doubling per failure, the first wait after a
-lost connection included) before the next attempt; paho never reconnects by itself. Every
+(`loop_start`) for one connection at a time and, when that ends, waits before the next attempt
+as agent.mqtt.reconnect decides (a quick jittered first attempt, then one attempt per window
+of `reconnect_spread_s`, doubling up to `reconnect_max_s`, so a fleet returns spread out);
+paho never reconnects by itself. Every
 successful CONNACK republishes the retained `online` status, then whatever the `on_connect` hooks
 add (camera statuses, settings), then resumes the outbox.
 
@@ -51,7 +52,7 @@ from agent.mqtt.connect_failures import (
 )
 from agent.mqtt.outbox import Kind, Outbox, OutboxMessage
 from agent.mqtt.paho_client import disable_nagle, paho_client
-from agent.mqtt.reconnect import FullJitter, ProtocolChoice, TakeoverWatch
+from agent.mqtt.reconnect import ProtocolChoice, TakeoverWatch, backoff_of
 
 __all__ = ["LinkStats", "MqttLink", "disable_nagle"]  # disable_nagle: agent.sdk's clients use it too
 
@@ -78,6 +79,7 @@ class MqttLink:
     QOS0_QUEUE = 256
     FAILURE_LOG_INTERVAL_S = 60.0  # a failure that lasts is repeated this often, with a count
     STABLE_S = 10.0  # a connection that lasted this long resets the backoff
+    IDLE_WAKE_S = 1.0  # the pump and mqtt.net look again at least this often, woken or not
 
     def __init__(
         self,
@@ -94,7 +96,7 @@ class MqttLink:
         self._will = (will_topic, will_payload)
         where = f"{cfg.host}:{cfg.port}"
         self._protocol = ProtocolChoice(cfg.protocol, where)
-        self._backoff = FullJitter(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        self._backoff = backoff_of(cfg.reconnect_min_s, cfg.reconnect_spread_s, cfg.reconnect_max_s)
         self._takeover = TakeoverWatch(client_id, where)
         self._rng = random.Random()  # spreading load, not a secret
         self._online: tuple[str, bytes] | None = None
@@ -118,6 +120,7 @@ class MqttLink:
         # this attempt already failed with a reason; the connection was taken over; it lasted.
         self._lost = threading.Event()
         self._closing = threading.Event()  # stop() has sent DISCONNECT: end paho's loop now
+        self._net_wake = threading.Event()  # _lost or _closing was just set: look again
         self._attempt_failed = False
         self._taken_over = False
         self._lasted = 0.0
@@ -223,6 +226,7 @@ class MqttLink:
                 log.warning("could not publish the final status before disconnecting")
         self.client.disconnect()
         self._closing.set()
+        self._net_wake.set()
         if self._net is not None:
             self._net.join(timeout=max(1.0, deadline + 2.0 - time.monotonic()))
             if self._net.is_alive():
@@ -286,7 +290,7 @@ class MqttLink:
 
     def _pump_loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(0.1)
+            self._wake.wait(self.IDLE_WAKE_S)  # every change sets _wake: this is only a safety net
             self._wake.clear()
             if not self._connected.is_set():
                 continue
@@ -359,10 +363,13 @@ class MqttLink:
             client.disconnect()
             return
         client.loop_start()
-        while not self._lost.wait(0.1):
-            if self._closing.wait(0) and not self._lost.wait(0.5):
-                self._abort(client)  # DISCONNECT could not be sent: end paho's loop anyway
+        while not self._lost.is_set():  # no polling: a fleet of links in one process stays idle
+            if self._closing.is_set():
+                if not self._lost.wait(0.5):
+                    self._abort(client)  # DISCONNECT could not be sent: end paho's loop anyway
                 break
+            self._net_wake.wait(self.IDLE_WAKE_S)
+            self._net_wake.clear()  # both events are set before _net_wake: none is missed
         client.loop_stop()
 
     @staticmethod
@@ -373,7 +380,7 @@ class MqttLink:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def _next_wait(self) -> float:
-        """After a takeover a long wait; else full jitter, reset by a connection that lasted."""
+        """After a takeover a long wait; else the backoff's, reset by a connection that lasted."""
         if self._taken_over:
             return self._rng.uniform(0.5, 1.0) * self.cfg.takeover_backoff_s
         if self._lasted >= self.STABLE_S:
@@ -486,6 +493,7 @@ class MqttLink:
                 self._failures.dropped(before_connack=True)
             self._takeover.attempt_failed()
         self._lost.set()
+        self._net_wake.set()
 
     def _on_paho_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
         self._failures.paho_log(level, buf)

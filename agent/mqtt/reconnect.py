@@ -1,11 +1,19 @@
-"""When the link tries the broker again: full-jitter backoff, the protocol `auto` settles on, and
+"""When the link tries the broker again: spread reconnects, the protocol `auto` settles on, and
 another client taking this gateway's session.
 
-Full jitter (AWS's name): the n-th wait after a lost connection is random in
-[0, min(reconnect_max_s, reconnect_min_s * 2**n)], the first one included. A fleet that lost its
-broker together then returns spread over seconds instead of in one burst of TLS handshakes,
-at the price of one gateway waiting up to `reconnect_min_s` after a blip. A connection that ends
-within `STABLE_S` of its CONNACK does not reset the count, so a flapping link backs off too.
+Full jitter (AWS's name, `FullJitter`): the n-th wait after a lost connection is random in
+[0, min(reconnect_max_s, reconnect_min_s * 2**n)], the first one included. Measured on a fleet
+that lost its broker for 5 s, it still brought a third of the fleet back within one second:
+after a few quick failures every gateway's cap is near twice the outage, so the attempts bunch
+right after the broker returns. `SpreadJitter` (the default, `reconnect_spread_s` > 0) keeps
+the quick first attempt (random in [0, reconnect_min_s]: a blip costs little) and then makes
+exactly one attempt per window, the windows following each other, the first `reconnect_spread_s`
+long and each doubling up to `reconnect_max_s`, at the same random fraction of each window. A
+fleet's attempts then arrive at most fleet / `reconnect_spread_s` per second whenever the broker
+returns, and no gateway waits longer than `reconnect_max_s` between two attempts; the price is
+that one gateway whose broker restarted waits up to `reconnect_spread_s` (half on average).
+A connection that ends within `STABLE_S` of its CONNACK does not reset either policy, so a
+flapping link backs off too.
 
 Everything here is touched only by the link's `mqtt.net` thread and paho's callbacks, which
 never run at the same time as an attempt is being prepared, so there are no locks.
@@ -16,7 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Literal
+from typing import Literal, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,63 @@ class FullJitter:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+class Backoff(Protocol):
+    """What the link asks of a reconnect policy."""
+
+    failures: int
+
+    def next_wait(self) -> float: ...
+
+    def reset(self) -> None: ...
+
+
+class SpreadJitter:
+    """One quick attempt after a loss, then one attempt per window at a random phase.
+
+    The first wait is random in [0, min_s]. Then the windows [min_s, min_s + w1], [.., .. + w2],
+    … follow each other, w1 = min(spread_s, max_s) and each next one twice as long up to max_s;
+    the gateway tries once in each, at the fraction `phase` of it, drawn anew at every reset.
+    So the waits between attempts lie in [w_n, w_n+1] (never above max_s), and a fleet whose
+    phases are uniform tries at most fleet / w1 times per second, whenever its broker returns.
+    Waits are measured from the end of the previous attempt: an attempt's own duration shifts
+    the windows after it, alike for the whole fleet.
+    """
+
+    def __init__(self, min_s: float, spread_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        self.min_s, self.spread_s, self.max_s = min_s, min(spread_s, max_s), max_s
+        self.failures = 0  # attempts (or short-lived connections) since the last stable one
+        self._rng = rng or random.Random()  # spreading load, not a secret
+        self._phase = self._rng.random()
+        self._rest = 0.0  # what is left of the current window after its attempt
+
+    def window(self) -> float:
+        """The length of the window the next attempt falls in."""
+        if self.failures == 0:
+            return self.min_s
+        return min(self.max_s, self.spread_s * 2.0 ** min(self.failures - 1, 32))
+
+    def next_wait(self) -> float:
+        """The wait before the next attempt; each call counts one more failure."""
+        width = self.window()
+        phase = self._rng.random() if self.failures == 0 else self._phase
+        wait = self._rest + phase * width
+        self._rest = (1.0 - phase) * width
+        self.failures += 1
+        return wait
+
+    def reset(self) -> None:
+        self.failures = 0
+        self._rest = 0.0
+        self._phase = self._rng.random()
+
+
+def backoff_of(min_s: float, spread_s: float, max_s: float) -> Backoff:
+    """The configured policy: `SpreadJitter`, or plain `FullJitter` when spread_s is 0."""
+    if spread_s > 0:
+        return SpreadJitter(min_s, spread_s, max_s)
+    return FullJitter(min_s, max_s)
 
 
 class ProtocolChoice:

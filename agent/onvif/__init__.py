@@ -6,8 +6,9 @@ camera runs on one event loop in one thread (`OnvifLoop`), owned by `PtzService`
 starts and stops it) or by `edge-agent discover`, with a timeout per request. The client is
 imported only when a camera is contacted, so a gateway without ONVIF cameras never loads zeep.
 Modules: `client` (the loop, one device's operations, faults as protocol error codes), `ptz`
-(leases per camera, return to the home preset, whether the agent is moving a camera),
-`discovery` (probe, device report, ready-to-paste TOML).
+(leases per camera, return to the home preset, whether a camera is moving, commanded or not, and
+the stream URIs of cameras configured without `source`), `discovery` (probe, device report,
+ready-to-paste TOML).
 May not touch: capture, analysis, footage, mqtt, commands, runtime or the SDK; it sees the
 config only. Command handlers reach it through agent.commands.gateway.PtzAccess.
 """

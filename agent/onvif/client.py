@@ -16,9 +16,11 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from agent.config.cameras import OnvifConfig
 from agent.errors import AgentError
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Code = Literal["busy", "internal", "bad_request", "not_found"]
+CANCEL_CHECK_S = 0.1  # how often a waiting caller looks at its cancel event
 STREAM_SETUP = {"Stream": "RTP-Unicast", "Transport": {"Protocol": "RTSP"}}
 
 
@@ -119,9 +122,17 @@ class OnvifLoop:
             loop.close()
         self._loop = self._thread = None
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
+    def run(
+        self,
+        coro: Coroutine[Any, Any, T],
+        timeout: float,
+        what: str,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> T:
         """Run `coro` on the loop and return its result; OnvifError after `timeout` seconds, when
-        too many calls wait, or when the loop is stopped."""
+        too many calls wait, when the loop is stopped, or as soon as `cancel` is set (the caller's
+        owner is stopping)."""
         loop = self._loop
         if loop is None:
             coro.close()
@@ -134,7 +145,18 @@ class OnvifLoop:
         try:
             future = asyncio.run_coroutine_threadsafe(_bounded(coro, timeout, what), loop)
             try:
-                return future.result(timeout + 1.0)
+                if cancel is None:
+                    return future.result(timeout + 1.0)
+                deadline = time.monotonic() + timeout + 1.0
+                while not cancel.is_set() and time.monotonic() < deadline:
+                    try:
+                        return future.result(CANCEL_CHECK_S)
+                    except concurrent.futures.TimeoutError:
+                        continue
+                future.cancel()
+                if cancel.is_set():
+                    raise OnvifError("busy", f"{what}: abandoned (stopping)")
+                raise concurrent.futures.TimeoutError
             except concurrent.futures.TimeoutError:
                 future.cancel()
                 raise OnvifError("busy", f"{what}: no answer within {timeout:g} s") from None
@@ -232,6 +254,16 @@ class OnvifDevice:
             return str(got.Uri)
 
         return await self._call("GetStreamUri", op)
+
+    async def stream_uris(self) -> tuple[str, str | None]:
+        """RTSP URIs of the largest profile (main stream) and, when the camera has another, the
+        smallest (substream), as the camera gives them (no login added)."""
+        chosen = main_and_sub(await self.profiles())
+        if not chosen:
+            raise OnvifError("not_found", f"{self.where} has no media profile (GetProfiles is empty)")
+        main_uri = await self.stream_uri(chosen[0].token)
+        sub_uri = await self.stream_uri(chosen[1].token) if len(chosen) > 1 else None
+        return main_uri, (sub_uri if sub_uri != main_uri else None)
 
     async def has_ptz(self) -> bool:
         """Whether the device offers a PTZ service and a profile with a PTZ configuration."""
@@ -351,6 +383,24 @@ class OnvifDevice:
             if error.code in ("busy", "internal"):
                 await self.close()  # maybe a reboot: connect again next time
             raise error from None
+
+
+def main_and_sub(profiles: list[Profile]) -> list[Profile]:
+    """The largest profile (main stream) and, when different, the smallest (substream)."""
+    if not profiles:
+        return []
+    by_size = sorted(profiles, key=lambda p: (p.width or 0) * (p.height or 0), reverse=True)
+    return [by_size[0]] if len(by_size) == 1 else [by_size[0], by_size[-1]]
+
+
+def with_login(uri: str, username: str | None, password: str | None) -> str:
+    """`uri` with `username:password@` in its authority (percent-encoded), unless it carries a
+    login already or there is no username: cameras check the same accounts for ONVIF and RTSP."""
+    parts = urlsplit(uri)
+    if username is None or parts.username is not None or not parts.netloc:
+        return uri
+    login = quote(username, safe="") + (":" + quote(password, safe="") if password is not None else "")
+    return urlunsplit(parts._replace(netloc=f"{login}@{parts.netloc}"))
 
 
 def _translate(exc: Exception, what: str, where: str) -> OnvifError:  # noqa: PLR0911 - one case per failure

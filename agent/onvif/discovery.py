@@ -5,7 +5,8 @@ unicast ProbeMatches back, each naming the device service (XAddrs); a Probe is s
 UDP may lose one. With credentials each device is then read over ONVIF (agent.onvif.client):
 device information, media profiles, the RTSP URI of the largest profile (`source`) and the
 smallest (`detect_source`), PTZ and presets. The TOML names the password file, never the
-password, and stream URIs are printed as the camera gives them (without credentials).
+password, and stream URIs are printed as the camera gives them (without credentials); a comment
+says they may be left out, for the agent to ask the camera itself.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from agent.config.cameras import OnvifConfig
 from agent.config.redact import redact
 from agent.errors import ConfigError
-from agent.onvif.client import DeviceInfo, OnvifDevice, OnvifError, OnvifLoop, Profile
+from agent.onvif.client import DeviceInfo, OnvifDevice, OnvifError, OnvifLoop, Profile, main_and_sub
 
 WSD_GROUP = "239.255.255.250"
 WSD_PORT = 3702
@@ -151,7 +152,7 @@ def describe(
     try:
         report.info = loop.run(device.info(), timeout_s, f"{url}: GetDeviceInformation")
         report.profiles = loop.run(device.profiles(), timeout_s, f"{url}: GetProfiles")
-        for p in _main_and_sub(report.profiles):
+        for p in main_and_sub(report.profiles):
             report.uris[p.token] = loop.run(device.stream_uri(p.token), timeout_s, f"{url}: GetStreamUri")
         report.ptz = loop.run(device.has_ptz(), timeout_s, f"{url}: PTZ")
         if report.ptz:
@@ -161,14 +162,6 @@ def describe(
     finally:
         loop.stop()
     return report
-
-
-def _main_and_sub(profiles: list[Profile]) -> list[Profile]:
-    """The largest profile (main stream) and, when different, the smallest (substream)."""
-    if not profiles:
-        return []
-    by_size = sorted(profiles, key=lambda p: (p.width or 0) * (p.height or 0), reverse=True)
-    return [by_size[0]] if len(by_size) == 1 else [by_size[0], by_size[-1]]
 
 
 def _slug(text: str) -> str:
@@ -197,7 +190,7 @@ def to_toml(reports: list[DeviceReport], username: str | None, password_file: Pa
         while cid in used:
             cid, n = f"{base}-{n}", n + 1
         used.add(cid)
-        main, *rest = _main_and_sub(r.profiles)
+        main, *rest = main_and_sub(r.profiles)
         sizes = ", ".join(
             f"{p.token} {p.width}x{p.height} {p.encoding or '?'}" if p.width else p.token for p in r.profiles
         )
@@ -209,7 +202,12 @@ def to_toml(reports: list[DeviceReport], username: str | None, password_file: Pa
             lines.append(f"# PTZ: yes; presets: {presets}")
         else:
             lines.append("# PTZ: no")
-        lines.append("# The stream URIs are as the camera gave them: add its RTSP login if it needs one.")
+        lines.append(
+            "# The stream URIs are as the camera gave them: add its RTSP login if it needs one, or leave"
+        )
+        lines.append(
+            "# source and detect_source out: the agent then asks the camera (with the ONVIF login) at start."
+        )
         lines += ["[[cameras]]", f"id = {_quote(cid)}", f"name = {_quote(name[:128])}"]
         lines.append(f"source = {_quote(r.uris[main.token])}")
         if rest and r.uris.get(rest[0].token) and r.uris[rest[0].token] != r.uris[main.token]:

@@ -38,7 +38,7 @@ from agent.commands.limits import RateLimits
 from agent.commands.server import CommandServer
 from agent.commands.streams import StreamLimits, StreamManager
 from agent.commands.verifying import CommandVerifier, load_verifier
-from agent.config import AgentConfig, StorageConfig
+from agent.config import AgentConfig, CameraConfig, StorageConfig
 from agent.config.settings import RuntimeSettings, SettingsStore
 from agent.errors import AgentError
 from agent.files import create_private, private_dir
@@ -56,6 +56,7 @@ from agent.mqtt.outbox import Outbox
 from agent.mqtt.topics import Topics
 from agent.onvif import PtzService
 from agent.runtime.camera import CameraWorker
+from agent.runtime.clock_sync import CHECK_INTERVAL_S, ClockWatch
 from agent.runtime.gateway import GatewayFacade
 from agent.runtime.health import GatewayHealth
 from agent.runtime.housekeeping import RETENTION_INTERVAL_S, Housekeeping
@@ -83,6 +84,8 @@ class Agent:
         prepare_data_dir(data_dir)
         audit = AuditLog.from_config(cfg)
         self.outbox = open_outbox(data_dir, cfg.storage)
+        self.clock = ClockWatch(on_change=self._clock_changed)
+        self.clock.check()  # before the first status and the Will: they carry clock_synced
         self.link = MqttLink(
             cfg.mqtt,
             client_id=cfg.mqtt.client_id or f"edge-{cfg.gateway.district}-{cfg.gateway.id}",
@@ -111,9 +114,12 @@ class Agent:
                 frame_fps=cam.buffer.fps,  # frames neither the buffer nor detection needs are skipped
                 state_dir=data_dir / "analysis",
                 moving=self._moving_check(cam.id),
+                resolve=self._stream_lookup(cam),
             )
             for cam in cfg.cameras
         }
+        if self.ptz is not None:
+            self.ptz.on_change(lambda camera, ptz: self.cameras[camera].set_ptz(ptz))
         self.detector = SharedDetector(cfg.detector)
         self.settings = SettingsApplier(
             SettingsStore(cfg, data_dir / "settings.json"), self.cameras, self.detector, self._report_settings
@@ -141,9 +147,11 @@ class Agent:
             commands=self.dispatcher.stats,
             rings=self.rings,
             buffers=self.buffers,
+            clock=self.clock,
         )
         timers = [
             Ticker("telemetry", self.cfg.gateway.telemetry_interval_s, telemetry.publish),
+            Ticker("clock", CHECK_INTERVAL_S, self.clock.check),
             Ticker("commands.summaries", RateLimits().summary_interval_s, self.dispatcher.flush_summaries),
         ]
         if self.retention is not None:
@@ -199,12 +207,26 @@ class Agent:
             return None
         return lambda: ptz.moving(camera)
 
+    def _stream_lookup(self, cam: CameraConfig) -> Callable[[threading.Event], tuple[str, str | None]] | None:
+        """Asks the camera (ONVIF) for its stream URIs when its config leaves `source` out."""
+        ptz = self.ptz
+        if ptz is None or not cam.streams_from_onvif:
+            return None
+        return lambda stopping: ptz.stream_uris(cam.id, stopping)
+
     def _buffer_frame(self, camera: str, frame: Frame) -> bool:
         return self.buffers[camera].push(frame) is not None  # False: the camera converts the next
 
     def _republish_camera_status(self) -> None:
         for worker in self.cameras.values():
             self.events.camera_status(worker.id, worker.status)
+
+    def _clock_changed(self, synced: bool) -> None:
+        """The retained status says whether the clock is synchronised: republish it."""
+        online = self._status("online", None)
+        self.link.set_online_message(self.topics.status, online)
+        if self.link.connected:
+            self.link.publish(self.topics.status, online, retain=True, kind="status")
 
     def _report_settings(self, payload: bytes) -> None:
         self.link.publish(self.topics.config_reported, payload, retain=True, kind="config")
@@ -233,6 +255,8 @@ class Agent:
         log.info("agent %s starting: %s, %d camera(s)", __version__, self.cfg.topic_root, len(self.cameras))
         self.events.end_orphans(self.outbox.holds)
         self.link.start()
+        if self.ptz is not None:
+            self.ptz.start()  # before the cameras: those without `source` ask it for their URIs
         for worker in self.cameras.values():
             worker.start()
         self.streams.start()
@@ -241,8 +265,6 @@ class Agent:
             self.recorder.start()
         for timer in self.timers:
             timer.start()
-        if self.ptz is not None:
-            self.ptz.start()
         self.commands.start()
         self.link.wait_connected(5.0)
         notify("READY=1")
@@ -286,6 +308,7 @@ class Agent:
             self.recorder.stop(timeout_s=max(1.0, 3.3 - (time.monotonic() - t0)))
         self.link.stop(final=(self.topics.status, self._status("offline", "shutdown")), timeout=1.5)
         self.outbox.close()
+        self.clock.close()
         log.info("stopped in %.2f s", time.monotonic() - t0)
 
 

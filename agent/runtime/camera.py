@@ -22,6 +22,12 @@ pixels, the ones the motion detector judged.
 Keep packets, not pixels: a source with packets (PyAV, for rtsp:// cameras) hands every packet of
 the main stream to `on_packet` (the camera's packet ring) before decoding. With a substream the
 main stream is then only demuxed, never decoded, and the substream's frames are the latest picture.
+
+Stream URIs from the camera (ONVIF, no `source` in the config): `resolve(stopping)` gives the main stream
+and substream URIs; the capture threads ask it before their first session (one asks, the other
+uses the answer) and again once a stream has failed RESOLVE_AFTER_FAILURES sessions in a row (a
+rebooted camera may hand out new URIs). Such a camera always has a main and a detect thread; when
+it has no substream, the detect thread idles and the main one analyses, as for a single stream.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from agent.capture.source import Frame, FrameSource, open_source
 from agent.clock import iso
 from agent.config import CameraConfig, DetectionSettings, MotionSettings
 from agent.config.redact import redact
-from agent.contract.messages import CameraStatus
+from agent.contract.messages import CameraPtz, CameraStatus
 from agent.errors import AgentError, SourceError
 
 log = logging.getLogger(__name__)
@@ -60,6 +66,8 @@ PhaseSink = Callable[[str, EventPhase], None]
 FrameSink = Callable[[str, Frame], bool | None]
 
 HEALTHY_SESSION_S = 30.0  # a session that delivered frames this long resets the backoff
+RESOLVE_AFTER_FAILURES = 3  # failed sessions in a row of a resolved stream before asking again
+NO_SUBSTREAM_WAIT_S = 1.0  # the idle detect thread of a camera without substream looks this often
 
 # What one capture thread reads: "both" a camera's only stream, else its main or detect stream.
 Role = Literal["both", "main", "detect"]
@@ -100,13 +108,16 @@ class CameraWorker:
         motion_detector: MotionDetecting | None = None,
         state_dir: Path | None = None,
         moving: Callable[[], bool] | None = None,
+        resolve: Callable[[threading.Event], tuple[str, str | None]] | None = None,
     ) -> None:
         """`frame_fps`: the most frames per second `on_frame` needs (None: every frame).
         `on_packet` takes the main stream's packets, from sources that have them (PyAV).
         `motion_detector` replaces the built-in one (a bench's reference, a test's observer).
         `state_dir` keeps analysis state across restarts (stationary objects). `moving()` says the
         camera is being turned (PTZ): its frames are not analysed, and motion re-learns the view
-        once it is still again."""
+        once it is still again. `resolve(stopping)` gives (main, substream or None) URIs in place of
+        `cfg.source`/`cfg.detect_source` (ONVIF); it raises SourceError when it cannot say, and
+        soon after `stopping` is set."""
         self.cfg = cfg
         self.id = cfg.id
         self.stats = CameraStats()
@@ -136,8 +147,15 @@ class CameraWorker:
         self._status = CameraStatus(state="disabled" if not cfg.enabled else "connecting")
         self._latest: Frame | None = None
         self._note: str | None = None
-        roles: list[tuple[Role, str]] = [("both", cfg.source)]
-        if cfg.detect_source is not None:
+        self._ptz: CameraPtz | None = None
+        self._resolve = resolve
+        self._resolved: tuple[str, str | None] | None = None  # guarded by _resolve_lock
+        self._resolve_lock = threading.Lock()
+        self._failures: dict[Role, int] = {}  # failed sessions in a row, per stream
+        roles: list[tuple[Role, str | None]] = [("both", cfg.source)]
+        if resolve is not None:
+            roles = [("main", None), ("detect", None)]  # URIs from resolve()
+        elif cfg.detect_source is not None:
             roles = [("main", cfg.source), ("detect", cfg.detect_source)]
         self._roles = roles
         self._health: dict[Role, tuple[str, str | None]] = {role: ("connecting", None) for role, _ in roles}
@@ -220,6 +238,14 @@ class CameraWorker:
             self._health[role] = (state, error)
         self._refresh_status(frame, size)
 
+    def set_ptz(self, ptz: CameraPtz | None) -> None:
+        """The camera's PTZ move state, shown in its status (published when it changes)."""
+        with self._status_lock:
+            if ptz == self._ptz:
+                return
+            self._ptz = ptz
+        self._refresh_status(None)
+
     def set_note(self, note: str | None) -> None:
         """A gateway-level condition shown in `error` while the camera itself works (disk full)."""
         with self._status_lock:
@@ -245,13 +271,15 @@ class CameraWorker:
                     "height": h,
                     "last_frame_at": iso(frame.ts) if frame is not None else old.last_frame_at,
                     "error": error or self._note,
+                    "ptz": self._ptz,
                 }
             )
-            changed = (new.state, new.error, new.width, new.height) != (
+            changed = (new.state, new.error, new.width, new.height, new.ptz) != (
                 old.state,
                 old.error,
                 old.width,
                 old.height,
+                old.ptz,
             )
             self._status = new
         if changed:
@@ -276,7 +304,7 @@ class CameraWorker:
 
     # -- capture thread --------------------------------------------------------------------
 
-    def _capture_loop(self, role: Role, uri: str) -> None:
+    def _capture_loop(self, role: Role, uri: str | None) -> None:
         while not self._stop.is_set():
             retrying = Retrying(
                 wait=wait_random_exponential(multiplier=0.5, max=self._backoff_max_s),
@@ -301,24 +329,31 @@ class CameraWorker:
     def _before_retry(self, state: object) -> None:
         self.stats.reconnects += 1
 
-    def _session(self, role: Role, uri: str) -> None:
-        """Open the source and read until stopped; raise SourceError on failure."""
+    def _session(self, role: Role, fixed: str | None) -> None:
+        """Open the source and read until stopped; raise SourceError on failure. `fixed`: the
+        stream's URI, None when `resolve` gives it."""
         try:
+            uri, mode = self._stream(role, fixed)
+            if uri is None:  # the detect thread of a camera without substream
+                self._set_status("ok", role=role)
+                self._stop.wait(NO_SUBSTREAM_WAIT_S)
+                return
             source = self._source_factory(uri)
         except SourceError as exc:  # a URI the backend refuses: reported, retried like any failure
             log.warning("camera %s: %s%s", self.id, "detect_source: " if role == "detect" else "", exc)
             self._set_status("failed", str(exc), role=role)
+            self._failed(role)
             raise
         if self._role_state(role) != "failed":
             self._set_status("connecting", role=role)
         started = time.monotonic()
         feeds_sink = role != "detect"
-        packets_only = self._take_packets(source, role)
+        packets_only = self._take_packets(source, mode)
         try:
             source.open()
             skip: Callable[[], float | None] | None = getattr(source, "skip", None)
             demand = FrameDemand(
-                self.cfg.detect_fps if role != "main" else None,
+                self.cfg.detect_fps if mode != "main" else None,
                 self._keep_fps if feeds_sink else 0.0,
                 source.fps,
             )
@@ -331,12 +366,14 @@ class CameraWorker:
                         self.stats.skipped += 1
                     if packets_only and (first or self._role_state(role) != "ok"):
                         self._set_status("ok", None, None, role, size=source.size)
+                        self._failures[role] = 0
                         first = False
                     continue
                 frame = source.read()
                 analyse = demand.decoded(frame.pts)
                 if first or self._role_state(role) != "ok":
                     self._set_status("ok", None, frame if feeds_sink else None, role)
+                    self._failures[role] = 0
                     first = False
                 if feeds_sink or (role == "detect" and self._main_packets_only):
                     with self._status_lock:
@@ -350,6 +387,7 @@ class CameraWorker:
         except SourceError as exc:
             log.warning("camera %s: %s%s", self.id, "detect_source: " if role == "detect" else "", exc)
             self._set_status("failed", str(exc), role=role)
+            self._failed(role)
             if time.monotonic() - started > HEALTHY_SESSION_S:
                 self.stats.reconnects += 1
                 return  # healthy for a while: start over with a short backoff
@@ -359,6 +397,37 @@ class CameraWorker:
                 source.close()
             except Exception:
                 log.exception("camera %s: close failed", self.id)
+
+    def _stream(self, role: Role, fixed: str | None) -> tuple[str | None, Role]:
+        """The URI `role` reads now and how (a main stream without substream acts as "both")."""
+        if self._resolve is None:
+            return fixed, role
+        with self._resolve_lock:
+            if self._resolved is None:
+                main, sub = self._resolve(self._stop)
+                log.info(
+                    "camera %s: stream URIs from the camera: %s, substream %s",
+                    self.id,
+                    redact(main),
+                    redact(sub) if sub is not None else "none",
+                )
+                self._resolved = main, sub
+            main, sub = self._resolved
+        if role == "detect":
+            return sub, role
+        return main, ("main" if sub is not None else "both")
+
+    def _failed(self, role: Role) -> None:
+        """Count a failed session; after RESOLVE_AFTER_FAILURES in a row, ask for the URIs again."""
+        if self._resolve is None:
+            return
+        self._failures[role] = self._failures.get(role, 0) + 1
+        if self._failures[role] >= RESOLVE_AFTER_FAILURES:
+            self._failures[role] = 0
+            with self._resolve_lock:
+                if self._resolved is not None:
+                    log.info("camera %s: its stream failed repeatedly: asking for its URIs again", self.id)
+                self._resolved = None
 
     def _take_packets(self, source: FrameSource, role: Role) -> bool:
         """Hand the main stream's packets to `on_packet` where the source has them; True when the

@@ -21,6 +21,7 @@ from agent.mqtt.link import MqttLink
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.topics import Topics
 from agent.runtime.camera import CameraWorker
+from agent.runtime.clock_sync import ClockWatch
 from agent.runtime.health import GatewayHealth
 from agent.runtime.settings import SharedDetector
 
@@ -42,6 +43,7 @@ class Telemetry:
         commands: Callable[[], dict[str, Any]] | None = None,
         rings: Mapping[str, PacketRing] | None = None,
         buffers: Mapping[str, PreEventBuffer] | None = None,
+        clock: ClockWatch | None = None,
     ) -> None:
         self._link = link
         self._topics = topics
@@ -54,6 +56,7 @@ class Telemetry:
         self._commands = commands
         self._rings: Mapping[str, PacketRing] = rings or {}
         self._buffers: Mapping[str, PreEventBuffer] = buffers or {}
+        self._clock = clock
 
     def publish(self) -> None:
         """Sample and publish once (QoS 0: a lost sample is replaced by the next)."""
@@ -64,6 +67,9 @@ class Telemetry:
         body = self._health.sample()
         body["ts"] = iso()
         body["outbox_depth"] = self._outbox.depth()
+        if self._clock is not None:
+            body["clock"] = self._clock.telemetry()
+            body["clock_synced"] = body["clock"]["synced"]
         body["outbox"] = self._outbox_section()
         report = self._retention.last if self._retention is not None else None
         if report is not None:

@@ -80,7 +80,7 @@ class FakeOnvifCamera:
         ptz: bool = True,
         presets: dict[str, str] | None = None,
         rtsp_main: str = "rtsp://127.0.0.1:8554/main",
-        rtsp_sub: str = "rtsp://127.0.0.1:8554/sub",
+        rtsp_sub: str | None = "rtsp://127.0.0.1:8554/sub",
         speed: float = 1.0,
         name: str = "FakeDome",
     ) -> None:
@@ -91,7 +91,8 @@ class FakeOnvifCamera:
             token: (label, (0.1 * i, -0.1 * i, 0.0))
             for i, (token, label) in enumerate((presets or {"1": "Home", "2": "Crossing"}).items())
         }
-        self.rtsp = {"main": rtsp_main, "sub": rtsp_sub}
+        # Profile token -> the URI GetStreamUri gives; change it to act out a reboot with new URIs.
+        self.rtsp = {"main": rtsp_main} | ({"sub": rtsp_sub} if rtsp_sub is not None else {})
         self.speed = speed
         self.name = name
         self.unsupported: set[str] = set()
@@ -154,6 +155,18 @@ class FakeOnvifCamera:
         """Turn the head as a person at the camera's own keyboard would (a move nobody commanded)."""
         with self._lock:
             self.head.pan, self.head.tilt, self.head.zoom = pan, tilt, zoom
+
+    def move_by_itself(self, pan: float, tilt: float = 0.0, zoom: float = 0.0, *, seconds: float) -> None:
+        """Start turning at these velocities for `seconds`, as a joystick on the camera's own
+        keyboard or a tour would: GetStatus says MOVING meanwhile, and no request was received."""
+        with self._lock:
+            self._advance()
+            self.head.velocity = (pan, tilt, zoom)
+            self.head.moving_until = time.monotonic() + seconds
+
+    def moving(self) -> bool:
+        with self._lock:
+            return time.monotonic() < self.head.moving_until
 
     # -- SOAP ---------------------------------------------------------------------------------
 
@@ -261,7 +274,8 @@ class FakeOnvifCamera:
             else ""
         )
         profiles = ""
-        for token, (w, h) in (("main", (1920, 1080)), ("sub", (640, 360))):
+        sizes = {"main": (1920, 1080), "sub": (640, 360)}
+        for token, (w, h) in ((t, sizes[t]) for t in self.rtsp):
             profiles += (
                 f'<trt:Profiles token="{token}" fixed="true"><tt:Name>{token}stream</tt:Name>'
                 f'<tt:VideoEncoderConfiguration token="venc-{token}"><tt:Name>{token}</tt:Name>'

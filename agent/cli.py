@@ -137,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from agent.analysis.replay import replay
+    from agent.analysis.replay import ReplayObserver, ReplayStats, TerminalProgress, replay
 
     video = Path(args.video)
     camera = CameraConfig(id="replay", source=f"file://{video.resolve()}")
@@ -153,13 +153,44 @@ def cmd_replay(args: argparse.Namespace) -> int:
             camera = cfg.cameras[0]
         camera = camera.model_copy(update={"source": f"file://{video.resolve()}"})
         detector = cfg.detector
+    observers: list[ReplayObserver] = []
+    if args.annotate or args.snapshot_dir:
+        from agent.analysis.annotate import AnnotatedVideo, EventSnapshots
+        from agent.footage.privacy import apply_privacy_masks
+
+        masks = camera.privacy_masks  # pictures on disk are masked as those that leave the gateway
+        if args.annotate:
+            annotate = Path(args.annotate)
+            if annotate.resolve() == video.resolve():
+                raise AgentError(f"--annotate {annotate} is the video being replayed: name another file")
+            observers.append(AnnotatedVideo(annotate, prepare=lambda i: apply_privacy_masks(i, masks)))
+        if args.snapshot_dir:
+            snapshots = EventSnapshots(
+                Path(args.snapshot_dir), prepare=lambda i: apply_privacy_masks(i, masks)
+            )
+            observers.append(snapshots)
+    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
+    stats = ReplayStats()
     out = sys.stdout
     try:
-        for record in replay(video, camera, detector=detector):
+        for record in replay(
+            video, camera, detector=detector, observers=observers, progress=progress, stats=stats
+        ):
             out.write(json.dumps(record, separators=(",", ":")) + "\n")
             out.flush()
     except BrokenPipeError:  # `edge-agent replay x.mp4 | head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        if progress is not None:
+            progress.done()
+    if args.stats:
+        summary = {
+            "video_s": round(stats.video_s, 3),
+            "frames": stats.frames,
+            "analysed": stats.analysed,
+            "inferences": stats.inferences,
+        }
+        print(json.dumps(summary, separators=(",", ":")), file=sys.stderr)
     return EXIT_OK
 
 
@@ -359,6 +390,20 @@ def build_parser(*, with_ctl: bool = True) -> argparse.ArgumentParser:
     s.add_argument("video")
     s.add_argument("--config", "-c")
     s.add_argument("--camera", help="camera id whose settings to use (default: the first)")
+    s.add_argument(
+        "--annotate",
+        metavar="OUT",
+        help="also write the video with motion regions, object boxes, track ids and event spans drawn"
+        " (H.264; .mp4, .mkv or .mov)",
+    )
+    s.add_argument(
+        "--snapshot-dir", metavar="DIR", help="also write the best frame of each event here (JPEG)"
+    )
+    s.add_argument(
+        "--stats",
+        action="store_true",
+        help="print frames, analysed frames and model inferences as one JSON line on stderr at the end",
+    )
     s.set_defaults(func=cmd_replay)
 
     s = sub.add_parser("check-config", help="validate a config file and the TLS and password files it names")

@@ -23,6 +23,10 @@ Each event (JSON lines grouped by event_id) is matched to the object of the same
 | off-filter | events whose label is not in the camera's labels |
 | ev/exp | events / expected |
 
+A second table counts model inferences (`edge-agent replay --stats`) against detecting every
+analysed frame: whole (one inference a frame) and in tiles (as the full-frame pass does). Goal:
+motion-gated inferences >= 5x fewer than per-frame.
+
     .venv/bin/python bench/object_events_score.py [--scenes bikes,parked_people,arrive_leave]
         [--set detection.end_delay_s=6] [--keep DIR]
     .venv/bin/python bench/object_events_score.py --truth T.json --events E.jsonl   # score a run
@@ -49,11 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/object_scenes.
 
 import object_scenes
 
+from agent.analysis.objects.regions import tile_crops
 from agent.analysis.replay import EPOCH
 from agent.clock import parse_iso
 
 ROOT = Path(__file__).resolve().parent.parent
 TRUTH_DIR = Path(__file__).resolve().parent / "truth"
+INPUT_SIDE = 300  # the vendored SSD MobileNet's input, which sizes the full-frame pass's tiles
 GROUPS = {"person": "person", "car": "vehicle", "bus": "vehicle", "truck": "vehicle"}
 GROUPS |= {"bicycle": "two-wheeler", "motorcycle": "two-wheeler"}
 Box = tuple[float, float, float, float]
@@ -213,8 +219,11 @@ def score(truth: dict[str, Any], rows: Sequence[dict[str, Any]], min_duration: f
     return dict(table)
 
 
-def replay_rows(video: Path, folder: Path, sets: Sequence[str]) -> tuple[list[dict[str, Any]], float]:
-    """Run `edge-agent replay` on `video` with detection on; return its JSON rows and wall time."""
+def replay_rows(
+    video: Path, folder: Path, sets: Sequence[str]
+) -> tuple[list[dict[str, Any]], float, dict[str, Any]]:
+    """Run `edge-agent replay --stats` on `video` with detection on; return its JSON rows, wall
+    time and its stats (frames, analysed frames, inferences)."""
     cfg = folder / "replay.toml"
     lines = [
         "[gateway]",
@@ -237,7 +246,7 @@ def replay_rows(video: Path, folder: Path, sets: Sequence[str]) -> tuple[list[di
     cfg.write_text("\n".join(lines) + "\n", encoding="utf-8")
     t0 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "agent", "replay", str(video), "-c", str(cfg)],
+        [sys.executable, "-m", "agent", "replay", str(video), "-c", str(cfg), "--stats"],
         capture_output=True,
         text=True,
         check=False,
@@ -246,7 +255,8 @@ def replay_rows(video: Path, folder: Path, sets: Sequence[str]) -> tuple[list[di
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(f"edge-agent replay failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()], wall
+    stats = json.loads(next(x for x in reversed(out.stderr.splitlines()) if x.startswith("{")))
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()], wall, stats
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -260,6 +270,11 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 HEADER = (
     "scene", "group", "objects", "expected", "events", "missed", "fragments", "re-raised",
     "false", "short", "off-filter", "ev/exp",
+)  # fmt: skip
+
+
+COST_HEADER = (
+    "scene", "frames", "analysed", "inferences", "per-frame whole", "fewer", "per-frame tiled", "fewer",
 )  # fmt: skip
 
 
@@ -309,6 +324,8 @@ def main() -> int:
         folder.mkdir(parents=True, exist_ok=True)
         body: list[tuple[str, ...]] = []
         speed: list[tuple[str, ...]] = []
+        costs: list[tuple[str, ...]] = []
+        cost_total = [0, 0, 0]  # analysed frames, gated inferences, tiled per-frame inferences
         totals: dict[str, Row] = defaultdict(Row)
         for name in args.scenes.split(","):
             if name == "bikes":
@@ -318,7 +335,17 @@ def main() -> int:
             else:
                 video, truth = object_scenes.write(name, folder)
                 seconds = max(k[0] for o in truth["objects"] for k in o["keys"])
-            rows, wall = replay_rows(video, folder, args.set)
+            rows, wall, stats = replay_rows(video, folder, args.set)
+            tiles = len(tile_crops(object_scenes.frame_size(video), INPUT_SIDE))
+            gated = stats["inferences"]
+            costs.append(
+                (name, str(stats["frames"]), str(stats["analysed"]), str(gated), str(stats["analysed"]),
+                 f"{stats['analysed'] / max(gated, 1):.1f}x", str(stats["analysed"] * tiles),
+                 f"{stats['analysed'] * tiles / max(gated, 1):.1f}x")
+            )  # fmt: skip
+            cost_total[0] += stats["analysed"]
+            cost_total[1] += gated
+            cost_total[2] += stats["analysed"] * tiles
             (folder / f"{name}.events.jsonl").write_text(
                 "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
             )
@@ -332,6 +359,16 @@ def main() -> int:
         body += rows_of("ALL", totals)
     print(f"Object events against ground truth (settings: {', '.join(args.set) or 'defaults'})\n")
     print(table(HEADER, body))
+    analysed, gated, tiled = cost_total
+    costs.append(
+        ("ALL", "", str(analysed), str(gated), str(analysed), f"{analysed / max(gated, 1):.1f}x",
+         str(tiled), f"{tiled / max(gated, 1):.1f}x")
+    )  # fmt: skip
+    print(
+        "\nInferences (one per crop or tile): motion-gated with checks and full-frame passes, against"
+        " detecting every analysed frame whole (1 inference) or in tiles (as the full-frame pass)\n"
+    )
+    print(table(COST_HEADER, costs))
     print("\nReplay speed (edge-agent replay as a subprocess, model load included)\n")
     print(table(("scene", "video s", "wall s", "real time"), speed))
     return 0

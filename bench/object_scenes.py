@@ -247,6 +247,15 @@ def truth(seconds: float, movers: Sequence[Mover]) -> dict[str, Any]:
     return {"video": "generated", "labels": LABELS, "objects": objects}
 
 
+def frame_size(video: Path) -> tuple[int, int]:
+    """(width, height) of a video's frames."""
+    cap = cv2.VideoCapture(str(video))
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    finally:
+        cap.release()
+
+
 def write(name: str, folder: Path, *, seed: int = 1) -> tuple[Path, dict[str, Any]]:
     """Write scene `name` as folder/NAME.mp4 (mp4v) and its truth as folder/NAME.json."""
     seconds, movers = SCENES[name]()

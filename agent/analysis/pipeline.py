@@ -18,6 +18,7 @@ from agent.analysis.motion import MotionDetector, MotionResult
 from agent.analysis.motion_events import MotionEventTracker
 from agent.analysis.objects.service import DetectionService
 from agent.analysis.objects.stage import ObjectStage
+from agent.analysis.objects.tracker import TrackView
 from agent.capture.cadence import Cadence
 from agent.capture.source import Frame, Image
 from agent.config import CameraConfig, DetectionSettings, MotionSettings
@@ -120,6 +121,7 @@ class CameraPipeline:
         self._cadence = Cadence(camera.detect_fps)
         self.analysed = 0
         self.skipped = 0
+        self.last: FrameContext | None = None  # the last analysed frame and what the stages found
         self._add_objects(camera.detection, objects)
 
     def reconfigure(
@@ -158,10 +160,20 @@ class CameraPipeline:
             return []
         self.analysed += 1
         ctx = FrameContext(frame)
+        self.last = ctx
         phases: list[EventPhase] = []
         for stage in self._stages:
             phases.extend(stage.process(ctx))
         return phases
+
+    def tracks(self) -> list[TrackView]:
+        """The object tracks as they stand after the last analysed frame (none without detection)."""
+        return [] if self._objects is None else self._objects.tracker.tracks()
+
+    @property
+    def inferences(self) -> int:
+        """Model runs this pipeline's object stage caused (a crop or a tile is one)."""
+        return 0 if self._objects is None else self._objects.inferences
 
     def camera_moved(self) -> None:
         """The view itself changed (a PTZ move): motion re-learns its background from the next

@@ -2,15 +2,18 @@
 
 Timestamps are a fixed epoch plus the frame's position in the video, so a replay of the same file
 with the same settings prints the same events (except the random event ids). Frames the pipeline
-would skip are only grabbed, not converted to BGR, which keeps replay close to bare decode speed.
+would skip are only grabbed, not converted to BGR, which keeps replay close to bare decode speed,
+unless an observer (`--annotate`, `--snapshot-dir`) wants every frame's pixels.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TextIO
 
 import cv2
 import numpy as np
@@ -23,6 +26,82 @@ from agent.errors import SourceError
 
 EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: wall clock of a replayed video's first frame
 _DEFAULT_FPS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class VideoInfo:
+    """What replay learnt opening the file; `duration_s` is None when the container does not say."""
+
+    fps: float
+    width: int
+    height: int
+    duration_s: float | None
+
+
+class ReplayObserver(Protocol):
+    """Sees every frame of a replay (decoded, in order) after the pipeline handled it.
+
+    `begin` comes once before the first frame; `frame` once per frame of the file, with the
+    phases that frame completed (`analysed` is False for frames the pipeline skipped, whose
+    pipeline state is the last analysed frame's); `end` once with the phases closing the replay,
+    also when it stopped early. Errors raised here stop the replay."""
+
+    def begin(self, info: VideoInfo) -> None: ...
+
+    def frame(
+        self, frame: Frame, analysed: bool, pipeline: CameraPipeline, phases: Sequence[EventPhase]
+    ) -> None: ...
+
+    def end(self, phases: Sequence[EventPhase]) -> None: ...
+
+
+Progress = Callable[[float, float | None], None]  # (position s, duration s or None), every frame
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    """What a replay cost, filled in as it runs: frames read from the file, frames the pipeline
+    analysed, and model inferences (one per crop or tile) of its object stage."""
+
+    frames: int = 0
+    analysed: int = 0
+    inferences: int = 0
+    video_s: float = 0.0
+
+
+class TerminalProgress:
+    """Shows a replay's progress on one terminal line (redrawn with a carriage return), at most
+    every `every_s`; meant for stderr when it is a terminal, so JSON lines on stdout stay clean."""
+
+    def __init__(
+        self, stream: TextIO, *, every_s: float = 0.5, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._stream, self._every, self._clock = stream, every_s, clock
+        self._t0 = clock()
+        self._shown = -math.inf
+        self._width = 0
+
+    def __call__(self, position_s: float, duration_s: float | None) -> None:
+        now = self._clock()
+        if now - self._shown < self._every:
+            return
+        self._shown = now
+        speed = position_s / max(now - self._t0, 1e-6)
+        if duration_s:
+            text = f"replay {position_s:7.1f} / {duration_s:.1f} s ({min(position_s / duration_s, 1.0):4.0%})"
+        else:
+            text = f"replay {position_s:7.1f} s"
+        text += f", {speed:.1f}x real time"
+        self._stream.write("\r" + text.ljust(self._width))
+        self._stream.flush()
+        self._width = len(text)
+
+    def done(self) -> None:
+        """Clear the line, leaving the terminal as it was."""
+        if self._width:
+            self._stream.write("\r" + " " * self._width + "\r")
+            self._stream.flush()
+            self._width = 0
 
 
 def _open(video: Path) -> tuple[cv2.VideoCapture, float, Image]:
@@ -57,13 +136,18 @@ def replay(
     *,
     detector: DetectorConfig | None = None,
     pipeline: CameraPipeline | None = None,
+    observers: Sequence[ReplayObserver] = (),
+    progress: Progress | None = None,
+    stats: ReplayStats | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield each event phase found in `video` as the protocol's event fields plus `offset_s`.
 
-    When the camera enables object detection, objects are detected on every analysed frame
-    with motion, on this thread (no rate cap), with the TFLite model that `detector` (the
-    config's `[detector]` section) names. `pipeline` replaces the default (benches pass one with
-    another motion detector). Raises SourceError when the file is missing, unreadable or has no
+    When the camera enables object detection, objects are detected on this thread (no rate cap)
+    with the TFLite model that `detector` (the config's `[detector]` section) names, as a live
+    camera would: motion crops, checks of tracked objects, full-frame passes. `pipeline` replaces
+    the default (benches pass one with another motion detector). `observers` see every frame
+    (see ReplayObserver); `progress` is called with each frame's position; `stats` is filled in
+    as the replay runs. Raises SourceError when the file is missing, unreadable or has no
     decodable frame, AgentError when the model cannot load.
     """
     video = Path(video)
@@ -75,19 +159,34 @@ def replay(
             objects = load_detection_service(detector)
         pipeline = CameraPipeline(camera, objects=objects, objects_inline=True)
     cap, fps, first = _open(video)  # raise here, at the call, not at the first next()
-    return _run(cap, fps, first, pipeline)
+    count = float(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)
+    duration = count / fps if math.isfinite(count) and count > 0 else None
+    info = VideoInfo(fps, int(first.shape[1]), int(first.shape[0]), duration)
+    return _run(cap, info, first, pipeline, list(observers), progress, stats or ReplayStats())
 
 
 def _run(
-    cap: cv2.VideoCapture, fps: float, first: Image, pipeline: CameraPipeline
+    cap: cv2.VideoCapture,
+    info: VideoInfo,
+    first: Image,
+    pipeline: CameraPipeline,
+    observers: list[ReplayObserver],
+    progress: Progress | None,
+    stats: ReplayStats,
 ) -> Iterator[dict[str, Any]]:
+    closing: list[EventPhase] = []
+    begun: list[ReplayObserver] = []
     try:
+        for observer in observers:
+            observer.begin(info)
+            begun.append(observer)
         index = 0
         last_pts = 0.0
         image: Image | None = first
         while True:
-            pts = index / fps
-            if image is not None or pipeline.wants(pts):
+            pts = index / info.fps
+            wanted = pipeline.wants(pts)
+            if image is not None or wanted or observers:
                 if image is None:
                     ok, decoded = cap.read()
                     if not ok or decoded is None:
@@ -95,13 +194,36 @@ def _run(
                     image = np.asarray(decoded, np.uint8)  # no copy: already uint8
                 frame = Frame(image=image, ts=EPOCH + pts, pts=pts, seq=index)
                 image = None
-                for phase in pipeline.process(frame):
+                before = pipeline.analysed
+                phases = pipeline.process(frame)
+                for observer in observers:
+                    observer.frame(frame, pipeline.analysed > before, pipeline, phases)
+                for phase in phases:
                     yield _row(phase)
             elif not cap.grab():
                 break
+            if progress is not None:
+                progress(pts, info.duration_s)
             last_pts = pts
             index += 1
-        for phase in pipeline.close(EPOCH + last_pts, last_pts):
+            stats.frames, stats.video_s = index, index / info.fps
+            stats.analysed, stats.inferences = pipeline.analysed, pipeline.inferences
+        closing = pipeline.close(EPOCH + last_pts, last_pts)
+        for phase in closing:
             yield _row(phase)
     finally:
         cap.release()
+        _end(begun, closing)
+
+
+def _end(observers: Sequence[ReplayObserver], phases: Sequence[EventPhase]) -> None:
+    """End every observer, also when the reader stopped early (their files get finished); the
+    first error is raised once all have had their turn."""
+    error: BaseException | None = None
+    for observer in observers:
+        try:
+            observer.end(phases)
+        except Exception as exc:
+            error = error or exc
+    if error is not None:
+        raise error

@@ -87,11 +87,29 @@ class DetectionSettings(Strict):
         default_factory=list,
         description="Normalised polygons where objects are ignored (tested at the box's bottom centre)",
     )
+    motion_fps: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=60.0,
+        description=(
+            "Most detections per second on motion regions (checks and full-frame passes come on top),"
+            " tracks predicted between them; null: every analysed frame with motion"
+        ),
+    )
     min_hits: int = Field(
         default=3, ge=1, le=100, description="Detections of a track before its event starts"
     )
     end_delay_s: float = Field(
         default=3.0, ge=0.0, le=300.0, description="Seconds a track may go unseen before its event ends"
+    )
+    min_duration_s: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=60.0,
+        description=(
+            "Seconds a moving object must have been tracked before its event starts, so that no event is"
+            " shorter (a glimpse raises nothing)"
+        ),
     )
     update_interval_s: float = Field(
         default=1.0, ge=0.1, le=3600.0, description="Seconds between update phases of a running event"

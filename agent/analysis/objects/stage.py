@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.analysis.events import EventPhase
-from agent.analysis.objects.regions import Crop, tile_crops
+from agent.analysis.objects.regions import Crop, NormBox, tile_crops
 from agent.analysis.objects.service import DetectionResult, DetectionService
 from agent.analysis.objects.tracker import ObjectTracker
 from agent.config import DetectionSettings
@@ -44,7 +44,9 @@ class ObjectStage:
         self.service = service
         self.tracker = ObjectTracker(camera_id, settings, state_path=state_path)
         self._next_sweep: float | None = None  # the first frame gets a full-frame pass
+        self._next_motion: float | None = None  # earliest frame whose motion regions are detected on
         self.dropped_results = 0
+        self.inferences = 0  # model runs (crops, tiles) behind the results fed to the tracker
         self._results: queue.Queue[DetectionResult] = queue.Queue(maxsize=backlog)
         service.add_camera(camera_id, settings, self._on_result)
 
@@ -74,7 +76,15 @@ class ObjectStage:
     def process(self, ctx: FrameContext) -> list[EventPhase]:
         phases = self.drain()
         frame, motion = ctx.frame, ctx.motion
-        regions = list(motion.regions) if motion is not None and motion.motion else []
+        regions: list[NormBox] = []
+        rate = self.tracker.settings.motion_fps
+        if (
+            motion is not None
+            and motion.motion
+            and (self._next_motion is None or frame.ts >= self._next_motion)
+        ):
+            regions = list(motion.regions)  # at most motion_fps: between two, tracks predict
+            self._next_motion = None if rate is None else frame.ts + 1.0 / rate - 1e-6
         regions += self.tracker.due_checks(frame.ts)
         tiles: list[Crop] = []
         every = self.tracker.settings.full_frame_s
@@ -96,6 +106,7 @@ class ObjectStage:
 
     def _feed(self, result: DetectionResult) -> list[EventPhase]:
         """Give a result to the tracker with where it looked (its crops, normalised)."""
+        self.inferences += len(result.crops)
         height, width = result.frame.image.shape[:2]
         looked = [(c.x / width, c.y / height, c.side / width, c.side / height) for c in result.crops]
         return self.tracker.update(result.objects, result.frame, looked)

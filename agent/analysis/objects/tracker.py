@@ -10,18 +10,24 @@ waits for that loss; `ended_at` is when the object was last seen.
 
 Association: greedy one-to-one on the predicted box: same label group first (car, bus and truck
 are one group; a track keeps a score-weighted label vote, so one frame calling a person a
-bicycle changes nothing), then overlap, then centre distance. Another group joins a track only
-with a large overlap.
+bicycle changes nothing), then overlap, then centre distance in the track's own box diagonals
+(an odd, large box must not widen the reach), never beyond MAX_GATE_FRAME. Another group joins a
+track only with a large overlap. A track that has not moved yet predicts only a frame or two on:
+its velocity may be the detector's jitter.
 
 Stationary objects: an event starts only for a track that has moved (its box left where it
 first stood for MOVE_HITS detections in a row; a box shrunk inside the old one is an occluded
-view, not a move), so objects present at the start, seen in a crop because someone walked past,
-raise nothing. A track that stays put for `stationary_s`, or goes unseen without anything
-looking at it for `stationary_s`, is stationary: its event ends and the track stays, its box
-re-checked by a detection every `stationary_check_s` (`due_checks`). Seen again in the same
-place it is the same object, no event; it raises one new event only after it has clearly moved
-for `min_hits` detections in a row. Stationary tracks can be saved to a file and restored at the
-next start (`state_path`), still stationary.
+view, and a vehicle box of another size is a change of shape, not a move), so objects present
+at the start, seen in a crop because someone walked past, raise nothing. A track that stays put
+for `stationary_s`, or goes unseen without anything looking at it for `stationary_s`, is
+stationary where the median of its last boxes is: its event ends and the track stays, re-checked
+every `stationary_check_s` (`due_checks`) and kept through misses for `stationary_s` (people
+stand in front of parked cars). It takes only boxes where it stands. The detector's other boxes
+on it (half of it beside a passer-by, it and the passer-by together) start no track and continue
+no other track except by overlap; one box inside or around another of the same frame is one
+object. A parked object that drives off leaves its box and is a new track: one event once it
+moves. No event starts before its track is `min_duration_s` old. Stationary tracks can be saved
+to a file and restored at the next start (`state_path`), still stationary.
 
 Not thread-safe: one owner (the camera's pipeline) calls `update` with each detection result and
 `tick` regularly. The best frame is kept by reference: frames given to `update` must not be
@@ -34,8 +40,9 @@ import json
 import logging
 import math
 import os
+import statistics
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,16 +64,24 @@ MATCH_IOU = 0.2  # overlap with the predicted box that continues a track
 MATCH_DISTANCE = 0.6  # ...or centre distance, in box diagonals, for fast or sparse movers
 GATE_GROWTH = 0.5  # the distance gate grows by this many diagonals per second unseen
 MAX_GATE = 2.0  # ...up to this many
+MAX_GATE_FRAME = 0.3  # ...and never beyond this centre distance in frame widths/heights
 CROSS_LABEL_IOU = 0.5  # a detection of another label group continues a track only at this overlap
 STATIONARY_IOU = 0.5  # overlap with the anchor box below which the object may be away from it
 OCCLUDED = 0.8  # share of a box inside the anchor above which it is the same object, partly hidden
 MOVE_HITS = 2  # consecutive hits away from the anchor that make an object a mover
 MOVE_DISTANCE = 0.25  # ...each with its centre this many box diagonals from the anchor's
+MOVE_FRAME = 0.03  # ...and this far in frame units (half-car boxes of a far car jitter less)
+SIZE_RATIO = 2.0  # ...and a box at most this much larger or smaller than the anchor's
+EDGE = 0.01  # a box this near the frame's edge may be cut by it
+RECENT = 5  # boxes a track remembers; it stands where their median is
 SHADOW_INSIDE = 0.5  # a new box this much inside a stationary box of its group is that object
 SHADOW_IOU = 0.3  # ...and so is one overlapping it this much
+SHADOW_HOLDS = 0.6  # ...and one holding this much of it (the object and someone in front of it)
+PART_OF = 0.8  # a new box this much inside a larger box of its group in the same frame is part of it
 LOSE_MISSES = 2  # looks that did not find a track before it can be lost
 SCORE_ALPHA = 0.3  # weight of a new detection in the smoothed score
 PREDICT_S = 1.0  # longest gap bridged by the constant-velocity guess (objects stop, too)
+PREDICT_STILL_S = 0.25  # ...for a track that has not moved yet
 MAX_TRACKS = 32  # per camera; each may hold a full frame as its best, so memory stays bounded
 MAX_SAVED = 64  # stationary tracks written to the state file
 STATE_VERSION = 1
@@ -99,15 +114,69 @@ def _centre(b: NormBox) -> tuple[float, float]:
     return b[0] + b[2] / 2, b[1] + b[3] / 2
 
 
-def _distance(a: NormBox, b: NormBox) -> float:
-    """Centre distance in units of the larger box diagonal."""
+def _distance(a: NormBox, b: NormBox, *, own: bool = False) -> float:
+    """Centre distance in units of the larger box diagonal, or of `a`'s with `own` (a track's
+    reach must not grow with the size of an odd box around it and its neighbours)."""
     (ax, ay), (bx, by) = _centre(a), _centre(b)
-    return math.hypot(ax - bx, ay - by) / max(math.hypot(a[2], a[3]), math.hypot(b[2], b[3]), 1e-6)
+    unit = math.hypot(a[2], a[3]) if own else max(math.hypot(a[2], a[3]), math.hypot(b[2], b[3]))
+    return math.hypot(ax - bx, ay - by) / max(unit, 1e-6)
+
+
+def _offset(a: NormBox, b: NormBox) -> float:
+    """Centre distance in frame units."""
+    (ax, ay), (bx, by) = _centre(a), _centre(b)
+    return math.hypot(ax - bx, ay - by)
+
+
+def _similar(a: NormBox, b: NormBox) -> bool:
+    """Boxes of about the same size: one object seen again, not one box of it and another of
+    it with something beside it."""
+    if _at_edge(a) or _at_edge(b):  # entering or leaving the view: only part of it is in the box
+        return True
+    area_a, area_b = a[2] * a[3], b[2] * b[3]
+    return area_a > 0 and area_b > 0 and 1 / SIZE_RATIO <= area_b / area_a <= SIZE_RATIO
+
+
+def _at_edge(b: NormBox) -> bool:
+    return b[0] <= EDGE or b[1] <= EDGE or b[0] + b[2] >= 1 - EDGE or b[1] + b[3] >= 1 - EDGE
 
 
 def _covered(box: NormBox, areas: Sequence[NormBox]) -> bool:
     cx, cy = _centre(box)
     return any(x <= cx <= x + w and y <= cy <= y + h for x, y, w, h in areas)
+
+
+def _part_of(
+    obj: DetectedObject, objects: Sequence[DetectedObject], tracked: Sequence[DetectedObject]
+) -> bool:
+    """Whether `obj` is another box of an object in the same frame rather than a new object: it
+    lies inside a larger box of its group (the front of a car), or it holds a box of its group
+    that continues a track (the detector's box around that object and what stands beside it)."""
+    group = label_group(obj.label)
+    area = obj.box[2] * obj.box[3]
+    return any(
+        other is not obj
+        and label_group(other.label) == group
+        and other.box[2] * other.box[3] > area
+        and inside(obj.box, other.box) >= PART_OF
+        for other in objects
+    ) or any(label_group(other.label) == group and inside(other.box, obj.box) >= PART_OF for other in tracked)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackView:
+    """What a tracked object looks like now, for pictures (`edge-agent replay --annotate`).
+
+    `track_id` counts up per tracker from 1; `seen` says whether the last detection fed to the
+    tracker found it; `event_id` is its open event, if any."""
+
+    track_id: int
+    label: str
+    box: NormBox
+    score: float
+    stationary: bool
+    seen: bool
+    event_id: str | None
 
 
 @dataclass(slots=True)
@@ -133,6 +202,8 @@ class _Track:
     best_score: float = -1.0
     best_frame: Image | None = None
     best_pending: bool = False  # the best frame improved since the last phase
+    track_id: int = 0
+    recent: deque[NormBox] = field(default_factory=lambda: deque(maxlen=RECENT))  # last boxes
 
     @property
     def label(self) -> str:
@@ -141,7 +212,8 @@ class _Track:
     def predicted(self, ts: float) -> NormBox:
         if self.stationary:
             return self.box
-        dt = min(max(ts - self.last_ts, 0.0), PREDICT_S)
+        # Until it has moved, its velocity may be the detector's jitter: guess only a frame or two on.
+        dt = min(max(ts - self.last_ts, 0.0), PREDICT_S if self.moved else PREDICT_STILL_S)
         x, y, w, h = self.box
         return (x + self.velocity[0] * dt, y + self.velocity[1] * dt, w, h)
 
@@ -162,6 +234,8 @@ class ObjectTracker:
         self.settings = settings
         self._new_id = new_id
         self._tracks: list[_Track] = []
+        self._ids = 0  # track ids handed out
+        self._last_update_ts: float | None = None
         self._state_path = state_path
         self._restored: list[tuple[str, NormBox]] | None = self._load() if state_path else None
         self._saved: list[tuple[str, NormBox]] = list(self._restored or [])
@@ -176,6 +250,21 @@ class ObjectTracker:
     @property
     def track_count(self) -> int:
         return len(self._tracks)
+
+    def tracks(self) -> list[TrackView]:
+        """Every live track, oldest first."""
+        return [
+            TrackView(
+                t.track_id,
+                t.label,
+                t.box,
+                round(t.score, 4),
+                t.stationary,
+                t.last_ts == self._last_update_ts,
+                t.event_id,
+            )
+            for t in self._tracks
+        ]
 
     def stationary_boxes(self) -> list[tuple[str, NormBox]]:
         """(label, box) of each stationary track."""
@@ -192,6 +281,7 @@ class ObjectTracker:
         track it covered and did not find counts a miss.
         """
         ts = frame.ts
+        self._last_update_ts = ts
         phases = self.tick(ts, frame.pts)
         matched = self._match(objects, ts)
         for ti, oi in matched:
@@ -206,7 +296,12 @@ class ObjectTracker:
                 track.checked_ts = ts
         taken = {oi for _, oi in matched}
         for oi, obj in enumerate(objects):
-            if oi not in taken and len(self._tracks) < MAX_TRACKS and not self._shadow(obj):
+            if (
+                oi not in taken
+                and len(self._tracks) < MAX_TRACKS
+                and not self._shadow(obj)
+                and not _part_of(obj, objects, [objects[o] for o in taken])
+            ):
                 self._tracks.append(self._new_track(obj, frame))
         for track in self._tracks:
             phase = self._advance(track, ts, frame.pts)
@@ -223,15 +318,17 @@ class ObjectTracker:
         for track in self._tracks:
             unseen = ts - track.last_ts
             gone = self._gone(track, ts) and unseen >= min(s.end_delay_s, PREDICT_S)  # left the view
-            if gone or (unseen >= s.end_delay_s and track.misses >= LOSE_MISSES):
+            # A parked car is hidden whenever someone stands in front of it: it is lost only
+            # after missing for as long as it takes to become stationary.
+            patience = max(s.end_delay_s, s.stationary_s) if track.stationary else s.end_delay_s
+            if gone or (unseen >= patience and track.misses >= LOSE_MISSES):
                 if track.event_id is not None:
                     phases.append(self._phase(track, "end", ts, offset_s, ended_at=track.last_ts))
                 continue
             alive.append(track)
             if not track.stationary and unseen >= s.stationary_s and track.misses == 0:
                 # Nothing moved near it and nothing looked at it: it stands somewhere, unseen.
-                track.stationary, track.moved, track.away_hits = True, False, 0
-                track.anchor, track.anchor_ts = track.box, track.last_ts
+                self._stand(track)
                 if track.event_id is not None:
                     phases.append(self._phase(track, "end", ts, offset_s, ended_at=track.last_ts))
         self._tracks = alive
@@ -265,20 +362,38 @@ class ObjectTracker:
     def _match(self, objects: Sequence[DetectedObject], ts: float) -> list[tuple[int, int]]:
         """Greedy one-to-one matching: same-group pairs first, best overlap first."""
         candidates: list[tuple[int, float, float, int, int]] = []
+        # A box on a stationary object is that object's, or a mover's that overlaps it: never a
+        # far track's (a half-car box must not pull another car's track over).
+        parked = [self._shadow(obj) for obj in objects]
         for ti, track in enumerate(self._tracks):
             guesses = (track.predicted(ts), track.box)  # moving on, or stopped
             group = label_group(track.label)
             gate = MATCH_DISTANCE  # a stationary object does not wander off
-            if not track.stationary:  # a mover unseen for a while may be further along
+            if track.moved:  # a mover unseen for a while may be further on; a still one is not
                 unseen = min(ts - track.last_ts, self.settings.end_delay_s)
                 gate = min(MATCH_DISTANCE + GATE_GROWTH * max(unseen - 0.5, 0.0), MAX_GATE)
             for oi, obj in enumerate(objects):
+                same = label_group(obj.label) == group
+                if parked[oi] and not track.stationary:
+                    # A box on a parked object continues a mover only where the mover is now,
+                    # never by distance or where a velocity from jitter points.
+                    overlap = iou(track.box, obj.box)
+                    if overlap >= (MATCH_IOU if same else CROSS_LABEL_IOU):
+                        candidates.append((0 if same else 1, -overlap, 0.0, ti, oi))
+                    continue
                 overlap = max(iou(g, obj.box) for g in guesses)
                 if track.stationary:
-                    overlap = max(overlap, 0.5 * inside(obj.box, track.anchor))
-                dist = min(_distance(g, obj.box) for g in guesses)
-                same = label_group(obj.label) == group
-                if (same and (overlap >= MATCH_IOU or dist <= gate)) or overlap >= CROSS_LABEL_IOU:
+                    # Only a box where it stands: a car pulling up beside it or someone in front
+                    # of it is another object, not this one moving.
+                    held = inside(obj.box, track.anchor)
+                    if iou(obj.box, track.anchor) < SHADOW_IOU and held < SHADOW_INSIDE:
+                        continue
+                    overlap = max(overlap, 0.5 * held)
+                dist = min(_distance(g, obj.box, own=True) for g in guesses)
+                near = dist <= MATCH_DISTANCE or (
+                    dist <= gate and min(_offset(g, obj.box) for g in guesses) <= MAX_GATE_FRAME
+                )
+                if (same and (overlap >= MATCH_IOU or near)) or overlap >= CROSS_LABEL_IOU:
                     candidates.append((0 if same else 1, -overlap, dist, ti, oi))
         candidates.sort()
         used_t: set[int] = set()
@@ -296,24 +411,14 @@ class ObjectTracker:
         track = _Track(box=obj.box, first_ts=ts, last_ts=ts, anchor=obj.box, anchor_ts=ts, checked_ts=ts)
         track.votes[obj.label] += obj.score
         track.score = obj.score
+        self._ids += 1
+        track.track_id = self._ids
         self._remember_best(track, obj.score, frame)
         return track
 
     def _hit(self, track: _Track, obj: DetectedObject, frame: Frame) -> None:
         ts = frame.ts
         dt = ts - track.last_ts
-        away = (
-            iou(track.anchor, obj.box) < STATIONARY_IOU
-            and inside(obj.box, track.anchor) < OCCLUDED
-            and _distance(track.anchor, obj.box) >= MOVE_DISTANCE
-        )
-        occluded = not away and inside(obj.box, track.anchor) >= OCCLUDED and iou(track.anchor, obj.box) < 0.7
-        if dt > 0 and not occluded:
-            (cx, cy), (ox, oy) = _centre(track.box), _centre(obj.box)
-            vx, vy = (ox - cx) / dt, (oy - cy) / dt
-            track.velocity = (0.5 * track.velocity[0] + 0.5 * vx, 0.5 * track.velocity[1] + 0.5 * vy)
-        if not (occluded and track.stationary):  # a stationary box keeps its whole extent
-            track.box = obj.box
         track.last_ts = track.checked_ts = ts
         track.misses = 0
         track.hits += 1
@@ -321,26 +426,61 @@ class ObjectTracker:
         track.score += SCORE_ALPHA * (obj.score - track.score)
         track.seen_since_phase = True
         self._remember_best(track, obj.score, frame)
+        if track.stationary:
+            # It stays where it stands: its box follows only the detector's jitter, never a box
+            # around it and someone in front. Driving off, it leaves that box and is a new track.
+            if iou(obj.box, track.anchor) >= STATIONARY_IOU and inside(obj.box, track.anchor) < OCCLUDED:
+                track.box = obj.box
+            return
+        away = (
+            iou(track.anchor, obj.box) < STATIONARY_IOU
+            and inside(obj.box, track.anchor) < OCCLUDED
+            and _distance(track.anchor, obj.box) >= MOVE_DISTANCE
+            and _offset(track.anchor, obj.box) >= MOVE_FRAME
+            # A vehicle keeps its shape: an odd box (half a car, a car and a passer-by) is a change
+            # of shape, not a move. A person's box changes with each step and each railing.
+            and (label_group(obj.label) != "vehicle" or _similar(track.anchor, obj.box))
+        )
+        occluded = not away and inside(obj.box, track.anchor) >= OCCLUDED and iou(track.anchor, obj.box) < 0.7
+        if dt > 0 and not occluded:
+            (cx, cy), (ox, oy) = _centre(track.box), _centre(obj.box)
+            vx, vy = (ox - cx) / dt, (oy - cy) / dt
+            track.velocity = (0.5 * track.velocity[0] + 0.5 * vx, 0.5 * track.velocity[1] + 0.5 * vy)
+        track.box = obj.box
+        track.recent.append(obj.box)
         if not away:  # still where it was
             track.away_hits = 0
-            if not track.stationary and ts - track.anchor_ts >= self.settings.stationary_s:
-                track.stationary, track.moved = True, False
-                track.velocity = (0.0, 0.0)
+            if ts - track.anchor_ts >= self.settings.stationary_s:
+                self._stand(track)
             return
         track.away_hits += 1
-        if track.away_hits >= (self.settings.min_hits if track.stationary else MOVE_HITS):
-            if track.stationary:
-                track.first_ts = ts  # its next event starts when it drives off
-            track.stationary, track.moved, track.away_hits = False, True, 0
+        if track.away_hits >= MOVE_HITS:
+            track.moved, track.away_hits = True, 0
             track.anchor, track.anchor_ts = obj.box, ts
 
+    @staticmethod
+    def _stand(track: _Track) -> None:
+        """Make `track` stationary where it stands: the median of its last boxes, so that one
+        odd box (the object and someone in front of it) is not what it is matched with."""
+        if track.recent:
+            x, y, w, h = (statistics.median(b[i] for b in track.recent) for i in range(4))
+            track.box = (x, y, w, h)
+        track.stationary, track.moved, track.away_hits = True, False, 0
+        track.anchor, track.anchor_ts = track.box, track.last_ts
+        track.velocity = (0.0, 0.0)
+
     def _shadow(self, obj: DetectedObject) -> bool:
-        """A second box on a stationary object (part of it beside someone in front of it)."""
+        """A second box on a stationary object: the part of it beside someone in front of it, or
+        the detector's box around it and that someone together."""
         group = label_group(obj.label)
         return any(
             t.stationary
             and label_group(t.label) == group
-            and (inside(obj.box, t.anchor) >= SHADOW_INSIDE or iou(obj.box, t.anchor) >= SHADOW_IOU)
+            and (
+                inside(obj.box, t.anchor) >= SHADOW_INSIDE
+                or iou(obj.box, t.anchor) >= SHADOW_IOU
+                or inside(t.anchor, obj.box) >= SHADOW_HOLDS
+            )
             for t in self._tracks
         )
 
@@ -365,6 +505,7 @@ class ObjectTracker:
                 not track.moved
                 or track.stationary
                 or track.hits < self.settings.min_hits
+                or ts - track.first_ts < self.settings.min_duration_s
                 or track.last_ts != ts
             ):
                 return None
@@ -439,6 +580,8 @@ class ObjectTracker:
             track = _Track(box=box, first_ts=ts, last_ts=ts, anchor=box, anchor_ts=ts, stationary=True)
             track.checked_ts = ts - self.settings.stationary_check_s  # due for a look at once
             track.votes[label] = 1.0
+            self._ids += 1
+            track.track_id = self._ids
             self._tracks.append(track)
         self._restored = None
 

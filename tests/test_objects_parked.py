@@ -1,0 +1,153 @@
+"""Parked vehicles and what the detector says about them when people walk past, patterned on the
+boxes seen in the scorer's arrive_leave scene (bench/object_scenes.py; the scorer measures the
+whole): odd boxes around a parked car and a passer-by, half-car boxes, a car hidden for longer
+than the end delay, an arriving car given two boxes. Plus the minimum event duration."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from agent.analysis.events import EventPhase
+from agent.analysis.objects.tracker import ObjectTracker
+from agent.capture.source import Frame
+from agent.clock import parse_iso
+from agent.config import DetectionSettings
+from agent.contract.messages import DetectedObject
+
+T0 = 1_800_000_000.0
+SETTINGS = DetectionSettings(enabled=True, min_hits=3, end_delay_s=3.0, stationary_s=5.0)
+Box = tuple[float, float, float, float]
+PARKED = (0.58, 0.5, 0.3, 0.4)  # a car standing at the kerb
+FAR = (0.81, 0.38, 0.13, 0.2)  # another, further off
+
+
+def frame(ts: float) -> Frame:
+    return Frame(image=np.zeros((4, 4, 3), np.uint8), ts=ts, pts=ts - T0, seq=0)
+
+
+def car(box: Box, score: float = 0.6) -> DetectedObject:
+    return DetectedObject(label="car", score=score, box=box)
+
+
+def person(box: Box) -> DetectedObject:
+    return DetectedObject(label="person", score=0.75, box=box)
+
+
+def tracker(settings: DetectionSettings = SETTINGS) -> ObjectTracker:
+    ids = itertools.count()
+    return ObjectTracker("cam-1", settings, new_id=lambda: f"ev-{next(ids)}")
+
+
+def starts(phases: list[EventPhase], labels: set[str]) -> list[EventPhase]:
+    return [p for p in phases if p.event.phase == "start" and p.event.objects[0].label in labels]
+
+
+def settle(t: ObjectTracker) -> list[EventPhase]:
+    """Both cars seen still for 6 s: stationary."""
+    phases: list[EventPhase] = []
+    for i in range(60):
+        phases += t.update([car(PARKED), car(FAR, 0.55)], frame(T0 + i * 0.1))
+    assert [v.stationary for v in t.tracks()] == [True, True]
+    return phases
+
+
+def walk_past(
+    t: ObjectTracker, t0: float, odd: list[list[DetectedObject]], steps: int = 60
+) -> list[EventPhase]:
+    """A person crosses in front of the cars (6 s) while the detector gives, frame after frame,
+    the odd vehicle boxes in `odd` (cycled) and never the parked car itself."""
+    phases: list[EventPhase] = []
+    for i, extra in zip(range(steps), itertools.cycle(odd), strict=False):
+        x = 0.1 + 0.014 * i
+        looked = [(x - 0.2, 0.0, 0.5, 1.0)]  # a motion crop around the person
+        phases += t.update([person((x, 0.3, 0.15, 0.65)), *extra], frame(t0 + i * 0.1), looked)
+    return phases
+
+
+def test_a_box_around_a_parked_car_and_a_passer_by_raises_nothing() -> None:
+    t = tracker()
+    phases = settle(t)
+    for i in range(60):  # a person crosses in front of the cars in 6 s
+        x = 0.1 + 0.014 * i
+        walker = person((x, 0.3, 0.15, 0.65))
+        # The detector's "car" around the parked car and the person together, following the
+        # person, every other frame; never the parked car alone.
+        x0, x1 = min(x, PARKED[0]), max(x + 0.15, PARKED[0] + PARKED[2])
+        seen = [walker, car((x0, 0.3, x1 - x0, 0.65), 0.52)] if i % 2 and x1 - x0 < 0.6 else [walker]
+        phases += t.update(seen, frame(T0 + 6.0 + i * 0.1), [(x - 0.2, 0.0, 0.5, 1.0)])
+    assert starts(phases, {"car", "truck", "bus"}) == []
+    assert len(starts(phases, {"person"})) == 1
+
+
+def test_a_part_of_a_parked_car_never_pulls_another_track_over() -> None:
+    t = tracker()
+    phases = settle(t)
+    # Half of the far car, jittering, while a car-shaped box appears between the two.
+    odd = [
+        [car((0.8, 0.35, 0.07, 0.24), 0.5)],
+        [car((0.77, 0.37, 0.09, 0.25), 0.5)],
+        [car((0.71, 0.36, 0.13, 0.6), 0.5)],
+    ]
+    phases += walk_past(t, T0 + 6.0, odd)
+    assert starts(phases, {"car", "truck", "bus"}) == []
+
+
+def test_a_parked_car_hidden_longer_than_the_end_delay_is_still_the_same_car() -> None:
+    t = tracker()
+    phases = settle(t)
+    phases += walk_past(t, T0 + 6.0, [[]], steps=45)  # 4.5 s never found behind the person
+    for i in range(30):  # then seen again where it stood
+        phases += t.update([car(PARKED), car(FAR, 0.55)], frame(T0 + 10.5 + i * 0.1))
+    assert starts(phases, {"car"}) == []
+    assert [v.stationary for v in t.tracks() if v.label == "car"] == [True, True]
+
+
+def test_an_arriving_car_with_two_boxes_is_one_event_and_parks() -> None:
+    t = tracker()
+    phases = settle(t)
+    for i in range(80):  # drives in from the left for 3 s, then stands
+        x = min(-0.2 + 0.02 * i, 0.2)
+        whole = (max(x, 0.0), 0.55, 0.25 + min(x, 0.0), 0.35)
+        front = (max(x + 0.1, 0.0), 0.6, 0.14, 0.28)  # the model's second, smaller box on it
+        phases += t.update(
+            [car(whole, 0.7), car(front, 0.55), car(PARKED), car(FAR, 0.55)], frame(T0 + 6 + i * 0.1)
+        )
+    for i in range(60):
+        phases += t.update(
+            [car((0.2, 0.55, 0.25, 0.35), 0.7), car(PARKED), car(FAR, 0.55)], frame(T0 + 14 + i * 0.1)
+        )
+    assert len(starts(phases, {"car"})) == 1
+    assert sum(v.stationary for v in t.tracks()) == 3
+
+
+def test_no_object_event_is_shorter_than_the_minimum_duration() -> None:
+    def glimpse(settings: DetectionSettings) -> list[EventPhase]:
+        t = tracker(settings)
+        phases: list[EventPhase] = []
+        for i in range(6):  # a person seen for 0.5 s, moving fast, then gone for good
+            phases += t.update([person((0.1 + 0.05 * i, 0.3, 0.1, 0.4))], frame(T0 + i * 0.1))
+        for i in range(50):
+            phases += t.update([], frame(T0 + 0.6 + i * 0.1))
+        return phases
+
+    assert starts(glimpse(SETTINGS.model_copy(update={"min_duration_s": 0.0})), {"person"})
+    assert starts(glimpse(SETTINGS.model_copy(update={"min_duration_s": 0.8})), {"person"}) == []
+    longer = glimpse(SETTINGS.model_copy(update={"min_duration_s": 0.4}))
+    ends = [p for p in longer if p.event.phase == "end"]
+    assert len(ends) == 1
+    e = ends[0].event
+    assert e.ended_at is not None
+    assert parse_iso(e.ended_at) - parse_iso(e.started_at) >= 0.4 - 1e-6
+
+
+def test_tracks_are_numbered_and_say_what_they_are() -> None:
+    t = tracker()
+    settle(t)
+    views = t.tracks()
+    assert [v.track_id for v in views] == [1, 2]
+    assert [v.label for v in views] == ["car", "car"]
+    assert all(v.seen and v.event_id is None for v in views)
+    t.update([], frame(T0 + 6.1), looked=[])
+    assert not any(v.seen for v in t.tracks())

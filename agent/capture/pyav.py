@@ -36,6 +36,7 @@ import av.error
 import av.video.codeccontext
 import av.video.stream
 
+from agent.capture import h26x
 from agent.capture.packets import PacketSink, StreamInfo, StreamPacket
 from agent.capture.source import EndOfStream, Frame, Image
 from agent.config.redact import redact
@@ -59,9 +60,6 @@ LATE_RESET_S = 0.5  # a paced file this far behind the clock restarts the clock 
 MAX_BAD_PACKETS = 50  # consecutive packets that fail to decode before the stream counts as broken
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322}
 
-# Parameter-set NAL unit types: H.264 SPS, PPS; HEVC VPS, SPS, PPS.
-_PARAMETER_NALS = {"h264": frozenset({7, 8}), "hevc": frozenset({32, 33, 34})}
-
 _sessions = itertools.count(1)  # StreamInfo.session: one process-wide count of successful opens
 _sessions_lock = threading.Lock()
 
@@ -82,70 +80,6 @@ def sane_fps(value: float | Fraction | None) -> float:
 # -- parameter sets ----------------------------------------------------------------------------
 
 
-def _nal_type(codec: str, nal: bytes) -> int:
-    return (nal[0] >> 1) & 0x3F if codec == "hevc" else nal[0] & 0x1F
-
-
-def _split_annexb(data: bytes) -> list[bytes]:
-    """NAL units of an Annex-B byte stream (00 00 01 or 00 00 00 01 start codes)."""
-    units: list[bytes] = []
-    start = data.find(b"\x00\x00\x01")
-    while start >= 0:
-        begin = start + 3
-        end = data.find(b"\x00\x00\x01", begin)
-        unit = data[begin:] if end < 0 else data[begin:end]
-        units.append(unit.rstrip(b"\x00") if end >= 0 else unit)
-        start = end
-    return [u for u in units if u]
-
-
-def _split_length_prefixed(data: bytes, size: int) -> list[bytes]:
-    """NAL units of MP4-style data: each preceded by its length in `size` big-endian bytes."""
-    units: list[bytes] = []
-    pos = 0
-    while pos + size <= len(data):
-        length = int.from_bytes(data[pos : pos + size], "big")
-        pos += size
-        if length == 0 or pos + length > len(data):
-            break  # truncated or corrupt: what was read so far stands
-        units.append(data[pos : pos + length])
-        pos += length
-    return units
-
-
-def _config_record(codec: str, extradata: bytes) -> tuple[int, list[bytes]]:
-    """(NAL length size, parameter sets) of an avcC/hvcC record; (0, []) when it is malformed."""
-    try:
-        if codec == "h264":
-            size = (extradata[4] & 0x03) + 1
-            units: list[bytes] = []
-            pos = 6
-            for count_at_end in (extradata[5] & 0x1F, None):
-                count = count_at_end if count_at_end is not None else extradata[pos]
-                if count_at_end is None:
-                    pos += 1
-                for _ in range(count):
-                    length = int.from_bytes(extradata[pos : pos + 2], "big")
-                    units.append(extradata[pos + 2 : pos + 2 + length])
-                    pos += 2 + length
-            return size, units
-        if codec == "hevc":
-            size = (extradata[21] & 0x03) + 1
-            units = []
-            pos = 23
-            for _ in range(extradata[22]):
-                count = int.from_bytes(extradata[pos + 1 : pos + 3], "big")
-                pos += 3
-                for _ in range(count):
-                    length = int.from_bytes(extradata[pos : pos + 2], "big")
-                    units.append(extradata[pos + 2 : pos + 2 + length])
-                    pos += 2 + length
-            return size, units
-    except IndexError:
-        pass
-    return 0, []
-
-
 def parameter_sets(codec: str, data: bytes, nal_length_size: int = 0) -> frozenset[bytes]:
     """The parameter-set NAL units (H.264 SPS/PPS, HEVC VPS/SPS/PPS) in `data`.
 
@@ -153,23 +87,22 @@ def parameter_sets(codec: str, data: bytes, nal_length_size: int = 0) -> frozens
     avcC/hvcC configuration record (extradata starting with 1) is read as such. Other codecs have
     none that this module knows: the empty set.
     """
-    kinds = _PARAMETER_NALS.get(codec)
-    if kinds is None or not data:
+    if codec not in h26x.PARAMETER_NALS or not data:
         return frozenset()
     if data[0] == 1 and nal_length_size == 0:  # an avcC / hvcC record, not a byte stream
-        units = _config_record(codec, data)[1]
+        units = (h26x.config_record(codec, data) or (0, []))[1]
     elif nal_length_size:
-        units = _split_length_prefixed(data, nal_length_size)
+        units = h26x.split_lengths(data, nal_length_size)[0]
     else:
-        units = _split_annexb(data)
-    return frozenset(u for u in units if u and _nal_type(codec, u) in kinds)
+        units = h26x.split_annexb(data)
+    return frozenset(u for u in units if h26x.is_parameter_set(codec, u))
 
 
 def _changed(reference: frozenset[bytes], seen: frozenset[bytes], codec: str) -> bool:
     """Whether `seen` (a keyframe's in-band sets) replaces a kind of set that `reference` has."""
-    for kind in _PARAMETER_NALS.get(codec, frozenset()):
-        new = {u for u in seen if _nal_type(codec, u) == kind}
-        old = {u for u in reference if _nal_type(codec, u) == kind}
+    for kind in h26x.PARAMETER_NALS.get(codec, frozenset()):
+        new = {u for u in seen if h26x.nal_type(codec, u) == kind}
+        old = {u for u in reference if h26x.nal_type(codec, u) == kind}
         if new and old and new != old:
             return True
     return False
@@ -462,8 +395,7 @@ class PyAVSource:
         base = stream.codec_context
         codec = base.name
         extradata = base.extradata
-        if extradata and extradata[0] == 1:
-            session.nal_length_size = _config_record(codec, extradata)[0]
+        session.nal_length_size = h26x.nal_length_size(codec, extradata)
         session.reference_sets = parameter_sets(codec, extradata or b"")
         fps = sane_fps(stream.average_rate or stream.guessed_rate or stream.base_rate)
         width, height = base.width, base.height

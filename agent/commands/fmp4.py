@@ -19,6 +19,8 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from agent.capture import h26x
+
 __all__ = [
     "TIMESCALE",
     "AvcConfig",
@@ -26,7 +28,6 @@ __all__ = [
     "avc_config",
     "fragment",
     "init_segment",
-    "nal_units",
     "to_sample_data",
 ]
 
@@ -67,61 +68,10 @@ class Sample:
     sync: bool
 
 
-def nal_units(data: bytes, length_size: int = 0) -> list[bytes]:
-    """NAL units of Annex B data (`length_size` 0) or of length-prefixed data; a truncated
-    length-prefixed unit ends the list (what was read stands)."""
-    if length_size:
-        units: list[bytes] = []
-        pos = 0
-        while pos + length_size <= len(data):
-            n = int.from_bytes(data[pos : pos + length_size], "big")
-            pos += length_size
-            if n == 0 or pos + n > len(data):
-                break
-            units.append(data[pos : pos + n])
-            pos += n
-        return units
-    units = []
-    start = data.find(b"\x00\x00\x01")
-    while start >= 0:
-        begin = start + 3
-        nxt = data.find(b"\x00\x00\x01", begin)
-        unit = data[begin : nxt if nxt >= 0 else len(data)].rstrip(b"\x00")
-        if unit:
-            units.append(unit)
-        start = nxt
-    return units
-
-
-def _is_annexb(data: bytes) -> bool:
-    return data.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01"))
-
-
-def _avcc_record(extradata: bytes) -> tuple[int, list[bytes]]:
-    """(NAL length size, SPS and PPS) of an avcC record; (4, []) when it is malformed."""
-    try:
-        size = (extradata[4] & 0x03) + 1
-        units: list[bytes] = []
-        pos = 6
-        count = extradata[5] & 0x1F
-        for group in range(2):
-            if group == 1:
-                count = extradata[pos]
-                pos += 1
-            for _ in range(count):
-                n = int.from_bytes(extradata[pos : pos + 2], "big")
-                units.append(extradata[pos + 2 : pos + 2 + n])
-                pos += 2 + n
-    except IndexError:
-        return 4, []
-    return size, units
-
-
-def length_size(extradata: bytes | None) -> int:
-    """NAL length size of packets that go with `extradata`: 0 for Annex B (or none)."""
-    if extradata and extradata[0] == 1:
-        return _avcc_record(extradata)[0]
-    return 0
+def _units(data: bytes, length_size: int) -> list[bytes]:
+    """NAL units of Annex-B data (`length_size` 0) or of length-prefixed data (what was read
+    stands when a length is cut short)."""
+    return h26x.split_lengths(data, length_size)[0] if length_size else h26x.split_annexb(data)
 
 
 def avc_config(width: int, height: int, extradata: bytes | None, keyframe: bytes) -> AvcConfig | None:
@@ -131,13 +81,13 @@ def avc_config(width: int, height: int, extradata: bytes | None, keyframe: bytes
     size = 0
     if extradata:
         if extradata[0] == 1:
-            size, units = _avcc_record(extradata)
+            size, units = h26x.config_record("h264", extradata) or (4, [])
         else:
-            units = nal_units(extradata)
+            units = h26x.split_annexb(extradata)
     sps = tuple(u for u in units if u and u[0] & 0x1F == _NAL_SPS)
     pps = tuple(u for u in units if u and u[0] & 0x1F == _NAL_PPS)
     if not (sps and pps):
-        inband = nal_units(keyframe, 0 if _is_annexb(keyframe) else size or 4)
+        inband = _units(keyframe, 0 if h26x.is_annexb(keyframe) else size or 4)
         sps = tuple(u for u in inband if u[0] & 0x1F == _NAL_SPS)
         pps = tuple(u for u in inband if u[0] & 0x1F == _NAL_PPS)
     if not (sps and pps) or len(sps[0]) < 4:
@@ -147,9 +97,9 @@ def avc_config(width: int, height: int, extradata: bytes | None, keyframe: bytes
 
 def to_sample_data(data: bytes, length_size: int) -> bytes:
     """A packet as an MP4 sample: NAL units with 4-byte lengths (copied as is when already so)."""
-    if length_size == 4 and not _is_annexb(data):
+    if length_size == 4 and not h26x.is_annexb(data):
         return data
-    units = nal_units(data, 0 if _is_annexb(data) else length_size)
+    units = _units(data, 0 if h26x.is_annexb(data) else length_size)
     return b"".join(len(u).to_bytes(4, "big") + u for u in units)
 
 

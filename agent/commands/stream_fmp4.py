@@ -29,6 +29,7 @@ import av
 import av.video.codeccontext
 import av.video.stream
 
+from agent.capture import h26x
 from agent.capture.packets import StreamInfo, StreamPacket
 from agent.capture.source import Frame
 from agent.commands import fmp4
@@ -118,7 +119,7 @@ class Fmp4Track:
                 out += self._fragment(run)
                 run = []
                 self._info, self.config = packet.info, cfg
-                self._length_size = fmp4.length_size(packet.info.extradata)
+                self._length_size = h26x.nal_length_size("h264", packet.info.extradata)
                 self._need_key = False
                 out.append(Segment("init", fmp4.init_segment(cfg), packet.ts))
             elif self._need_key:

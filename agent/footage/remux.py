@@ -33,6 +33,7 @@ from typing import Any
 
 import av
 
+from agent.capture import h26x
 from agent.capture.packets import StreamInfo, StreamPacket
 from agent.files import create_private, is_regular, open_read
 from agent.footage.clips import ClipError
@@ -95,66 +96,9 @@ class RemuxResult:
 # -- parameter sets -------------------------------------------------------------------------------
 
 
-def _split_annexb(data: bytes) -> list[bytes]:
-    """The NAL units of Annex-B bytes (start codes and trailing zeros removed)."""
-    out: list[bytes] = []
-    i = data.find(b"\x00\x00\x01")
-    while i >= 0:
-        j = data.find(b"\x00\x00\x01", i + 3)
-        nal = data[i + 3 : len(data) if j < 0 else j].rstrip(b"\x00")
-        if nal:
-            out.append(nal)
-        i = j
-    return out
-
-
-def _is_annexb(data: bytes) -> bool:
-    return data.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01"))
-
-
-def _nal_type(codec: str, nal: bytes) -> int:
-    return (nal[0] >> 1) & 0x3F if codec == "hevc" else nal[0] & 0x1F
-
-
-def _is_parameter_set(codec: str, nal: bytes) -> bool:
-    return _nal_type(codec, nal) in ((32, 33, 34) if codec == "hevc" else (7, 8))
-
-
-def _config_record_sets(codec: str, data: bytes) -> list[bytes]:
-    """Parameter sets from an avcC or hvcC record (ValueError/IndexError when malformed)."""
-    out: list[bytes] = []
-
-    def take(pos: int) -> int:
-        size = int.from_bytes(data[pos : pos + 2], "big")
-        if pos + 2 + size > len(data):
-            raise ValueError("parameter set overruns the configuration record")
-        out.append(data[pos + 2 : pos + 2 + size])
-        return pos + 2 + size
-
-    if codec == "hevc":
-        pos = 23
-        for _ in range(data[22]):
-            count = int.from_bytes(data[pos + 1 : pos + 3], "big")
-            pos += 3
-            for _ in range(count):
-                pos = take(pos)
-        return out
-    pos = 6
-    for _ in range(data[5] & 0x1F):
-        pos = take(pos)
-    count = data[pos]
-    pos += 1
-    for _ in range(count):
-        pos = take(pos)
-    return out
-
-
 def _nal_length_size(codec: str, extradata: bytes | None) -> int | None:
     """Bytes of each NAL's length prefix in AVCC/HVCC packets, or None for Annex-B."""
-    if not extradata or _is_annexb(extradata) or extradata[0] != 1:
-        return None
-    index = 21 if codec == "hevc" else 4
-    return (extradata[index] & 3) + 1 if len(extradata) > index else None
+    return h26x.nal_length_size(codec, extradata) or None
 
 
 def parameter_sets(info: StreamInfo, keyframe: bytes | None = None) -> tuple[bytes, ...]:
@@ -164,35 +108,23 @@ def parameter_sets(info: StreamInfo, keyframe: bytes | None = None) -> tuple[byt
         return ()
     found: list[bytes] = []
     data = info.extradata or b""
-    try:
-        if _is_annexb(data):
-            found = [n for n in _split_annexb(data) if _is_parameter_set(info.codec, n)]
-        elif data:
-            found = _config_record_sets(info.codec, data)
-    except (ValueError, IndexError):
-        found = []
+    if h26x.is_annexb(data):
+        found = [n for n in h26x.split_annexb(data) if h26x.is_parameter_set(info.codec, n)]
+    elif data:
+        found = (h26x.config_record(info.codec, data) or (0, []))[1]
     if not found and keyframe is not None:
         size = _nal_length_size(info.codec, info.extradata)
-        nals = _split_annexb(keyframe) if size is None else _split_lengths(keyframe, size)
-        found = [n for n in nals or () if n and _is_parameter_set(info.codec, n)]
-    unique = dict.fromkeys(n for n in found if n)
-    return tuple(sorted(unique, key=lambda n: (_nal_type(info.codec, n), n)))
+        nals = h26x.split_annexb(keyframe) if size is None else _split_lengths(keyframe, size)
+        found = [n for n in nals or () if h26x.is_parameter_set(info.codec, n)]
+    # A parameter set never ends in a zero byte (its stop bit ends it): zeros after one are padding.
+    unique = dict.fromkeys(n.rstrip(b"\x00") for n in found if n.rstrip(b"\x00"))
+    return tuple(sorted(unique, key=lambda n: (h26x.nal_type(info.codec, n), n)))
 
 
 def _split_lengths(data: bytes, size: int) -> list[bytes] | None:
     """The NALs of a length-prefixed (AVCC) packet, or None when the lengths do not add up."""
-    out: list[bytes] = []
-    pos = 0
-    while pos < len(data):
-        if pos + size > len(data):
-            return None
-        n = int.from_bytes(data[pos : pos + size], "big")
-        pos += size
-        if n == 0 or pos + n > len(data):
-            return None
-        out.append(data[pos : pos + n])
-        pos += n
-    return out
+    units, exact = h26x.split_lengths(data, size)
+    return units if exact else None
 
 
 def format_key(info: StreamInfo, keyframe: bytes | None = None) -> FormatKey:

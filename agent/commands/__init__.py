@@ -6,7 +6,8 @@ reaches the rest of the agent only through `Gateway`. Per-agency rate limits (`R
 reply store under data_dir and an optional signature verifier (`CommandVerifier`) are the
 dispatcher's; `Dispatcher.stats()` feeds telemetry. Modules: `server` (queues, workers), `envelope`
 (size, JSON, schema), `replies` (where a reply goes), `dispatcher` (the steps in order), `handlers`,
-`streams`, `idempotency`, `limits`, `signing`/`verifying`, `audit*` (the chained log and its records).
+`streams` (with `stream_fmp4` and its box writer `fmp4`), `aim` (PTZ look_at geometry),
+`idempotency`, `limits`, `signing`/`verifying`, `audit*` (the chained log and its records).
 May not touch: analysis, the runtime or the SDK; cameras and the broker only through `Gateway`.
 """
 

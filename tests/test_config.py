@@ -10,6 +10,7 @@ import pytest
 
 from agent.config import load_config
 from agent.errors import ConfigError
+from tests.test_config_files import pem_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,41 +149,10 @@ def test_example_mentions_every_setting() -> None:
 # -- check-config finds what `run` would refuse (issue 13 item 12) -----------------------------------
 
 
-def _pem_pair(d: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed certificate and its key, PEM, made with `cryptography`."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (d / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    (d / f"{name}.key").write_bytes(key_pem)
-    return d / f"{name}.crt", d / f"{name}.key"
-
-
 def _mqtt_files_case(tmp_path: Path, case: str) -> tuple[str, str]:
     """([mqtt] TOML for a broken file setup, the key check-config must name)."""
-    crt, key = _pem_pair(tmp_path, "client")
-    _, other_key = _pem_pair(tmp_path, "other")
+    crt, key = pem_pair(tmp_path, "client")
+    _, other_key = pem_pair(tmp_path, "other")
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n", encoding="utf-8")
     empty = tmp_path / "empty"
@@ -250,7 +220,7 @@ def test_check_config_rejects_files_run_would_reject(tmp_path: Path, case: str) 
 
 
 def test_check_config_accepts_good_files_and_warns_about_insecure(tmp_path: Path) -> None:
-    crt, key = _pem_pair(tmp_path, "client")
+    crt, key = pem_pair(tmp_path, "client")
     password = tmp_path / "password"
     password.write_text("s3cret\n", encoding="utf-8")
     mqtt = (

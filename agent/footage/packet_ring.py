@@ -23,6 +23,7 @@ is read on the newest packets' clock.
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import threading
 from collections import deque
@@ -155,7 +156,7 @@ class PacketRing:
                 return []
             i = max(0, bisect.bisect_right(self._key_times, t0 + self._shift) - 1)
             first = self._key_seqs[i] - self._items[0][0]
-            return [self._items[k] for k in range(first, len(self._items))]
+            return list(itertools.islice(self._items, first, None))
 
     def after(self, seq: int) -> list[tuple[int, StreamPacket]]:
         """(seq, packet) newer than `seq`, in arrival order. When packets after `seq` were
@@ -164,7 +165,7 @@ class PacketRing:
             if not self._items:
                 return []
             first = max(0, seq + 1 - self._items[0][0])
-            return [self._items[k] for k in range(first, len(self._items))]
+            return list(itertools.islice(self._items, first, None))
 
     def newest(self) -> StreamPacket | None:
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -312,6 +313,8 @@ def test_an_fmp4_stream_of_a_packet_camera_is_its_own_h264_and_shows_the_scene(
     start_gateway: Callable[..., GatewayRun],
     camera: RtspCamera,
     platform: PlatformClient,
+    broker: Broker,
+    unique_gateway: str,
 ) -> None:
     start_gateway()
     time.sleep(GOP_S)
@@ -330,6 +333,21 @@ def test_an_fmp4_stream_of_a_packet_camera_is_its_own_h264_and_shows_the_scene(
     last = cv2.resize(frames[-1], (snap.shape[1], snap.shape[0]), interpolation=cv2.INTER_AREA)
     # The scene is still: the stream's last frame and a snapshot show the same street.
     assert float(np.mean(np.abs(last.astype(np.int16) - snap.astype(np.int16)))) < 12.0
+
+    # The operator's tool writes the same stream as a playable file.
+    ctl_out = tmp_path / "ctl.mp4"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "agent", "ctl", "--host", broker.host, "--port", str(broker.port),
+            "--root", f"cctv/v1/{DISTRICT}/{unique_gateway}", "--agency", "police", "--operator", "op-7",
+            "stream", "cam-1", "--format", "fmp4", "--seconds", "3", "-o", str(ctl_out),
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    meta = probe(ctl_out)
+    assert (meta["codec_name"], meta["width"], meta["height"]) == ("h264", 1280, 720)
+    assert int(meta["nb_read_frames"]) >= 2 * FPS
 
 
 @pytest.mark.slow

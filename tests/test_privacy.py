@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.footage.privacy import apply_privacy_masks, privacy_keep_mask
+from agent.footage.privacy import apply_privacy_masks, exposed_pixels, privacy_keep_mask
 
 LEFT_HALF = [[(0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.0, 1.0)]]
 
@@ -40,6 +40,29 @@ def test_several_polygons_and_grey_images() -> None:
     assert out.shape == grey.shape
     assert out[95:, 185:].max() == 0
     assert out[50, 100] == 255
+
+
+def test_overlapping_polygons_blank_their_overlap_too() -> None:
+    """Two masks drawn over each other (the console makes that easy) hide their overlap as well:
+    filled in one OpenCV call, the overlap came out as a visible hole."""
+    img = np.full((100, 100, 3), 200, np.uint8)
+    a = [(0.1, 0.1), (0.6, 0.1), (0.6, 0.6), (0.1, 0.6)]
+    b = [(0.3, 0.3), (0.9, 0.3), (0.9, 0.9), (0.3, 0.9)]
+    out = apply_privacy_masks(img, [a, b])
+    assert out[45, 45].max() == 0 and out[20, 20].max() == 0 and out[80, 80].max() == 0
+    assert out[95, 5].min() == 200
+
+
+def test_exposed_pixels_says_whether_new_masks_show_what_old_ones_hid() -> None:
+    a = [(0.1, 0.1), (0.5, 0.1), (0.5, 0.5), (0.1, 0.5)]
+    bigger = [(0.05, 0.05), (0.6, 0.05), (0.6, 0.6), (0.05, 0.6)]
+    other = [(0.7, 0.7), (0.9, 0.7), (0.9, 0.9)]
+    assert exposed_pixels([a], [bigger], 640, 480) == 0
+    assert exposed_pixels([a], [a, other], 640, 480) == 0
+    assert exposed_pixels([], [a], 640, 480) == 0
+    assert exposed_pixels([bigger], [a], 640, 480) > 0
+    assert exposed_pixels([a], [], 640, 480) == 0.4 * 640 * 0.4 * 480 + 0.4 * 640 + 0.4 * 480 + 1
+    assert exposed_pixels([a, other], [a], 640, 480) > 0
 
 
 def test_no_polygons_returns_the_image_itself() -> None:

@@ -23,7 +23,7 @@ PolygonLike = Sequence[Sequence[float]]
 
 _Key = tuple[tuple[tuple[float, float], ...], ...]
 
-__all__ = ["PolygonLike", "apply_privacy_masks", "privacy_keep_mask"]
+__all__ = ["PolygonLike", "apply_privacy_masks", "exposed_pixels", "privacy_keep_mask"]
 
 
 def _normalise(polygons: Sequence[PolygonLike]) -> _Key:
@@ -54,7 +54,8 @@ def _keep_mask(width: int, height: int, channels: int, polygons: _Key) -> Image:
         np.array([[round(x * width), round(y * height)] for x, y in poly], dtype=np.int32)
         for poly in polygons
     ]
-    cv2.fillPoly(blank, pts, 255)
+    for poly in pts:  # one at a time: in one call OpenCV leaves where two overlap unfilled (a hole)
+        cv2.fillPoly(blank, [poly], 255)
     keep = cv2.bitwise_not(blank)
     if channels > 1:
         keep = cv2.merge([keep] * channels)
@@ -89,3 +90,15 @@ def apply_privacy_masks(image: Image, polygons: Sequence[PolygonLike]) -> Image:
     if out.shape != image.shape:  # OpenCV drops a trailing singleton channel
         out = out.reshape(image.shape)
     return out
+
+
+def exposed_pixels(
+    before: Sequence[PolygonLike], after: Sequence[PolygonLike], width: int, height: int
+) -> int:
+    """How many pixels of a `width`x`height` frame `before` blanks and `after` would show: more than
+    0 means the change loosens the privacy masks (a moved, shrunk or removed polygon)."""
+    if not before:
+        return 0
+    hidden = cv2.bitwise_not(privacy_keep_mask(width, height, before, channels=1))
+    shown = privacy_keep_mask(width, height, after, channels=1) if after else np.full_like(hidden, 255)
+    return int(cv2.countNonZero(cv2.bitwise_and(hidden, shown)))

@@ -50,13 +50,11 @@ def _load(path: str | None) -> AgentConfig:
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Refuse what `run` would refuse, the TLS and password files included unless --no-files
     (a config checked before its files are in place, as the firmware does with a seed)."""
-    from agent.analysis.objects.files import detector_problems
+    from agent.runtime.config_check import config_problems
 
     try:
         cfg = load_config(args.file)
-        problems = (
-            [] if args.no_files else cfg.mqtt.file_problems() + _key_problems(cfg) + _onvif_problems(cfg)
-        ) + detector_problems(cfg)
+        problems = config_problems(cfg, files=not args.no_files)
         if problems:
             raise ConfigError(args.file, problems)
     except ConfigError as exc:
@@ -100,40 +98,11 @@ def _footage_path(cam: CameraConfig) -> str:
     )
 
 
-def _onvif_problems(cfg: AgentConfig) -> list[str]:
-    """Each ONVIF camera's password file, read as `run` would read it."""
-    return [
-        f"cameras[{i}].onvif.password_file: {problem}"
-        for i, cam in enumerate(cfg.cameras)
-        if cam.onvif is not None
-        for problem in cam.onvif.file_problems()
-    ]
-
-
-def _key_problems(cfg: AgentConfig) -> list[str]:
-    """The audit key and the platform's public keys, loaded as `run` would load them."""
-    from agent.commands.audit import load_key
-    from agent.commands.signing import KeyFileError, load_public_key
-
-    problems: list[str] = []
-    if cfg.gateway.audit_key_file is not None:
-        try:
-            load_key(cfg.gateway.audit_key_file)
-        except ConfigError as exc:
-            problems += [f"gateway.audit_key_file: {line}" for line in exc.problems]
-    for i, path in enumerate(cfg.gateway.platform_keys):
-        try:
-            load_public_key(path)
-        except KeyFileError as exc:
-            problems.append(f"gateway.platform_keys[{i}]: {exc}")
-    return problems
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.runtime.agent import Agent
 
     cfg = _load(args.config)
-    return Agent(cfg).run()
+    return Agent(cfg, config_path=Path(args.config) if args.config else None).run()
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -255,6 +224,33 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print(f"{private_path}: private key (0600): keep it on the platform, give it to ctl --sign-key")
     print(f"{public_path}: public key, id {key_id(load_public_key(public_path))}: list it in")
     print("  gateway.platform_keys of each gateway's config")
+    return EXIT_OK
+
+
+def cmd_console_user(args: argparse.Namespace) -> int:
+    """A `[[console.users]]` table for the config: the password read from the terminal (twice) or,
+    when stdin is not a terminal, its first line; only the scrypt hash is printed."""
+    import getpass
+
+    from agent.config import ConsoleUser
+    from agent.console.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            print("console-user: the two passwords differ", file=sys.stderr)
+            return EXIT_ERROR
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 10:
+        print("console-user: use a password of at least 10 characters", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        user = ConsoleUser(name=args.name, password_hash=hash_password(password))
+    except ValueError as exc:
+        print(f"console-user: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f'[[console.users]]\nname = "{user.name}"\npassword_hash = "{user.password_hash}"')
     return EXIT_OK
 
 
@@ -422,6 +418,12 @@ def build_parser(*, with_ctl: bool = True) -> argparse.ArgumentParser:
     s = sub.add_parser("keygen", help="make an Ed25519 pair for signing commands (PREFIX.key, PREFIX.pub)")
     s.add_argument("--out", required=True, metavar="PREFIX", help="e.g. platform-2026; never overwrites")
     s.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser(
+        "console-user", help="print a [[console.users]] table (scrypt hash) for the commissioning console"
+    )
+    s.add_argument("name", help="login name (a-z, 0-9, _ and -)")
+    s.set_defaults(func=cmd_console_user)
 
     s = sub.add_parser("discover", help="find ONVIF cameras and print [[cameras]] tables for the config")
     s.add_argument("--username", help="ONVIF user to read the cameras with")

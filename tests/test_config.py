@@ -136,6 +136,8 @@ def test_example_mentions_every_setting() -> None:
         c.StorageConfig,
         c.StreamSettings,
         c.DetectorConfig,
+        c.ConsoleConfig,
+        c.ConsoleUser,
     ]
     missing = [
         f"{model.__name__}.{name}"

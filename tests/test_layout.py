@@ -27,6 +27,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "sdk": {"runtime", "capture", "analysis", "footage"},
     "simulate": {"capture", "analysis", "footage", "runtime", "sdk"},  # the agent's MQTT face, no cameras
     "onvif": {"capture", "analysis", "footage", "mqtt", "commands", "runtime", "sdk"},
+    # the commissioning page sees the agent only through its ConsoleGateway protocol
+    "console": {"capture", "analysis", "mqtt", "commands", "runtime", "sdk", "onvif", "simulate"},
 }
 
 

@@ -1,5 +1,6 @@
 """A gateway pays for PyAV (~25 MB of RSS) only when it has packet cameras or streams fmp4: a
-Raspberry Pi with its own camera or USB cameras never loads it."""
+Raspberry Pi with its own camera or USB cameras never loads it. Nor does any gateway load the
+commissioning console's web libraries (Werkzeug, tomlkit) unless `[console]` enables it."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def test_a_gateway_without_packet_cameras_never_imports_pyav(tmp_path: Path) -> 
         "from agent.runtime.agent import Agent\n"
         "import agent.cli\n"
         f"agent = Agent(load_config({str(config)!r}))\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'av'))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('av', 'werkzeug', 'tomlkit')))\n"
     )
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=False)

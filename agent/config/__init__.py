@@ -3,9 +3,10 @@
 `models.py` holds the whole file and its loading (every section `extra="forbid"`, errors naming the
 key path) and re-exports the sections, one module per family: `gateway.py` (gateway, mqtt, tls),
 `cameras.py` (each camera with its motion, detection, buffer, clip and geo settings), `resources.py`
-(detector, streams, storage), on `base.py`'s strict model and id and polygon types; all of it is
-re-exported here. `settings.py` holds what `config.get` reports and `config.set` may change,
-persisted under data_dir. Nothing here starts threads or touches the network.
+(detector, streams, storage), `console.py` (the commissioning page), on `base.py`'s strict model
+and id and polygon types; all of it is re-exported here. `settings.py` holds what `config.get`
+reports and `config.set` may change, persisted under data_dir. Nothing here starts threads or
+touches the network.
 """
 
 from agent.config.models import (
@@ -15,6 +16,8 @@ from agent.config.models import (
     BufferSettings,
     CameraConfig,
     ClipsSettings,
+    ConsoleConfig,
+    ConsoleUser,
     DetectionSettings,
     DetectorConfig,
     GatewayConfig,
@@ -38,6 +41,8 @@ __all__ = [
     "BufferSettings",
     "CameraConfig",
     "ClipsSettings",
+    "ConsoleConfig",
+    "ConsoleUser",
     "DetectionSettings",
     "DetectorConfig",
     "GatewayConfig",

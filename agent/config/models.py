@@ -7,7 +7,8 @@ passwords are masked (agent.config.redact): these lines reach logs and terminals
 
 This module holds the whole file (`AgentConfig`) and its loading; the sections live beside it,
 one module per family (`gateway`: gateway, mqtt, tls; `cameras`: each camera and its settings;
-`resources`: detector, streams, storage; `base`: what they share), and are re-exported here.
+`resources`: detector, streams, storage; `console`: the commissioning page; `base`: what they
+share), and are re-exported here.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from agent.config.cameras import (
     GeoConfig,
     MotionSettings,
 )
+from agent.config.console import ConsoleConfig, ConsoleUser
 from agent.config.gateway import GatewayConfig, MqttConfig, TlsConfig
 from agent.config.redact import MASK, is_secret_name, redact
 from agent.config.resources import DetectorConfig, StorageConfig, StreamSettings
@@ -40,6 +42,8 @@ __all__ = [
     "BufferSettings",
     "CameraConfig",
     "ClipsSettings",
+    "ConsoleConfig",
+    "ConsoleUser",
     "DetectionSettings",
     "DetectorConfig",
     "GatewayConfig",
@@ -67,6 +71,9 @@ class AgentConfig(Strict):
     streams: StreamSettings = Field(default_factory=StreamSettings, description="Live stream limits")
     detector: DetectorConfig | None = Field(
         default=None, description="Object detector settings; absent means the vendored default model"
+    )
+    console: ConsoleConfig = Field(
+        default_factory=ConsoleConfig, description="The commissioning web page (off by default)"
     )
 
     @model_validator(mode="after")

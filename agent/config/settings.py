@@ -2,8 +2,9 @@
 
 The config file gives the starting values; changes made by the platform are validated as a
 whole, persisted atomically under data_dir (so they survive a restart) and overlaid on the file's
-values at the next start. Privacy masks are reported but can only be changed in the config file:
-no request from the platform may weaken them.
+values at the next start. Privacy masks are reported but can only be changed in the config file
+(by hand or through the commissioning console, `file_changed`): no request from the platform may
+weaken them.
 
 settings.json is read and written through agent.files: never through a symbolic link (a link is
 refused and moved aside), created 0600 whatever the umask.
@@ -156,6 +157,31 @@ class SettingsStore:
             if check is not None:
                 check(new)
             self._persist(new)
+            self._current = new
+            return new
+
+    def file_changed(self, camera: str, masks: CameraSettings) -> RuntimeSettings:
+        """The config file now holds `masks`' three mask lists for `camera` (the console wrote
+        them): they become the file's values and the ones in force, other settings unchanged.
+        Persisted only where earlier `config.set` changes are persisted, so that a gateway
+        without them keeps reading the file at its next start."""
+        with self._lock:
+
+            def with_masks(cam: CameraSettings) -> CameraSettings:
+                return CameraSettings(
+                    motion=cam.motion.model_copy(update={"masks": masks.motion.masks}),
+                    detection=cam.detection.model_copy(update={"masks": masks.detection.masks}),
+                    privacy_masks=masks.privacy_masks,
+                )
+
+            file_cams = dict(self._file_settings.cameras)
+            file_cams[camera] = with_masks(file_cams[camera])
+            self._file_settings = self._file_settings.model_copy(update={"cameras": file_cams})
+            cams = dict(self._current.cameras)
+            cams[camera] = with_masks(cams[camera])
+            new = self._current.model_copy(update={"cameras": cams})
+            if self.path.exists():
+                self._persist(new)
             self._current = new
             return new
 

@@ -43,8 +43,11 @@ class Footage:
         return [list(poly) for poly in cam.privacy_masks] if cam is not None else []
 
     def _packets(self, camera: str, start: float) -> list[StreamPacket] | None:
-        """The ring's packets from the keyframe at or before `start`; None: a pixel-path camera."""
+        """The ring's packets from the keyframe at or before `start`; None: a pixel-path camera, or
+        one whose privacy masks came after its packets (never remuxed: they cannot be masked)."""
         ring = self.rings.get(camera)
+        if ring is not None and self._masks(camera):
+            return None
         return None if ring is None else [packet for _, packet in ring.since(start)]
 
     def export(self, camera: str, start: float, end: float) -> ClipInfo:

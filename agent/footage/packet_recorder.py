@@ -126,6 +126,18 @@ class PacketRecorder:
                     continue
                 self._finish(job)
 
+    def finish_camera(self, camera: str) -> None:
+        """Finish now, with what its ring holds, every clip of `camera`: its capture was stopped
+        (the camera is reloaded onto the pixel path) and no more of its packets will come."""
+        with self._pass_lock:
+            self._collect_once()
+            with self._lock:
+                jobs = [job for job in self._jobs.values() if job.camera == camera]
+                for job in jobs:
+                    del self._jobs[job.event_id]
+            for job in jobs:
+                self._finish(job)
+
     # -- event side ----------------------------------------------------------------------------------
 
     def on_phase(self, phase: EventPhase) -> EventPhase:

@@ -118,6 +118,11 @@ class PreEventBuffer:
             masks=[tuple((float(x), float(y)) for x, y in poly) for poly in cam.privacy_masks],
         )
 
+    def set_masks(self, masks: Sequence[PolygonLike]) -> None:
+        """Burn these masks into the frames pushed from now on (the console changed them); the
+        frames already kept are masked again, with the masks in force, whenever they are cut."""
+        self.masks = tuple(masks)  # one reference swap: push() reads it once per frame
+
     def _due(self, ts: float) -> bool:
         """Whether a frame at `ts` should be kept under the configured rate cap."""
         if self.fps is None or self._last_kept_ts is None:
@@ -127,8 +132,9 @@ class PreEventBuffer:
 
     def encode(self, image: Image) -> tuple[bytes, int, int]:
         """Mask, downscale (if wider than max_width) and JPEG-encode; returns (jpeg, width, height)."""
-        if self.masks:
-            image = apply_privacy_masks(image, self.masks)
+        masks = self.masks
+        if masks:
+            image = apply_privacy_masks(image, masks)
         jpeg = encode_jpeg(image, quality=self.jpeg_quality, max_width=self.max_width)
         return jpeg.data, jpeg.width, jpeg.height
 

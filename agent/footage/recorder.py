@@ -336,6 +336,9 @@ class ClipRecorder:
                 self.pending.root,
             )
 
+    def finish_camera(self, camera: str) -> None:
+        """Nothing to hurry: a pixel clip is cut from the camera's buffer, which outlives a reload."""
+
     # -- event side ----------------------------------------------------------------------------------
 
     def on_phase(self, phase: EventPhase) -> EventPhase:

@@ -23,6 +23,8 @@ class Recorder(Protocol):
 
     def on_phase(self, phase: EventPhase) -> EventPhase: ...
 
+    def finish_camera(self, camera: str) -> None: ...
+
     def stats(self) -> RecorderStats: ...
 
 
@@ -40,6 +42,11 @@ class Recorders:
         deadline = time.monotonic() + timeout_s
         for part in self.parts:
             part.stop(timeout_s=max(0.1, deadline - time.monotonic()))
+
+    def finish_camera(self, camera: str) -> None:
+        """Finish the clips of a camera whose capture was stopped for a reload."""
+        for part in self.parts:
+            part.finish_camera(camera)
 
     def on_phase(self, phase: EventPhase) -> EventPhase:
         for part in self.parts:

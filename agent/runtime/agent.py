@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.capture.source import Frame, FrameSource
@@ -39,7 +40,7 @@ from agent.commands.server import CommandServer
 from agent.commands.streams import StreamLimits, StreamManager
 from agent.commands.verifying import CommandVerifier, load_verifier
 from agent.config import AgentConfig, CameraConfig, StorageConfig
-from agent.config.settings import RuntimeSettings, SettingsStore
+from agent.config.settings import CameraSettings, RuntimeSettings, SettingsStore
 from agent.errors import AgentError
 from agent.files import create_private, private_dir
 from agent.footage.access import Footage
@@ -57,15 +58,20 @@ from agent.mqtt.topics import Topics
 from agent.onvif import PtzService
 from agent.runtime.camera import CameraWorker
 from agent.runtime.clock_sync import CHECK_INTERVAL_S, ClockWatch
+from agent.runtime.console_bridge import ConsoleBridge
 from agent.runtime.gateway import GatewayFacade
 from agent.runtime.health import GatewayHealth
 from agent.runtime.housekeeping import RETENTION_INTERVAL_S, Housekeeping
 from agent.runtime.open_events import OpenEvents
 from agent.runtime.publishing import EventPublisher, gateway_status
+from agent.runtime.recent_events import RecentEvents
 from agent.runtime.settings import SettingsApplier, SharedDetector
 from agent.runtime.systemd import notify, watchdog_interval_s
 from agent.runtime.telemetry import Telemetry
 from agent.runtime.ticker import Ticker
+
+if TYPE_CHECKING:
+    from agent.console.server import ConsoleServer
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +80,24 @@ class Agent:
     """Builds the gateway's parts from `cfg`; `run()` (or `start()`/`stop()`) is their lifecycle."""
 
     def __init__(
-        self, cfg: AgentConfig, *, source_factory: Callable[[str], FrameSource] | None = None
+        self,
+        cfg: AgentConfig,
+        *,
+        source_factory: Callable[[str], FrameSource] | None = None,
+        config_path: Path | None = None,
     ) -> None:
+        """`config_path`: the file `cfg` came from, which the console may edit (None: read-only)."""
+        # The config in force. Replaced whole (one reference swap, under _reload_lock) when the
+        # console saves a camera's masks; every part reads it through self.cfg or `self.config`.
         self.cfg = cfg
+        self._reload_lock = threading.Lock()
+        self._source_factory = source_factory
         self.topics = Topics(cfg.topic_root)
         self.started_at = time.time()
         data_dir = cfg.gateway.data_dir
         verifier = load_verifier(cfg)  # key files first: a bad one stops the agent before it opens anything
         prepare_data_dir(data_dir)
-        audit = AuditLog.from_config(cfg)
+        audit = self.audit = AuditLog.from_config(cfg)
         self.outbox = open_outbox(data_dir, cfg.storage)
         self.clock = ClockWatch(on_change=self._clock_changed)
         self.clock.check()  # before the first status and the Will: they carry clock_synced
@@ -99,25 +114,16 @@ class Agent:
         self.buffers = {
             cam.id: PreEventBuffer.for_camera(cam) for cam in cfg.cameras if not cam.records_packets
         }
-        self.clip_store, self.retention, self.recorder = open_clips(data_dir, cfg, self.buffers, self.rings)
+        self.clip_store, self.retention, self.recorder = open_clips(
+            data_dir, self.config, self.buffers, self.rings
+        )
         open_events = OpenEvents(data_dir / "open_events.json")
-        self.events = EventPublisher(self.link, self.topics, open_events, self._privacy_masks, self.recorder)
+        self.recent = RecentEvents()
+        self.events = EventPublisher(
+            self.link, self.topics, open_events, self._privacy_masks, self.recorder, self.recent
+        )
         self.ptz = PtzService.from_config(cfg.cameras, cfg.gateway.admin_agencies)
-        self.cameras = {
-            cam.id: CameraWorker(
-                cam,
-                on_status=self.events.camera_status,
-                on_phase=self.events.phase,
-                on_frame=self._buffer_frame if cam.id in self.buffers else None,
-                on_packet=self.rings[cam.id].push if cam.id in self.rings else None,
-                source_factory=source_factory,
-                frame_fps=cam.buffer.fps,  # frames neither the buffer nor detection needs are skipped
-                state_dir=data_dir / "analysis",
-                moving=self._moving_check(cam.id),
-                resolve=self._stream_lookup(cam),
-            )
-            for cam in cfg.cameras
-        }
+        self.cameras = {cam.id: self._camera_worker(cam) for cam in cfg.cameras}
         if self.ptz is not None:
             self.ptz.on_change(lambda camera, ptz: self.cameras[camera].set_ptz(ptz))
         self.detector = SharedDetector(cfg.detector)
@@ -130,8 +136,36 @@ class Agent:
         self.link.on_connect(self._republish_camera_status)
         self.link.on_connect(self.settings.report)
         self.link.subscribe(self.topics.cmd, self.commands.submit)
+        self.console = self._console(config_path)
         self._stop = threading.Event()
         self._stopped = False
+
+    def config(self) -> AgentConfig:
+        """The config in force (the parts that outlive a console save look it up through this)."""
+        return self.cfg
+
+    def _camera_worker(self, cam: CameraConfig) -> CameraWorker:
+        return CameraWorker(
+            cam,
+            on_status=self.events.camera_status,
+            on_phase=self.events.phase,
+            on_frame=self._buffer_frame if cam.id in self.buffers else None,
+            on_packet=self.rings[cam.id].push if cam.id in self.rings else None,
+            source_factory=self._source_factory,
+            frame_fps=cam.buffer.fps,  # frames neither the buffer nor detection needs are skipped
+            state_dir=self.cfg.gateway.data_dir / "analysis",
+            moving=self._moving_check(cam.id),
+            resolve=self._stream_lookup(cam),
+        )
+
+    def _console(self, config_path: Path | None) -> ConsoleServer | None:
+        """The commissioning page, when `[console]` enables it (its module loads only then)."""
+        if not self.cfg.console.enabled:
+            return None
+        from agent.console.server import ConsoleServer
+
+        bridge = ConsoleBridge(self.config, self.cameras, self.recent, self.audit, self.apply_camera)
+        return ConsoleServer(self.cfg.console, bridge, config_path)
 
     def _timers(self, data_dir: Path) -> tuple[Telemetry, list[Ticker]]:
         """Telemetry, rate-limit summaries and housekeeping, each a job on a Ticker the agent owns."""
@@ -167,10 +201,10 @@ class Agent:
         """The commands' view of the gateway, live streams, and the server that runs commands."""
         cfg = self.cfg
         clips = (
-            Footage(self.clip_store, self.buffers, lambda: cfg, rings=self.rings) if self.clip_store else None
+            Footage(self.clip_store, self.buffers, self.config, rings=self.rings) if self.clip_store else None
         )
         gateway = GatewayFacade(
-            cfg,
+            self.config,
             topics=self.topics,
             started_at=self.started_at,
             link=self.link,
@@ -231,6 +265,68 @@ class Agent:
     def _report_settings(self, payload: bytes) -> None:
         self.link.publish(self.topics.config_reported, payload, retain=True, kind="config")
 
+    # -- console saves ------------------------------------------------------------------------
+
+    def apply_camera(self, new: AgentConfig, camera: str) -> None:
+        """Put the masks `new` gives `camera` in force, without a restart; the console calls this
+        after writing them to the config file (other changes in the file wait for a restart).
+
+        Privacy masks hold for every image that leaves from the moment the config in force is
+        swapped. A camera on the packet path that gets its first privacy mask is moved to the pixel
+        path: its capture is stopped first (its open events end and their clips are finished from
+        the packets it had), its packet ring is dropped (those packets cannot be masked), and it is
+        started again with a JPEG buffer that burns the masks in.
+        """
+        fresh = new.camera(camera)
+        with self._reload_lock:
+            old = self.cfg.camera(camera)
+            if fresh is None or old is None:
+                raise AgentError(f"camera {camera!r} is not in both the old and the new config")
+            updated = old.model_copy(
+                update={
+                    "privacy_masks": fresh.privacy_masks,
+                    "motion": old.motion.model_copy(update={"masks": fresh.motion.masks}),
+                    "detection": old.detection.model_copy(update={"masks": fresh.detection.masks}),
+                }
+            )
+            to_pixels = camera in self.rings and not updated.records_packets
+            if to_pixels:
+                self._stop_packet_camera(camera)
+            self.cfg = self.cfg.model_copy(
+                update={"cameras": [updated if c.id == camera else c for c in self.cfg.cameras]}
+            )
+            buffer = self.buffers.get(camera)
+            if buffer is not None:
+                buffer.set_masks(updated.privacy_masks)
+            elif to_pixels:
+                self.buffers[camera] = PreEventBuffer.for_camera(updated)
+                self.cameras[camera] = self._camera_worker(updated)
+            self.settings.file_changed(
+                camera,
+                CameraSettings(
+                    motion=updated.motion, detection=updated.detection, privacy_masks=updated.privacy_masks
+                ),
+            )
+            if to_pixels and not self._stopped:
+                self.cameras[camera].start()
+            log.info(
+                "camera %s: masks in force (%d privacy, %d motion, %d detection)%s",
+                camera,
+                len(updated.privacy_masks),
+                len(updated.motion.masks),
+                len(updated.detection.masks),
+                "; moved to the pixel path" if to_pixels else "",
+            )
+            if old.privacy_masks and updated.records_packets:
+                log.info("camera %s: no privacy masks left; it keeps packets from the next start", camera)
+
+    def _stop_packet_camera(self, camera: str) -> None:
+        """Stop a packet camera's capture and finish its clips, then drop its ring."""
+        self.cameras[camera].stop(timeout=2.0)
+        if self.recorder is not None:
+            self.recorder.finish_camera(camera)
+        self.rings.pop(camera, None)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
@@ -266,6 +362,8 @@ class Agent:
         for timer in self.timers:
             timer.start()
         self.commands.start()
+        if self.console is not None:
+            self.console.start()
         self.link.wait_connected(5.0)
         notify("READY=1")
 
@@ -276,6 +374,8 @@ class Agent:
         dead += [timer.name for timer in self.timers if not timer.alive()]
         if not self.link.alive():
             dead.append("mqtt.pump")
+        if self.console is not None and not self.console.alive():
+            dead.append("console")
         return dead
 
     def stop(self) -> None:
@@ -287,13 +387,17 @@ class Agent:
         notify("STOPPING=1")
         log.info("stopping")
         t0 = time.monotonic()
+        if self.console is not None:
+            self.console.stop(timeout=0.5)
         self.streams.stop(timeout=0.5)
-        for worker in self.cameras.values():
+        with self._reload_lock:  # no console save may start a camera now
+            workers = list(self.cameras.values())
+        for worker in workers:
             worker.request_stop()
         for timer in self.timers:
             timer.request_stop()
         deadline = time.monotonic() + 1.5
-        for worker in self.cameras.values():
+        for worker in workers:
             worker.stop(timeout=max(0.1, deadline - time.monotonic()))
         self.commands.stop(timeout=0.5)
         if self.ptz is not None:
@@ -351,7 +455,10 @@ def open_outbox(data_dir: Path, storage: StorageConfig) -> Outbox:
 
 
 def open_clips(
-    data_dir: Path, cfg: AgentConfig, buffers: dict[str, PreEventBuffer], rings: dict[str, PacketRing]
+    data_dir: Path,
+    config: Callable[[], AgentConfig],
+    buffers: dict[str, PreEventBuffer],
+    rings: dict[str, PacketRing],
 ) -> tuple[ClipStore | None, Retention | None, Recorders | None]:
     """Clip store, retention and recorder; without a writable store events still flow."""
     try:
@@ -359,11 +466,11 @@ def open_clips(
     except (OSError, ValueError) as exc:
         log.error("clips disabled: cannot use %s: %s", data_dir / "clips", exc)
         return None, None, None
-    storage = cfg.storage
+    storage = config().storage
     retention = Retention(store, storage.clips_quota_bytes, storage.min_free_bytes)
 
     def clip_settings(camera: str) -> ClipSettings | None:
-        cam = cfg.camera(camera)
+        cam = config().camera(camera)
         return ClipSettings.from_camera(cam) if cam is not None and cam.clips.enabled else None
 
     packets = PacketRecorder(store, rings, clip_settings, retention=retention)

@@ -47,6 +47,7 @@ from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
 
 from agent.analysis.events import EventPhase
 from agent.analysis.objects.service import DetectionService
+from agent.analysis.objects.tracker import TrackView
 from agent.analysis.pipeline import CameraPipeline, MotionDetecting
 from agent.capture.cadence import KEEP_ALL, FrameDemand
 from agent.capture.packets import PacketSink
@@ -89,6 +90,15 @@ class CameraStats:
     dropped: int = 0
     reconnects: int = 0
     fps: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Overlay:
+    """What the detect thread last found, for the console to draw: motion regions and tracks."""
+
+    ts: float
+    regions: tuple[tuple[float, float, float, float], ...]
+    tracks: tuple[TrackView, ...]
 
 
 class CameraWorker:
@@ -146,6 +156,7 @@ class CameraWorker:
         self._status_lock = threading.Lock()
         self._status = CameraStatus(state="disabled" if not cfg.enabled else "connecting")
         self._latest: Frame | None = None
+        self._overlay: Overlay | None = None
         self._note: str | None = None
         self._ptz: CameraPtz | None = None
         self._resolve = resolve
@@ -206,6 +217,11 @@ class CameraWorker:
     def latest_frame(self) -> Frame | None:
         with self._status_lock:
             return self._latest
+
+    def overlay(self) -> Overlay | None:
+        """Motion regions and object tracks of the last analysed frame (None before the first)."""
+        with self._status_lock:
+            return self._overlay
 
     def apply(
         self, motion: MotionSettings, detection: DetectionSettings, objects: DetectionService | None
@@ -495,11 +511,21 @@ class CameraWorker:
             except Exception:
                 log.exception("camera %s: pipeline failed on a frame", self.id)
                 continue
+            self._note_overlay(frame)
             for phase in phases:
                 self._emit_phase(phase)
         now = time.time()
         for phase in self.pipeline.close(now, last.pts if last else 0.0):
             self._emit_phase(phase)
+
+    def _note_overlay(self, frame: Frame) -> None:
+        last = self.pipeline.last
+        if last is None or last.frame is not frame:
+            return  # not analysed (off the analysis grid)
+        regions = tuple(last.motion.regions) if last.motion is not None else ()
+        overlay = Overlay(frame.ts, regions, tuple(self.pipeline.tracks()))
+        with self._status_lock:
+            self._overlay = overlay
 
     def _apply_pending(self) -> None:
         """Apply the newest settings handed to apply(), if any; on the detect thread only."""

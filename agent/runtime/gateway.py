@@ -8,7 +8,7 @@ cameras' own threads), clips to the footage access. Safe to call from any comman
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent import __version__
@@ -31,7 +31,7 @@ class GatewayFacade:
 
     def __init__(
         self,
-        cfg: AgentConfig,
+        config: Callable[[], AgentConfig],
         *,
         topics: Topics,
         started_at: float,
@@ -43,7 +43,7 @@ class GatewayFacade:
         clips: ClipAccess | None,
         ptz: PtzAccess | None = None,
     ) -> None:
-        self._cfg = cfg
+        self._config = config  # the config in force: the console may replace it
         self._topics = topics
         self._started_at = started_at
         self._link = link
@@ -56,7 +56,7 @@ class GatewayFacade:
 
     @property
     def config(self) -> AgentConfig:
-        return self._cfg
+        return self._config()
 
     @property
     def topics(self) -> Topics:

@@ -22,6 +22,7 @@ from agent.footage.recording import Recorder
 from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import Topics
 from agent.runtime.open_events import OpenEvents
+from agent.runtime.recent_events import RecentEvents
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,10 @@ class EventPublisher:
         open_events: OpenEvents,
         privacy_masks: PrivacyMasks,
         recorder: Recorder | None = None,
+        recent: RecentEvents | None = None,
     ) -> None:
         self._link = link
+        self._recent = recent
         self._topics = topics
         self._open = open_events
         self._masks = privacy_masks
@@ -76,12 +79,16 @@ class EventPublisher:
         self._link.publish(self._topics.event(camera), event.to_json(), kind="event", camera=camera)
         self._open.note(event)
         if phase.frame is None:
+            if self._recent is not None:
+                self._recent.add(event, None)
             return
         try:
             jpeg = encode_outgoing(phase.frame, self._masks(camera), quality=SNAPSHOT_QUALITY)
         except ValueError:
             log.exception("camera %s: event snapshot could not be encoded", camera)
             return
+        if self._recent is not None:
+            self._recent.add(event, jpeg.data)
         self._link.publish(
             self._topics.snapshot(camera),
             jpeg.data,

@@ -18,7 +18,7 @@ from typing import Any
 
 from agent.analysis.objects.service import DetectionService, load_detection_service
 from agent.config import DetectorConfig
-from agent.config.settings import RuntimeSettings, SettingsStore
+from agent.config.settings import CameraSettings, RuntimeSettings, SettingsStore
 from agent.errors import AgentError
 from agent.runtime.camera import CameraWorker
 
@@ -130,6 +130,15 @@ class SettingsApplier:
                 listener(new)
         self.report()
         return new.model_dump(mode="json")
+
+    def file_changed(self, camera: str, masks: CameraSettings) -> None:
+        """The console wrote the camera's masks to the config file: in force at once, reported."""
+        with self._lock:
+            new = self._store.file_changed(camera, masks)
+            self._hand_to_cameras(new)
+            for listener in self._listeners:
+                listener(new)
+        self.report()
 
     def report(self) -> None:
         """Publish the settings in force (retained on config/reported; also after every connect)."""

@@ -23,7 +23,8 @@ import pytest
 
 from agent.clock import iso, parse_iso
 from agent.sdk import PlatformClient
-from tests.conftest import Broker
+from tests.conftest import Broker, free_port
+from tests.console_client import ConsoleClient, console_section
 from tests.harness import GatewayRun, wait_answering
 from tests.rtsp_camera.fixture import RtspCamera
 
@@ -395,3 +396,55 @@ def test_clip_export_of_a_span_is_the_cameras_packets_and_the_same_span_gives_th
     out = fetch(platform, second["clip_id"], tmp_path / "export.mp4")
     meta = check_clip(out, event)
     assert 2.0 <= meta["duration"] <= 2.0 + GOP_S + 0.2  # from the keyframe at or before the start
+
+
+@pytest.mark.slow
+def test_a_privacy_mask_saved_in_the_console_moves_a_packet_camera_to_masked_pixels(
+    tmp_path: Path,
+    broker: Broker,
+    unique_gateway: str,
+    camera: RtspCamera,
+    platform: PlatformClient,
+) -> None:
+    """The camera keeps its own H.264 until a technician masks part of it; from the save on, no
+    unmasked pixel leaves: its next clip and its snapshots are masked pixels, without a restart."""
+    port = free_port()
+    run = GatewayRun(
+        tmp_path,
+        broker.host,
+        broker.port,
+        DISTRICT,
+        unique_gateway,
+        camera_toml(camera),
+        console_section(port),
+    )
+    try:
+        wait_answering(platform)
+        wait_ok(run)
+        console = ConsoleClient(port)
+        cookie, csrf = console.session()
+        _, listed = console.get_json("/api/cameras", cookie)
+        assert listed["cameras"][0]["footage"] == "packets"
+        left = [[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]
+        status, reply = console.post_json("/api/cameras/cam-1/masks", {"privacy": [left]}, cookie, csrf)
+        assert status == 200, reply
+        _, listed = console.get_json("/api/cameras", cookie)
+        assert listed["cameras"][0]["footage"] == "pixels"
+        assert "moved to the pixel path" in run.agent.log()
+        wait_ok(run)
+        time.sleep(PRE_S + 0.5)
+        event = make_event(run, camera, 3.0)
+        clip = fetch(platform, event["clip_id"], tmp_path / "after-save.mp4")
+        _, jpeg = platform.snapshot("cam-1")
+        snap = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert snap is not None
+        for what, frames in {"clip": decode_frames(clip), "snapshot": [snap]}.items():
+            assert frames, what
+            for img in frames:
+                w = img.shape[1]
+                assert img[4:-4, 4 : w // 2 - 8].max() <= 24, f"{what}: unmasked pixels in the masked half"
+                assert float(img[4:-4, w // 2 + 8 : -4].std()) > 5.0, f"{what}: the rest shows the scene"
+        sidecar = json.loads((tmp_path / "data" / "clips" / f"{event['clip_id']}.json").read_text())
+        assert sidecar["codec"] != "copy"
+    finally:
+        run.close()

@@ -427,3 +427,43 @@ def test_a_console_with_a_certificate_serves_https_with_secure_cookies(
         code, took = agent.terminate()
         agent.close()
         assert code == 0 and took < 5.5
+
+
+def test_sigterm_stops_the_agent_in_time_while_browsers_hold_live_views(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Two live views still open (their clients stopped reading) do not hold up a stop."""
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "agent.toml",
+        district="console",
+        gateway="gw-stop",
+        port=broker.port,
+        data_dir=tmp_path / "data",
+        cameras=CAMERAS,
+        extra=console_section(port),
+    )
+    agent = AgentProcess(cfg, tmp_path / "agent.log", log_level="info")
+    stalled = []
+    try:
+        client = ConsoleClient(port)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                cookie, _ = client.session()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, agent.log()[-2000:]
+                time.sleep(0.3)
+        for _ in range(2):
+            conn = client.http()
+            conn.request("GET", "/api/cameras/cam-1/live.mjpg", headers={"Cookie": cookie})
+            assert conn.getresponse().status == 200
+            stalled.append(conn)  # never read again
+        time.sleep(3)
+        code, took = agent.terminate()
+        assert code == 0 and took < 5.5, (code, took, agent.log()[-3000:])
+    finally:
+        for conn in stalled:
+            conn.close()
+        agent.close()

@@ -1,7 +1,8 @@
 """The console's HTTP server thread: started and stopped by the agent that owns it.
 
-Werkzeug's threaded server: one short-lived thread per request (daemon threads, so a browser
-holding a live view cannot hold up a stop); the live views end themselves when `stopping` is set.
+Werkzeug's threaded server: one thread per request, daemon and not joined at close, so a browser
+holding a live view (or stalling its socket) cannot hold up a stop; the live views end themselves
+when `stopping` is set.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class ConsoleServer:
         except OSError as exc:
             why = exc.strerror or exc
             raise AgentError(f"console: cannot listen on {cfg.bind}:{cfg.port}: {why}") from None
+        # A stop must not wait for request threads: a stalled browser can hold one in a write.
+        self._server.block_on_close = False
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in the agent's log
         self._thread = threading.Thread(target=self._serve, name="console", daemon=True)
 

@@ -329,6 +329,31 @@ def test_a_camera_missing_from_the_file_is_named(console: Console) -> None:
 # -- an agent without a config file, and a bad console section ------------------------------------
 
 
+def test_idle_connections_cannot_exhaust_the_console(console: Console) -> None:
+    """Connections that send nothing hold a request thread each, up to a bound: beyond it new
+    connections are closed at once (never a thread each), and once they go, service resumes."""
+    import socket
+
+    from agent.console.server import MAX_CONNECTIONS
+
+    idle = [socket.create_connection(("127.0.0.1", console.port)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.5)
+        with pytest.raises((OSError, http.client.HTTPException)):
+            console.request("GET", "/login")
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert console.request("GET", "/login")[0] == 200
+            break
+        except (OSError, http.client.HTTPException):
+            assert time.monotonic() < deadline, "the console did not recover"
+            time.sleep(0.2)
+
+
 def test_check_config_refuses_a_console_without_users_or_tls_off_loopback(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -1,7 +1,8 @@
 """The console's HTTP server thread: started and stopped by the agent that owns it.
 
-Werkzeug's threaded server: one thread per request, daemon and not joined at close, so a browser
-holding a live view (or stalling its socket) cannot hold up a stop; the live views end themselves
+Werkzeug's threaded server, bounded: at most MAX_CONNECTIONS request threads (more connections are
+closed at once), each losing a client silent or not reading for SOCKET_TIMEOUT_S; threads are
+daemons never joined at close, so no browser can hold up a stop, and live views end themselves
 when `stopping` is set.
 """
 
@@ -11,8 +12,9 @@ import logging
 import ssl
 import threading
 from pathlib import Path
+from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from agent.config import ConsoleConfig
 from agent.console.app import ConsoleApp
@@ -21,6 +23,40 @@ from agent.console.gateway import ConsoleGateway
 from agent.errors import AgentError
 
 log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 16  # a technician's browser needs a handful; more are closed at once
+SOCKET_TIMEOUT_S = 30.0  # a client silent (or not reading) this long loses its connection
+
+
+class _Handler(WSGIRequestHandler):
+    timeout = SOCKET_TIMEOUT_S  # slow-loris clients and stalled live views free their thread
+
+
+class _BoundedServer(ThreadedWSGIServer):
+    """Werkzeug's threaded server with a bound on request threads."""
+
+    block_on_close = False  # a stop never waits for request threads
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class ConsoleServer:
@@ -36,14 +72,10 @@ class ConsoleServer:
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(str(cfg.tls_cert_file), str(cfg.tls_key_file))
         try:
-            self._server: BaseWSGIServer = make_server(
-                cfg.bind, cfg.port, self.app, threaded=True, ssl_context=context
-            )
+            self._server = _BoundedServer(cfg.bind, cfg.port, self.app, _Handler, ssl_context=context)
         except OSError as exc:
             why = exc.strerror or exc
             raise AgentError(f"console: cannot listen on {cfg.bind}:{cfg.port}: {why}") from None
-        # A stop must not wait for request threads: a stalled browser can hold one in a write.
-        self._server.block_on_close = False
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in the agent's log
         self._thread = threading.Thread(target=self._serve, name="console", daemon=True)
 

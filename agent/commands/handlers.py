@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -143,12 +143,40 @@ def _pick_frame(ctx: CommandContext, camera: str, at: str | None) -> Frame | Non
     return gw.frame_at(camera, parse_iso(at)) if at is not None else gw.latest_frame(camera)
 
 
+@runtime_checkable
+class PayloadLimited(Protocol):
+    """A `Gateway` that knows the largest payload its broker accepts (agent.mqtt.MqttLink's
+    `max_payload`, from the MQTT 5 CONNACK's Maximum Packet Size); one without need not
+    implement it, and clip chunks are then as large as asked."""
+
+    def max_payload(self, topic: str, properties: dict[str, str] | None = None) -> int | None:
+        """The largest payload on `topic` the broker accepts, None when it announced no limit."""
+
+
+MIN_SNAPSHOT_WIDTH = 160
+
+
+def _payload_limit(gateway: Gateway, topic: str, properties: dict[str, str]) -> int | None:
+    return gateway.max_payload(topic, properties) if isinstance(gateway, PayloadLimited) else None
+
+
 def _publish_snapshot(
     ctx: CommandContext, cam: CameraConfig, frame: Frame, max_width: int | None
 ) -> m.SnapshotResult:
     jpeg = encode_outgoing(frame.image, cam.privacy_masks, max_width=max_width, quality=SNAPSHOT_QUALITY)
     topic = ctx.gateway.topics.snapshot_reply(cam.id, ctx.request.id)
     ts = iso(frame.ts)
+    limit = _payload_limit(ctx.gateway, topic, {"ts": ts, "id": ctx.request.id})
+    # A picture the broker would refuse is made smaller (the reply says its size), never lost.
+    while limit is not None and len(jpeg.data) > limit and jpeg.width > MIN_SNAPSHOT_WIDTH:
+        smaller = max(MIN_SNAPSHOT_WIDTH, jpeg.width // 2)
+        jpeg = encode_outgoing(frame.image, cam.privacy_masks, max_width=smaller, quality=SNAPSHOT_QUALITY)
+    if limit is not None and len(jpeg.data) > limit:
+        raise CommandError(
+            "internal",
+            f"even a {jpeg.width}px snapshot ({len(jpeg.data)} bytes) is more than the broker accepts"
+            f" in one message ({limit} bytes, its Maximum Packet Size)",
+        )
     ctx.gateway.publish(topic, jpeg.data, kind="snapshot", properties={"ts": ts, "id": ctx.request.id})
     ctx.audit_cameras.append(cam.id)
     return m.SnapshotResult(topic=topic, ts=ts, width=jpeg.width, height=jpeg.height, bytes=len(jpeg.data))
@@ -260,13 +288,33 @@ def clip_export(ctx: CommandContext, args: m.ClipExportArgs) -> dict[str, Any]:
     )
 
 
+def _chunk_bytes(gateway: Gateway, topic: str, requested: int | None) -> int:
+    """The clip chunk size: as asked (or the default), but never more than the broker accepts,
+    since the link would refuse such a chunk and leave a hole in the clip. A size the platform
+    asked for is refused rather than shrunk (it may place chunks at index * chunk_bytes)."""
+    chunk = requested or DEFAULT_CHUNK_BYTES
+    if not isinstance(gateway, PayloadLimited):
+        return chunk
+    limit = gateway.max_payload(topic, {"index": "9" * 10, "count": "9" * 10})  # the widest
+    if limit is None or chunk <= limit:
+        return chunk
+    if requested is not None or limit < 1:
+        raise CommandError(
+            "bad_request",
+            f"chunk_bytes {chunk} is more than the broker accepts in one message"
+            f" (its Maximum Packet Size): ask for at most {max(limit, 0)}",
+        )
+    return limit
+
+
 def clip_fetch(ctx: CommandContext, args: m.ClipFetchArgs) -> dict[str, Any]:
     store = _clips(ctx)
     info = store.get(args.clip_id)
     topic = ctx.gateway.topics.clip(info.clip_id)
+    chunk_bytes = _chunk_bytes(ctx.gateway, topic, args.chunk_bytes)
     digest = hashlib.sha256()
     sent = count = 0
-    for index, count, data in store.chunks(info.clip_id, args.chunk_bytes or DEFAULT_CHUNK_BYTES):
+    for index, count, data in store.chunks(info.clip_id, chunk_bytes):
         digest.update(data)
         sent += len(data)
         ctx.gateway.publish(topic, data, kind="clip", properties={"index": str(index), "count": str(count)})

@@ -22,6 +22,14 @@ ERROR and answered with a long wait (reconnect.TakeoverWatch). A connection that
 at WARNING with a reason an operator can act on, without flooding the journal
 (agent.mqtt.connect_failures); the paho client itself is built from the config in
 agent.mqtt.paho_client.
+
+What the broker announces in its MQTT 5 CONNACK is honoured: Receive Maximum caps the in-flight
+window, a message larger than the Maximum Packet Size is taken out of the outbox with an ERROR
+(never sent: the broker would drop the connection for it on every retry), and Retain Available 0
+(or a retained Will refused with 0x9A) makes the link publish everything, Will included, without
+the retain flag. MQTT 3.1.1 announces none of this: there, a message that the broker answers by
+dropping the connection right after it was sent, `POISON_STRIKES` times in a row, is set aside
+the same way, so one such message never blocks the queue behind it.
 """
 
 from __future__ import annotations
@@ -52,11 +60,27 @@ from agent.mqtt.connect_failures import (
 )
 from agent.mqtt.outbox import Kind, Outbox, OutboxMessage
 from agent.mqtt.paho_client import disable_nagle, paho_client
-from agent.mqtt.reconnect import ProtocolChoice, TakeoverWatch, backoff_of
+from agent.mqtt.reconnect import SESSION_TAKEN_OVER, ProtocolChoice, TakeoverWatch, backoff_of
 
 __all__ = ["LinkStats", "MqttLink", "disable_nagle"]  # disable_nagle: agent.sdk's clients use it too
 
 log = logging.getLogger(__name__)
+
+RETAIN_NOT_SUPPORTED = 0x9A  # CONNACK / DISCONNECT reason code
+_BEFORE_CONNACK = -1  # a `_drop` reason: the broker closed a new connection before its CONNACK
+# DISCONNECT reasons that blame a packet we sent: the message in flight is the suspect.
+_BLAMES_A_MESSAGE = {0x81, 0x82, 0x90, 0x93, 0x95, 0x99, 0x9E}
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """An outbox message handed to paho, awaiting its PUBACK (what an ERROR about it names)."""
+
+    id: int
+    topic: str
+    size: int
+    kind: Kind
+    at: float  # monotonic time it was handed to paho
 
 
 @dataclass
@@ -69,6 +93,8 @@ class LinkStats:
     protocol: str | None = None  # the MQTT version of the last successful connection
     takeovers: int = 0  # sessions taken by another client with this client id
     too_large: int = 0  # messages refused: larger than the broker's Maximum Packet Size
+    set_aside: int = 0  # messages the broker dropped the connection for, again and again (3.1.1)
+    retain_available: bool = True  # False once the broker said it keeps no retained messages
     last_takeover_at: float | None = None  # wall clock of the last one
 
 
@@ -80,6 +106,8 @@ class MqttLink:
     FAILURE_LOG_INTERVAL_S = 60.0  # a failure that lasts is repeated this often, with a count
     STABLE_S = 10.0  # a connection that lasted this long resets the backoff
     IDLE_WAKE_S = 1.0  # the pump and mqtt.net look again at least this often, woken or not
+    POISON_S = 10.0  # a drop this soon after a message was sent (or resent) may be its fault
+    POISON_STRIKES = 3  # drops in a row with the same message in flight set it aside
 
     def __init__(
         self,
@@ -108,11 +136,13 @@ class MqttLink:
         # _lock guards _qos0 only: callers append, the pump pops.
         self._lock = threading.Lock()
         self._qos0: deque[OutboxMessage] = deque()
-        # paho mid -> outbox id for messages handed to paho and awaiting PUBACK. Only the pump
-        # touches it: paho's thread merely appends acknowledged mids to `_acked` (deque appends
-        # are atomic), because paho calls on_publish while holding its own message lock, and
-        # taking a lock of ours there could deadlock against the pump's publish().
-        self._mids: dict[int, int] = {}
+        # paho mid -> the outbox message handed to paho and awaiting PUBACK. The pump owns it;
+        # the mqtt.net thread reads or resets it between connections, both under `_mids_lock`.
+        # paho's thread merely appends acknowledged mids to `_acked` (deque appends are atomic)
+        # and never takes a lock of ours: it calls on_publish while holding its own message
+        # lock, and the pump holds `_mids_lock` while it calls paho's publish().
+        self._mids_lock = threading.Lock()
+        self._mids: dict[int, _Sent] = {}
         self._acked: deque[int] = deque()
         self._pump: threading.Thread | None = None
         self._net: threading.Thread | None = None
@@ -124,12 +154,18 @@ class MqttLink:
         self._attempt_failed = False
         self._taken_over = False
         self._lasted = 0.0
+        self._connected_at = 0.0  # monotonic time of the last CONNACK
+        self._drop: tuple[int, bool] | None = None  # (reason, by DISCONNECT packet) of a lost connection
+        self._strikes: tuple[int, int] = (0, 0)  # (outbox id, drops in a row) of the suspect message
+        self._quick_retry = False  # the last drop was over a message: try again at once
+        self._retain_warned = False
         # What the broker's CONNACK announced (MQTT 5): written on paho's thread before
         # `_connected` is set, read by the pump only while it is.
         self._window = self.INFLIGHT_WINDOW  # QoS 1 messages in flight: min(ours, Receive Maximum)
         self._max_packet: int | None = None  # Maximum Packet Size, None when unlimited
+        self._retain = True  # the broker keeps retained messages (False: send without the flag)
         self._failures = ConnectFailures(where, self.FAILURE_LOG_INTERVAL_S)
-        self._client_protocol = self._protocol.current
+        self._client_kind = (self._protocol.current, self._retain)
         self.client = self._new_client()
 
     def _new_client(self) -> mqtt.Client:
@@ -139,6 +175,7 @@ class MqttLink:
             *self._will,
             inflight=self.INFLIGHT_WINDOW,
             protocol=self._protocol.current,
+            will_retain=self._retain,
         )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -197,6 +234,12 @@ class MqttLink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def max_packet_size(self) -> int | None:
+        """The Maximum Packet Size the broker announced in its last CONNACK (MQTT 5), None when
+        it announced none (always under MQTT 3.1.1). See `max_payload` for a payload's share."""
+        return self._max_packet
+
     def stop(self, final: tuple[str, bytes] | None = None, timeout: float = 2.0) -> None:
         """Drain briefly, publish `final` (the retained offline status) and disconnect cleanly.
 
@@ -207,7 +250,7 @@ class MqttLink:
         deadline = time.monotonic() + timeout
         while self._connected.is_set() and time.monotonic() < deadline:
             with self._lock:
-                busy = bool(self._qos0) or bool(self._mids) or bool(self._acked)
+                busy = bool(self._qos0) or bool(self._mids) or bool(self._acked)  # a glance: no _mids_lock
             if not busy and not self.outbox.next_batch(1):
                 break
             self._wake.set()
@@ -219,7 +262,7 @@ class MqttLink:
             if self._pump.is_alive():
                 log.warning("mqtt pump did not stop within its deadline")
         if final is not None and self._connected.is_set():
-            info = self.client.publish(final[0], final[1], qos=1, retain=True)
+            info = self.client.publish(final[0], final[1], qos=1, retain=self._retain)
             try:
                 info.wait_for_publish(timeout=max(0.2, deadline - time.monotonic()))
             except (RuntimeError, ValueError):
@@ -301,35 +344,37 @@ class MqttLink:
                 time.sleep(0.5)
 
     def _pump_once(self) -> None:
-        while self._acked:
-            outbox_id = self._mids.pop(self._acked.popleft(), None)
-            if outbox_id is not None:
-                self.outbox.ack(outbox_id)
+        with self._mids_lock:
+            while self._acked:
+                sent = self._mids.pop(self._acked.popleft(), None)
+                if sent is not None:
+                    self.outbox.ack(sent.id)
         while True:
             with self._lock:
                 msg = self._qos0.popleft() if self._qos0 else None
             if msg is None:
                 break
-            self.client.publish(
-                msg.topic, msg.payload, qos=0, retain=msg.retain, properties=self._props(msg.properties)
-            )
-        room = self._window - len(self._mids)
-        if room <= 0:
-            return
-        batch = self.outbox.next_batch(room)
-        if not batch:
-            return
-        self.outbox.mark_inflight([m.id for m in batch])
-        for m in batch:
-            if self._too_large(m):
-                self.outbox.ack(m.id)  # never deliverable: refused (logged), not retried forever
-                continue
-            # paho keeps a QoS 1 message it accepted and resends it after a reconnect under
-            # the same mid, even if the link dropped just now; so every accepted mid is tracked.
-            info = self.client.publish(
-                m.topic, m.payload, qos=1, retain=m.retain, properties=self._props(m.properties)
-            )
-            self._mids[info.mid] = m.id
+            retain, props = msg.retain and self._retain, self._props(msg.properties)
+            self.client.publish(msg.topic, msg.payload, qos=0, retain=retain, properties=props)
+        with self._mids_lock:  # the mqtt.net thread may reset the in-flight set between connections
+            room = self._window - len(self._mids)
+            if room <= 0 or not self._connected.is_set():
+                return
+            batch = self.outbox.next_batch(room)
+            if not batch:
+                return
+            self.outbox.mark_inflight([m.id for m in batch])
+            for m in batch:
+                if self._too_large(m):
+                    self.outbox.ack(m.id)  # never deliverable: refused (logged), not retried forever
+                    continue
+                # paho keeps a QoS 1 message it accepted and resends it after a reconnect under
+                # the same mid, even if the link dropped just now; so every accepted mid is tracked.
+                retain = m.retain and self._retain
+                info = self.client.publish(
+                    m.topic, m.payload, qos=1, retain=retain, properties=self._props(m.properties)
+                )
+                self._mids[info.mid] = _Sent(m.id, m.topic, len(m.payload), m.kind, time.monotonic())
         if len(batch) == room:
             self._wake.set()
 
@@ -346,10 +391,8 @@ class MqttLink:
             wait = self._next_wait()
 
     def _attempt(self) -> None:
-        if self._client_protocol != self._protocol.current:  # auto: the other version next
-            self.client._reset_sockets()
-            self.client = self._new_client()
-            self._client_protocol = self._protocol.current
+        if self._client_kind != (self._protocol.current, self._retain):  # auto: the other version
+            self._fresh_client()  # next; or the broker refused our retained Will
         client = self.client
         self._lost.clear()
         self._attempt_failed = self._taken_over = False
@@ -371,6 +414,98 @@ class MqttLink:
             self._net_wake.wait(self.IDLE_WAKE_S)
             self._net_wake.clear()  # both events are set before _net_wake: none is missed
         client.loop_stop()
+        self._connection_ended()
+
+    def _fresh_client(self) -> None:
+        """A new paho client for the next attempt (paho cannot change its protocol or Will, nor
+        forget a message it was handed). What the old one had in flight is unsent again."""
+        with self._mids_lock:
+            self._mids.clear()
+            self._acked.clear()
+            self.outbox.requeue_inflight()
+            self.client._reset_sockets()
+            self.client = self._new_client()
+            self._client_kind = (self._protocol.current, self._retain)
+
+    def _connection_ended(self) -> None:
+        """After paho's thread ended a connection the broker (or the network) took: was it a
+        takeover, the broker refusing retained messages, or a message it will never accept?"""
+        drop, self._drop = self._drop, None
+        if drop is None:
+            return
+        reason, by_packet = drop
+        early = reason == _BEFORE_CONNACK
+        if by_packet and reason == RETAIN_NOT_SUPPORTED:
+            self._takeover.dropped_for_a_message()
+            self._retain_refused("it disconnected the gateway for a retained message (reason 0x9A)")
+            self._quick_retry = True
+            return
+        if by_packet and reason == SESSION_TAKEN_OVER:
+            suspect = None
+        elif not by_packet or reason in _BLAMES_A_MESSAGE:
+            suspect = self._suspect(early=early)
+        else:
+            suspect = None
+        if early and (suspect is None or self._strikes[0] != suspect.id):
+            return  # only continues a streak a dropped connection began: a broker starting up
+        if suspect is None:
+            self._strikes = (0, 0)
+            if self._takeover.disconnected(reason, by_packet=by_packet):
+                self._taken_over = True
+                self.stats.takeovers = self._takeover.takeovers
+                self.stats.last_takeover_at = self._takeover.last_at
+            return
+        self._takeover.dropped_for_a_message()
+        strikes = self._strikes[1] + 1 if self._strikes[0] == suspect.id else 1
+        self._strikes = (suspect.id, strikes)
+        self._quick_retry = True
+        if strikes < self.POISON_STRIKES:
+            return
+        self._strikes = (0, 0)
+        self.outbox.ack(suspect.id)  # out of the queue for good, before paho could resend it
+        self._fresh_client()
+        self.stats.set_aside += 1
+        log.error(
+            "setting aside a %s message of %d bytes on %s: the broker dropped the connection right"
+            " after it was sent, %d times in a row%s. It is probably larger than the broker accepts"
+            " (its max_packet_size / message size limit) or refused by its ACL; the rest of the"
+            " queue continues without it",
+            suspect.kind, suspect.size, suspect.topic, strikes,
+            "" if by_packet else " (MQTT 3.1.1 brokers announce no Maximum Packet Size)",
+        )  # fmt: skip
+
+    def _suspect(self, *, early: bool) -> _Sent | None:
+        """The largest message but no event (the oldest of equals) still awaiting its PUBACK when the
+        connection dropped, if it was sent (or resent, at the CONNACK, or `early`: right after
+        CONNECT) within `POISON_S` of the drop. Not simply the oldest: a broker that closes on
+        reading a packet does not flush the PUBACKs it owed for the ones before it (measured on
+        Mosquitto), and size is what brokers refuse by closing."""
+        now = time.monotonic()
+        with self._mids_lock:
+            acked = set(self._acked)
+            # Never an event: an event is a few kB, no broker refuses that by size, and a link
+            # that keeps dropping (a flaky uplink, not a poison message) must not lose one.
+            pending = [s for mid, s in self._mids.items() if mid not in acked and s.kind != "event"]
+        if not pending:
+            return None
+        largest = min(pending, key=lambda s: (-s.size, s.id))
+        recent = early or now - max(largest.at, self._connected_at) <= self.POISON_S
+        return largest if recent else None
+
+    def _retain_refused(self, how: str) -> None:
+        """From now on publish without the retain flag (and a Will without it), saying so once."""
+        self._retain = False
+        self.stats.retain_available = False
+        if self._retain_warned:
+            return
+        self._retain_warned = True
+        log.warning(
+            "the broker at %s:%s does not keep retained messages (%s): the gateway's status,"
+            " camera status, config/reported and snapshots are published without the retain flag"
+            " from now on, and its Last Will too. A platform subscribing later will not receive"
+            " them: it must learn the fleet by asking each gateway `describe`",
+            self.cfg.host, self.cfg.port, how,
+        )  # fmt: skip
 
     @staticmethod
     def _abort(client: mqtt.Client) -> None:
@@ -380,9 +515,14 @@ class MqttLink:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def _next_wait(self) -> float:
-        """After a takeover a long wait; else the backoff's, reset by a connection that lasted."""
+        """After a takeover a long wait; after a drop over one of our messages a short one (the
+        broker is fine, and the message is set aside after a few); else the backoff's, reset by
+        a connection that lasted."""
         if self._taken_over:
             return self._rng.uniform(0.5, 1.0) * self.cfg.takeover_backoff_s
+        if self._quick_retry:
+            self._quick_retry = False
+            return self._rng.uniform(0.0, self.cfg.reconnect_min_s)
         if self._lasted >= self.STABLE_S:
             self._backoff.reset()
         return self._backoff.next_wait()
@@ -409,7 +549,10 @@ class MqttLink:
 
     def _take_limits(self, properties: Properties | None) -> None:
         """Honour what an MQTT 5 CONNACK announced: Receive Maximum caps the in-flight window
-        (a broker may disconnect a client exceeding it), Maximum Packet Size the messages."""
+        (a broker may disconnect a client exceeding it), Maximum Packet Size the messages,
+        Retain Available 0 the retain flag (a broker disconnects a retained publish: 0x9A)."""
+        if self.v5 and getattr(properties, "RetainAvailable", 1) == 0:
+            self._retain_refused("its CONNACK says Retain Available 0")
         receive_max = getattr(properties, "ReceiveMaximum", None) if self.v5 else None
         window = min(self.INFLIGHT_WINDOW, int(receive_max)) if receive_max else self.INFLIGHT_WINDOW
         max_packet = getattr(properties, "MaximumPacketSize", None) if self.v5 else None
@@ -430,6 +573,11 @@ class MqttLink:
     ) -> None:
         if reason_code.is_failure:
             self._attempt_failed = True
+            if reason_code.value == RETAIN_NOT_SUPPORTED and self._retain:
+                self._retain_refused("its CONNACK refused our retained Last Will with 0x9A")
+                self._takeover.attempt_failed()
+                self._quick_retry = True
+                return  # the next attempt, with a Will not retained, is expected to succeed
             if reason_code.value == UNSUPPORTED_PROTOCOL_VERSION:
                 self._protocol.refused()
             self._connect_failed(connack_failure_reason(reason_code.value, str(reason_code)))
@@ -438,11 +586,12 @@ class MqttLink:
         self._take_limits(properties)
         self._failures.connected()
         self._takeover.connected()
+        self._connected_at = time.monotonic()
         self.stats.connects += 1
         self.stats.protocol = self._protocol.current
         log.info("connected to %s:%s (MQTT %s)", self.cfg.host, self.cfg.port, self._protocol.current)
         if self._online is not None:
-            client.publish(self._online[0], self._online[1], qos=1, retain=True)
+            client.publish(self._online[0], self._online[1], qos=1, retain=self._retain)
         for topic in self._message_handlers:
             self._subscribe(client, topic)
         for hook in self._connect_hooks:
@@ -472,12 +621,8 @@ class MqttLink:
                 log.log(level, "disconnected from broker: %s", reason_code)
             else:
                 log.log(level, "connection to the broker lost (%s)", reason_code)
-            if not self._stop.is_set() and self._takeover.disconnected(
-                reason_code.value, by_packet=by_packet
-            ):
-                self._taken_over = True
-                self.stats.takeovers = self._takeover.takeovers
-                self.stats.last_takeover_at = self._takeover.last_at
+            if not self._stop.is_set():  # judged on mqtt.net once paho's loop has ended
+                self._drop = (reason_code.value, by_packet)
             self._failures.dropped(before_connack=False)
         elif self._stop.is_set() or self._attempt_failed:
             self._failures.dropped(before_connack=False)
@@ -491,6 +636,8 @@ class MqttLink:
                 log.info("the broker closed the connection after an MQTT 5 CONNECT: trying MQTT 3.1.1")
             else:
                 self._failures.dropped(before_connack=True)
+                if not tls:  # paho resends what is in flight right after CONNECT: ours to judge
+                    self._drop = (_BEFORE_CONNACK, False)
             self._takeover.attempt_failed()
         self._lost.set()
         self._net_wake.set()
@@ -501,6 +648,7 @@ class MqttLink:
     def _connect_failed(self, reason: str) -> None:
         """A failed attempt, reported unless the link is stopping (paho may still be retrying)."""
         self._takeover.attempt_failed()
+        self._strikes = (0, 0)  # the broker, not a message, is the trouble
         if not self._stop.is_set():
             self._failures.failed(reason)
 

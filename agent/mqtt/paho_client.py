@@ -43,12 +43,15 @@ def paho_client(
     *,
     inflight: int,
     protocol: Literal["5", "3.1.1"],
+    will_retain: bool = True,
 ) -> mqtt.Client:
     """A client ready to connect, with no callbacks but `on_socket_open`; ConfigError for TLS
     files it cannot load. Nothing is queued inside paho (`max_queued_messages` 0): the link's
     outbox is the queue, and at most `inflight` QoS 1 messages await their PUBACK. paho does not
     reconnect by itself (`reconnect_on_failure` off): the link's `mqtt.net` thread decides when,
-    with jitter, and with which `protocol` (`mqtt.protocol = "auto"` may change it)."""
+    with jitter, and with which `protocol` (`mqtt.protocol = "auto"` may change it). The Last Will
+    is retained unless `will_retain` is False: a broker without retained messages refuses a
+    retained Will in its CONNACK (MQTT 5 reason 0x9A)."""
     proto = MQTTProtocolVersion.MQTTv5 if protocol == "5" else MQTTProtocolVersion.MQTTv311
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
@@ -80,6 +83,6 @@ def paho_client(
                 " gateway) can impersonate the broker and read or send this gateway's commands"
                 " and footage; for testing only"
             )
-    client.will_set(will_topic, will_payload, qos=1, retain=True)
+    client.will_set(will_topic, will_payload, qos=1, retain=will_retain)
     client.on_socket_open = disable_nagle
     return client

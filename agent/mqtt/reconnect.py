@@ -174,6 +174,12 @@ class TakeoverWatch:
     def connected(self) -> None:
         self._connected_at = time.monotonic()
 
+    def dropped_for_a_message(self) -> None:
+        """The connection that just ended was dropped over a message the link sent (too large, or
+        otherwise refused by the broker): not a twin, so it does not count towards a takeover."""
+        self._connected_at = None
+        self._quick = 0
+
     def attempt_failed(self) -> None:
         """A connection attempt failed: the broker, not a twin, is what ended the last one."""
         self._quick = 0

@@ -126,6 +126,11 @@ class GatewayFacade:
     ) -> None:
         self._link.publish(topic, payload, qos=qos, retain=retain, kind=kind, properties=properties)
 
+    def max_payload(self, topic: str, properties: dict[str, str] | None = None) -> int | None:
+        """What the broker accepts on `topic` (agent.commands.handlers.PayloadLimited): clip
+        chunks are cut to fit it."""
+        return self._link.max_payload(topic, properties)
+
     def get_settings(self) -> dict[str, Any]:
         return self._settings.as_dict()
 

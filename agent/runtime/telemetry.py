@@ -97,6 +97,8 @@ class Telemetry:
             "protocol": stats.protocol,
             "takeovers": stats.takeovers,
             "too_large": stats.too_large,
+            "set_aside": stats.set_aside,
+            "retain_available": stats.retain_available,
         }
         body["cameras"] = {
             w.id: {

@@ -154,6 +154,8 @@ class SimGateway:
                 "protocol": stats.protocol,
                 "takeovers": stats.takeovers,
                 "too_large": stats.too_large,
+                "set_aside": stats.set_aside,
+                "retain_available": stats.retain_available,
             },
             "cameras": {
                 c: {

@@ -213,6 +213,8 @@ def test_recent_events_with_their_snapshots(console: Console) -> None:
     assert with_snapshot, events
     status, headers, jpeg = console.request("GET", with_snapshot[0]["snapshot"], headers={"Cookie": cookie})
     assert status == 200 and headers["content-type"] == "image/jpeg" and jpeg[:2] == b"\xff\xd8"
+    viewed = [r for r in console.audit() if r.get("action") == "console.view"]
+    assert any(r.get("event_id") == with_snapshot[0]["event_id"] and r["camera"] == "cam-1" for r in viewed)
 
 
 # -- masks -----------------------------------------------------------------------------------------

@@ -233,9 +233,7 @@ class ConsoleApp:
         camera = args["camera"]
         if not self._known(camera):
             return _error(404, "not_found", f"no camera {camera!r}")
-        if not self._audit(
-            {"action": "console.view", "user": session.user, "remote": _remote(request), "camera": camera}
-        ):
+        if not self._audit(_viewed(request, session, camera, "live")):
             return _error(503, "audit", "the gateway cannot write its audit log")
         if not self._live.acquire(blocking=False):
             return _error(503, "busy", f"at most {MAX_LIVE} live views at once")
@@ -266,6 +264,8 @@ class ConsoleApp:
         jpeg = self.gw.frame_jpeg(camera, LIVE_MAX_WIDTH)
         if jpeg is None:
             return _error(404, "no_frame", f"{camera} has no frame yet")
+        if not self._audit(_viewed(request, session, camera, "frame")):
+            return _error(503, "audit", "the gateway cannot write its audit log")
         return Response(jpeg, mimetype="image/jpeg")
 
     def _overlay(self, request: Request, session: Session, token: str, args: dict[str, str]) -> Response:
@@ -282,9 +282,12 @@ class ConsoleApp:
     def _event_snapshot(
         self, request: Request, session: Session, token: str, args: dict[str, str]
     ) -> Response:
-        jpeg = self.gw.event_snapshot(args["event_id"])
-        if jpeg is None:
+        found = self.gw.event_snapshot(args["event_id"])
+        if found is None:
             return _error(404, "not_found", "no snapshot kept for that event")
+        camera, jpeg = found
+        if not self._audit(_viewed(request, session, camera, "event_snapshot", event_id=args["event_id"])):
+            return _error(503, "audit", "the gateway cannot write its audit log")
         response = Response(jpeg, mimetype="image/jpeg")
         response.headers["Cache-Control"] = "private, max-age=3600"  # the same event's picture
         return response
@@ -346,6 +349,12 @@ def _host_name(host: str) -> str:
     if host.startswith("["):
         return host[1:].partition("]")[0]
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _viewed(request: Request, session: Session, camera: str, what: str, **extra: str) -> dict[str, Any]:
+    """The audit record of a picture shown: who, from where, which camera, what."""
+    record = {"action": "console.view", "user": session.user, "remote": _remote(request), "camera": camera}
+    return {**record, "what": what, **extra}
 
 
 def _remote(request: Request) -> str:

@@ -29,8 +29,8 @@ class ConsoleGateway(Protocol):
     def events(self, camera: str) -> list[dict[str, Any]]:
         """The camera's recent events, newest first."""
 
-    def event_snapshot(self, event_id: str) -> bytes | None:
-        """The (masked) snapshot JPEG published with a recent event, if still kept."""
+    def event_snapshot(self, event_id: str) -> tuple[str, bytes] | None:
+        """(camera, the masked snapshot JPEG) published with a recent event, if still kept."""
 
     def config_problems(self, text: str, source: str) -> list[str]:
         """What `edge-agent check-config` would say is wrong with a config file holding `text`."""

@@ -100,7 +100,7 @@ class ConsoleBridge:
     def events(self, camera: str) -> list[dict[str, Any]]:
         return self._recent.for_camera(camera)
 
-    def event_snapshot(self, event_id: str) -> bytes | None:
+    def event_snapshot(self, event_id: str) -> tuple[str, bytes] | None:
         return self._recent.snapshot(event_id)
 
     def config_problems(self, text: str, source: str) -> list[str]:

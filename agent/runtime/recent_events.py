@@ -21,7 +21,7 @@ class RecentEvents:
         self._per_camera = per_camera
         self._lock = threading.Lock()
         self._events: dict[str, OrderedDict[str, Event]] = {}
-        self._snapshots: dict[str, bytes] = {}
+        self._snapshots: dict[str, tuple[str, bytes]] = {}  # event_id -> (camera, JPEG)
 
     def add(self, event: Event, snapshot: bytes | None) -> None:
         with self._lock:
@@ -29,7 +29,7 @@ class RecentEvents:
             events[event.event_id] = event  # the newest phase stands for the event
             events.move_to_end(event.event_id)
             if snapshot is not None:
-                self._snapshots[event.event_id] = snapshot
+                self._snapshots[event.event_id] = (event.camera, snapshot)
             while len(events) > self._per_camera:
                 gone, _ = events.popitem(last=False)
                 self._snapshots.pop(gone, None)
@@ -56,6 +56,6 @@ class RecentEvents:
         events = self.for_camera(camera)
         return events[0] if events else None
 
-    def snapshot(self, event_id: str) -> bytes | None:
+    def snapshot(self, event_id: str) -> tuple[str, bytes] | None:
         with self._lock:
             return self._snapshots.get(event_id)

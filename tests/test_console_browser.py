@@ -16,7 +16,6 @@ install, and are never skipped.
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import os
 import re
@@ -38,6 +37,7 @@ import pytest
 
 from agent.console.auth import hash_password
 from agent.sdk.client import PlatformClient
+from tests.chromium import browser_problem, headless_chromium
 from tests.conftest import Broker, free_port
 from tests.harness import wait_answering, wait_frames
 
@@ -46,8 +46,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+PURPOSE = "to drive the commissioning console"
 USER = "tech"
 PASSWORD = "correct horse battery staple"
 WIDTH, HEIGHT = 480, 270
@@ -60,32 +59,12 @@ Pixels = np.ndarray[Any, np.dtype[np.uint8]]
 T = TypeVar("T")
 
 
-def missing_browser_parts(chromium: Path = CHROMIUM, driver: Path = CHROMEDRIVER) -> list[str]:
-    """What this machine lacks of the browser these tests drive, each named by what brings it."""
-    parts = [
-        f"{path} (Debian package {package})"
-        for path, package in ((chromium, "chromium"), (driver, "chromium-driver"))
-        if not path.is_file()
-    ]
-    if importlib.util.find_spec("selenium") is None:
-        parts.append("the Python package selenium (the project's `test` extra)")
-    return parts
-
-
-def install_advice(parts: list[str]) -> str:
-    return (
-        f"the console's browser tests need {'; '.join(parts)}. On Debian: apt-get install "
-        f"--no-install-recommends chromium chromium-driver (scripts/bootstrap does it in CI)"
-    )
-
-
 def test_a_machine_without_chromium_is_told_what_to_install(tmp_path: Path) -> None:
-    parts = missing_browser_parts(tmp_path / "chromium", tmp_path / "chromedriver")
-    assert parts[:2] == [
-        f"{tmp_path / 'chromium'} (Debian package chromium)",
-        f"{tmp_path / 'chromedriver'} (Debian package chromium-driver)",
-    ]
-    assert "apt-get install --no-install-recommends chromium chromium-driver" in install_advice(parts)
+    problem = browser_problem(PURPOSE, tmp_path / "chromium", tmp_path / "chromedriver")
+    assert problem is not None
+    assert f"{tmp_path / 'chromium'} (Debian package chromium)" in problem
+    assert f"{tmp_path / 'chromedriver'} (Debian package chromium-driver)" in problem
+    assert "apt-get install --no-install-recommends chromium chromium-driver" in problem
 
 
 def wait_until(what: str, fn: Callable[[], T | None], timeout: float, why: Callable[[], str] = str) -> T:
@@ -273,25 +252,10 @@ def http_login(gw: Gateway) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    missing = missing_browser_parts()
-    if missing:
-        pytest.fail(install_advice(missing))  # never a skip: a green run must have used the browser
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    tmp = tmp_path_factory.mktemp("chromium")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1366,768",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp / 'profile'}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # Only the given chromedriver: selenium must never look for (or download) one.
-    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp / "chromedriver.log"))
-    driver = webdriver.Chrome(options=options, service=service)
+    problem = browser_problem(PURPOSE)
+    if problem is not None:
+        pytest.fail(problem)  # never a skip: a green run must have used the browser
+    driver = headless_chromium(tmp_path_factory.mktemp("chromium"), "--window-size=1366,768")
     try:
         driver.set_page_load_timeout(30)
         yield driver

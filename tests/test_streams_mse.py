@@ -40,6 +40,7 @@ from agent.capture.source import Frame
 from agent.clock import parse_iso
 from agent.commands.streams import StreamManager
 from agent.footage.packet_ring import PacketRing
+from tests.chromium import browser_problem, headless_chromium
 from tests.test_commands_gateway import Published
 from tests.test_streams_fmp4 import (
     Clock,
@@ -55,31 +56,15 @@ from tests.test_streams_fmp4 import (
 if TYPE_CHECKING:
     from selenium.webdriver.chrome.webdriver import WebDriver
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 FPS = 25
 RGB = np.ndarray[Any, np.dtype[np.uint8]]
 
 
-def browser_problem(chromium: Path = CHROMIUM, driver: Path = CHROMEDRIVER) -> str | None:
-    """Why the browser tests cannot run here, naming what to install; None when they can."""
-    missing = [str(p) for p in (chromium, driver) if not p.is_file()]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("the selenium package (the `test` extra: pip install -e '.[test]')")
-    if not missing:
-        return None
-    return (
-        f"headless Chromium is needed to play fmp4 streams through Media Source Extensions; missing: "
-        f"{', '.join(missing)}. Install Debian's packages chromium and chromium-driver "
-        f"(apt-get install --no-install-recommends chromium chromium-driver); scripts/bootstrap "
-        f"installs them in CI (CI=true or EDGE_AGENT_FLEET=1)."
-    )
+PURPOSE = "to play fmp4 streams through Media Source Extensions"
 
 
 def test_a_missing_browser_is_named_not_skipped(tmp_path: Path) -> None:
-    problem = browser_problem(tmp_path / "chromium", tmp_path / "chromedriver")
+    problem = browser_problem(PURPOSE, tmp_path / "chromium", tmp_path / "chromedriver")
     assert problem is not None
     assert "chromium chromium-driver" in problem
     assert "scripts/bootstrap installs them in CI" in problem
@@ -319,25 +304,11 @@ def site() -> Iterator[Site]:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory, site: Site) -> Iterator[WebDriver]:
-    problem = browser_problem()
+    problem = browser_problem(PURPOSE)
     if problem is not None:
         pytest.fail(problem)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     tmp = tmp_path_factory.mktemp("chromium")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp / 'profile'}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # An explicit chromedriver: selenium never looks for (or downloads) one itself.
-    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp / "chromedriver.log"))
-    driver = webdriver.Chrome(options=options, service=service)
+    driver = headless_chromium(tmp, "--disable-quic")
     try:
         driver.set_script_timeout(90)
         driver.get(site.url + "/")

@@ -30,7 +30,7 @@ from werkzeug.wrappers import Request, Response
 from agent.config import ConsoleConfig
 from agent.console.auth import Session, Sessions, Throttle, check_login
 from agent.console.commissioning import MaskService, SaveRefusedError
-from agent.console.config_edit import parse_edit
+from agent.console.config_edit import MaskEdit, parse_edit
 from agent.console.gateway import ConsoleGateway
 
 log = logging.getLogger(__name__)
@@ -292,14 +292,20 @@ class ConsoleApp:
         response.headers["Cache-Control"] = "private, max-age=3600"  # the same event's picture
         return response
 
-    def _masks_check(self, request: Request, session: Session, token: str, args: dict[str, str]) -> Response:
-        camera = args["camera"]
+    def _edit(self, camera: str, request: Request) -> MaskEdit | Response:
+        """The masks a check or save request carries, or the answer that refuses it."""
         if not self._known(camera):
             return _error(404, "not_found", f"no camera {camera!r}")
         try:
-            edit = parse_edit(_body(request))
+            return parse_edit(_body(request))
         except ValueError as exc:
             return _json({"error": "invalid", "problems": str(exc).split("; ")}, 422)
+
+    def _masks_check(self, request: Request, session: Session, token: str, args: dict[str, str]) -> Response:
+        camera = args["camera"]
+        edit = self._edit(camera, request)
+        if isinstance(edit, Response):
+            return edit
         checked = self.masks.check(camera, edit)
         return _json(
             {
@@ -312,12 +318,9 @@ class ConsoleApp:
 
     def _masks_save(self, request: Request, session: Session, token: str, args: dict[str, str]) -> Response:
         camera = args["camera"]
-        if not self._known(camera):
-            return _error(404, "not_found", f"no camera {camera!r}")
-        try:
-            edit = parse_edit(_body(request))
-        except ValueError as exc:
-            return _json({"error": "invalid", "problems": str(exc).split("; ")}, 422)
+        edit = self._edit(camera, request)
+        if isinstance(edit, Response):
+            return edit
         try:
             checked, backup = self.masks.save(camera, edit, user=session.user, remote=_remote(request))
         except SaveRefusedError as exc:

@@ -304,26 +304,25 @@ def test_loosening_a_privacy_mask_needs_confirmation_and_is_audited_as_such(cons
     assert reply["loosens_privacy"] is False
 
 
-def test_a_config_file_that_would_not_load_is_never_written(console: Console) -> None:
-    """A hand edit that broke the file since the agent started: the console refuses to save over it."""
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (("telemetry_interval_s = 1", 'telemetry_interval_s = "often"'), "telemetry_interval_s"),
+        (('id = "cam-2"', 'id = "cam-9"'), "cam-2"),
+    ],
+    ids=["a value that does not load", "the camera gone from the file"],
+)
+def test_a_file_broken_by_hand_since_the_start_is_never_written_over(
+    console: Console, edit: tuple[str, str], named: str
+) -> None:
     good = console.config.read_text()
-    console.config.write_text(good.replace("telemetry_interval_s = 1", 'telemetry_interval_s = "often"'))
+    broken = good.replace(*edit)
+    console.config.write_text(broken)
     try:
         cookie, csrf = console.session()
         status, reply = console.post_json("/api/cameras/cam-2/masks", {"privacy": [SQUARE]}, cookie, csrf)
-        assert status == 422 and any("telemetry_interval_s" in p for p in reply["problems"])
-        assert 'telemetry_interval_s = "often"' in console.config.read_text()
-    finally:
-        console.config.write_text(good)
-
-
-def test_a_camera_missing_from_the_file_is_named(console: Console) -> None:
-    good = console.config.read_text()
-    console.config.write_text(good.replace('id = "cam-2"', 'id = "cam-9"'))
-    try:
-        cookie, csrf = console.session()
-        status, reply = console.post_json("/api/cameras/cam-2/masks", {"privacy": [SQUARE]}, cookie, csrf)
-        assert status == 422 and any("cam-2" in p for p in reply["problems"])
+        assert status == 422 and any(named in p for p in reply["problems"]), reply
+        assert console.config.read_text() == broken
     finally:
         console.config.write_text(good)
 

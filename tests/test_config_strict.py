@@ -27,6 +27,7 @@ from pydantic import BaseModel
 import agent.config
 from agent.config import AgentConfig, Strict, parse_config
 from agent.config.settings import RuntimeSettings, SettingsStore
+from agent.console.auth import hash_password
 from agent.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +116,8 @@ def example() -> dict[str, Any]:
     data = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
     data["cameras"] = data["cameras"][:1]
     data["cameras"][0]["id"] = "cam-1"
+    # The example leaves its console user commented out (it has no password to show).
+    data["console"]["users"] = [{"name": "tech", "password_hash": hash_password("a test password")}]
     return data
 
 

@@ -23,9 +23,11 @@ Each event (JSON lines grouped by event_id) is matched to the object of the same
 | off-filter | events whose label is not in the camera's labels |
 | ev/exp | events / expected |
 
-A second table counts model inferences (`edge-agent replay --stats`) against detecting every
-analysed frame: whole (one inference a frame) and in tiles (as the full-frame pass does). Goal:
-motion-gated inferences >= 5x fewer than per-frame.
+A second table counts model inferences by reason (motion crops, checks of stationary objects,
+re-checks of unseen movers, full-frame tiles) against detecting every analysed frame: whole (one
+inference a frame) and in tiles (as the full-frame pass does). Goal: motion-gated inferences >= 5x
+fewer than per-frame. Scenes are replayed in this process through `agent.analysis.replay.replay`,
+as `edge-agent replay` runs them, so the reasons can be read off the pipeline.
 
     .venv/bin/python bench/object_events_score.py [--scenes bikes,parked_people,arrive_leave]
         [--set detection.end_delay_s=6] [--keep DIR]
@@ -37,7 +39,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,10 +55,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/object_scenes.
 import object_scenes
 
 from agent.analysis.objects.regions import tile_crops
-from agent.analysis.replay import EPOCH
+from agent.analysis.objects.service import load_detection_service
+from agent.analysis.pipeline import CameraPipeline
+from agent.analysis.replay import EPOCH, ReplayStats, replay
 from agent.clock import parse_iso
+from agent.config import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
 TRUTH_DIR = Path(__file__).resolve().parent / "truth"
 INPUT_SIDE = 300  # the vendored SSD MobileNet's input, which sizes the full-frame pass's tiles
 GROUPS = {"person": "person", "car": "vehicle", "bus": "vehicle", "truck": "vehicle"}
@@ -222,8 +225,9 @@ def score(truth: dict[str, Any], rows: Sequence[dict[str, Any]], min_duration: f
 def replay_rows(
     video: Path, folder: Path, sets: Sequence[str]
 ) -> tuple[list[dict[str, Any]], float, dict[str, Any]]:
-    """Run `edge-agent replay --stats` on `video` with detection on; return its JSON rows, wall
-    time and its stats (frames, analysed frames, inferences)."""
+    """Replay `video` with detection on, from a config file as `edge-agent replay -c` would (kept
+    for `--annotate`); return its JSON rows, wall time (model load included) and its stats (frames,
+    analysed frames, inferences, and inferences by reason)."""
     cfg = folder / "replay.toml"
     lines = [
         "[gateway]",
@@ -245,18 +249,18 @@ def replay_rows(
         lines.insert(at + 1, f"{name} = {value}")
     cfg.write_text("\n".join(lines) + "\n", encoding="utf-8")
     t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-m", "agent", "replay", str(video), "-c", str(cfg), "--stats"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    )
+    config = load_config(cfg)
+    camera = config.cameras[0]
+    service = load_detection_service(config.detector)  # as `edge-agent replay` does, model load timed
+    pipeline = CameraPipeline(camera, objects=service, objects_inline=True)
+    stats = ReplayStats()
+    rows = list(replay(video, camera, pipeline=pipeline, stats=stats))
     wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        raise SystemExit(f"edge-agent replay failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
-    stats = json.loads(next(x for x in reversed(out.stderr.splitlines()) if x.startswith("{")))
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()], wall, stats
+    counts = pipeline.inference_counts
+    summary = {"frames": stats.frames, "analysed": stats.analysed, "inferences": stats.inferences}
+    summary |= {"motion": counts.motion, "stationary": counts.stationary, "recheck": counts.recheck}
+    summary["full_frame"] = counts.full_frame
+    return json.loads(json.dumps(rows)), wall, summary
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -273,8 +277,10 @@ HEADER = (
 )  # fmt: skip
 
 
+REASONS = ("motion", "stationary", "recheck", "full_frame")
 COST_HEADER = (
-    "scene", "frames", "analysed", "inferences", "per-frame whole", "fewer", "per-frame tiled", "fewer",
+    "scene", "frames", "analysed", "inferences", *REASONS, "per-frame whole", "fewer", "per-frame tiled",
+    "fewer",
 )  # fmt: skip
 
 
@@ -326,6 +332,7 @@ def main() -> int:
         speed: list[tuple[str, ...]] = []
         costs: list[tuple[str, ...]] = []
         cost_total = [0, 0, 0]  # analysed frames, gated inferences, tiled per-frame inferences
+        by_reason: Counter[str] = Counter()
         totals: dict[str, Row] = defaultdict(Row)
         for name in args.scenes.split(","):
             if name == "bikes":
@@ -339,10 +346,13 @@ def main() -> int:
             tiles = len(tile_crops(object_scenes.frame_size(video), INPUT_SIDE))
             gated = stats["inferences"]
             costs.append(
-                (name, str(stats["frames"]), str(stats["analysed"]), str(gated), str(stats["analysed"]),
+                (name, str(stats["frames"]), str(stats["analysed"]), str(gated),
+                 *(str(stats[reason]) for reason in REASONS), str(stats["analysed"]),
                  f"{stats['analysed'] / max(gated, 1):.1f}x", str(stats["analysed"] * tiles),
                  f"{stats['analysed'] * tiles / max(gated, 1):.1f}x")
             )  # fmt: skip
+            for reason in REASONS:
+                by_reason[reason] += stats[reason]
             cost_total[0] += stats["analysed"]
             cost_total[1] += gated
             cost_total[2] += stats["analysed"] * tiles
@@ -361,15 +371,15 @@ def main() -> int:
     print(table(HEADER, body))
     analysed, gated, tiled = cost_total
     costs.append(
-        ("ALL", "", str(analysed), str(gated), str(analysed), f"{analysed / max(gated, 1):.1f}x",
-         str(tiled), f"{tiled / max(gated, 1):.1f}x")
+        ("ALL", "", str(analysed), str(gated), *(str(by_reason[reason]) for reason in REASONS), str(analysed),
+         f"{analysed / max(gated, 1):.1f}x", str(tiled), f"{tiled / max(gated, 1):.1f}x")
     )  # fmt: skip
     print(
         "\nInferences (one per crop or tile): motion-gated with checks and full-frame passes, against"
         " detecting every analysed frame whole (1 inference) or in tiles (as the full-frame pass)\n"
     )
     print(table(COST_HEADER, costs))
-    print("\nReplay speed (edge-agent replay as a subprocess, model load included)\n")
+    print("\nReplay speed (replay() in this process, as edge-agent replay runs it; model load included)\n")
     print(table(("scene", "video s", "wall s", "real time"), speed))
     return 0
 

@@ -17,7 +17,7 @@ from agent.analysis.events import EventPhase
 from agent.analysis.motion import MotionDetector, MotionResult
 from agent.analysis.motion_events import MotionEventTracker
 from agent.analysis.objects.service import DetectionService
-from agent.analysis.objects.stage import ObjectStage
+from agent.analysis.objects.stage import InferenceCounts, ObjectStage
 from agent.analysis.objects.tracker import TrackView
 from agent.capture.cadence import Cadence
 from agent.capture.source import Frame, Image
@@ -174,6 +174,11 @@ class CameraPipeline:
     def inferences(self) -> int:
         """Model runs this pipeline's object stage caused (a crop or a tile is one)."""
         return 0 if self._objects is None else self._objects.inferences
+
+    @property
+    def inference_counts(self) -> InferenceCounts:
+        """Model runs the object stage asked for, by reason (all zero without detection)."""
+        return InferenceCounts() if self._objects is None else self._objects.counts
 
     def camera_moved(self) -> None:
         """The view itself changed (a PTZ move): motion re-learns its background from the next

@@ -96,6 +96,17 @@ class DetectionSettings(Strict):
             " tracks predicted between them; null: every analysed frame with motion"
         ),
     )
+    known_motion_fps: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=60.0,
+        description=(
+            "Most detections per second on motion already accounted for: on a confirmed track (its event"
+            " open, or stationary; the tracker predicts it between looks) or inside a crop looked at"
+            " within 1/this s. Motion on a track that may still start an event, and new motion, is"
+            " looked at on the next analysed frame; null: every analysed frame with motion"
+        ),
+    )
     min_hits: int = Field(
         default=3, ge=1, le=100, description="Detections of a track before its event starts"
     )

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 NormBox = tuple[float, float, float, float]  # x, y, w, h normalised
 Phase = Literal["start", "update", "end"]
+CheckReason = Literal["stationary", "recheck"]
 
 MATCH_IOU = 0.2  # overlap with the predicted box that continues a track
 MATCH_DISTANCE = 0.6  # ...or centre distance, in box diagonals, for fast or sparse movers
@@ -338,16 +339,39 @@ class ObjectTracker:
     def due_checks(self, ts: float) -> list[NormBox]:
         """Boxes to look at now: stationary tracks every `stationary_check_s`, and tracks unseen
         for `end_delay_s` that nothing looked at since (so a vanished object is found lost)."""
+        return [box for _, box in self.due(ts)]
+
+    def due(self, ts: float) -> list[tuple[CheckReason, NormBox]]:
+        """`due_checks` with why each box is due: "stationary" (the periodic look at a parked
+        object) or "recheck" (a moving track unseen for `end_delay_s`)."""
         self._restore(ts)
         s = self.settings
-        due: list[NormBox] = []
+        due: list[tuple[CheckReason, NormBox]] = []
         for t in self._tracks:
             since = ts - max(t.checked_ts, t.last_ts)
-            if (t.stationary and since >= s.stationary_check_s) or (
-                not t.stationary and since >= s.end_delay_s and not self._gone(t, ts)
-            ):
-                due.append(t.predicted(ts))
+            if t.stationary and since >= s.stationary_check_s:
+                due.append(("stationary", t.predicted(ts)))
+            elif not t.stationary and since >= s.end_delay_s and not self._gone(t, ts):
+                due.append(("recheck", t.predicted(ts)))
         return due
+
+    def motion_cover(self, ts: float, within_s: float) -> tuple[list[NormBox], list[NormBox]]:
+        """(known, pending) predicted boxes, to decide which motion needs a detection now.
+
+        known: confirmed tracks (an open event, or stationary) seen or looked at within
+        `within_s`: motion on them is that object, and prediction carries it to the next look.
+        pending: tracks that may still start an event (not stationary, no event yet): an event
+        needs `min_hits` detections and a move, so motion on them is looked at every time."""
+        self._restore(ts)
+        known: list[NormBox] = []
+        pending: list[NormBox] = []
+        for t in self._tracks:
+            if t.stationary or t.event_id is not None:
+                if ts - max(t.checked_ts, t.last_ts) < within_s - 1e-6:
+                    known.append(t.predicted(ts))
+            else:
+                pending.append(t.predicted(ts))
+        return known, pending
 
     def close(self, ts: float, offset_s: float = 0.0) -> list[EventPhase]:
         """End every open event (shutdown or detection switched off), keep the stationary tracks

@@ -94,8 +94,26 @@ def make_video(work: Path, size: tuple[int, int], fps: float, seconds: float, se
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         return Video(raw, size[0], size[1], fps)
-    cmd = [ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(raw), "-c:v", "libx264",
-           "-preset", "veryfast", "-g", str(round(2 * fps)), "-bf", "0", "-pix_fmt", "yuv420p", str(out)]
+    cmd = [
+        ffmpeg,
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        str(raw),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-g",
+        str(round(2 * fps)),
+        "-bf",
+        "0",
+        "-pix_fmt",
+        "yuv420p",
+        str(out),
+    ]
     done = subprocess.run(cmd, check=False, timeout=300)
     return Video(out if done.returncode == 0 else raw, size[0], size[1], fps)
 
@@ -159,8 +177,14 @@ class Watcher:
     def seen(self, gateway: str) -> Seen:
         with self._lock:
             s = self._seen.setdefault(gateway, Seen())
-            return Seen(s.online_at, s.first_ok_at, s.telemetry, s.telemetry_at, s.telemetry_count,
-                        list(s.latencies_ms))
+            return Seen(
+                s.online_at,
+                s.first_ok_at,
+                s.telemetry,
+                s.telemetry_at,
+                s.telemetry_count,
+                list(s.latencies_ms),
+            )
 
     def forget(self, gateway: str) -> None:
         with self._lock:
@@ -190,8 +214,13 @@ class Cam:
 
 
 def camera_block(index: int, cam: Cam) -> str:
-    lines = ["[[cameras]]", f'id = "cam-{index:02d}"', f'source = "file://{cam.source.path}"',
-             "detect_fps = 10", 'allowed_agencies = ["police"]']
+    lines = [
+        "[[cameras]]",
+        f'id = "cam-{index:02d}"',
+        f'source = "file://{cam.source.path}"',
+        "detect_fps = 10",
+        'allowed_agencies = ["police"]',
+    ]
     if cam.detect is not None:
         lines.append(f'detect_source = "file://{cam.detect.path}"')
     if cam.min_duration_s is not None:
@@ -227,7 +256,8 @@ class AgentProc:
             self.started = time.monotonic()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--config", str(config), "--log-level", "warning"],
-                stdout=log, stderr=subprocess.STDOUT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self.ps = psutil.Process(self.proc.pid)
 
@@ -264,8 +294,9 @@ class AgentProc:
 
 
 @contextmanager
-def agents(work: Path, broker: Broker, watcher: Watcher, groups: Sequence[Sequence[Cam]],
-           tag: str) -> Iterator[list[AgentProc]]:
+def agents(
+    work: Path, broker: Broker, watcher: Watcher, groups: Sequence[Sequence[Cam]], tag: str
+) -> Iterator[list[AgentProc]]:
     procs = [AgentProc(work, f"{tag}-p{i}", broker.port, cams) for i, cams in enumerate(groups)]
     try:
         yield procs
@@ -306,8 +337,16 @@ def _fresh_telemetry(watcher: Watcher, procs: Sequence[AgentProc], after: float,
     return watcher.wait(lambda: all(watcher.seen(p.gateway).telemetry_at > after for p in procs), timeout)
 
 
-def measure(work: Path, broker: Broker, watcher: Watcher, groups: Sequence[Sequence[Cam]], label: str,
-            warmup: float, window: float, tag: str) -> ScaleRow:
+def measure(
+    work: Path,
+    broker: Broker,
+    watcher: Watcher,
+    groups: Sequence[Sequence[Cam]],
+    label: str,
+    warmup: float,
+    window: float,
+    tag: str,
+) -> ScaleRow:
     n = sum(len(g) for g in groups)
     with agents(work, broker, watcher, groups, tag) as procs:
         if not watcher.wait(lambda: all(watcher.seen(p.gateway).online_at for p in procs), 20):
@@ -341,8 +380,17 @@ def measure(work: Path, broker: Broker, watcher: Watcher, groups: Sequence[Seque
             shares.append((f1 - f0) / (cam.source.fps * elapsed))
     cpu = sum(cpu1) - sum(cpu0)
     others = max(0.0, busy1 - busy0 - cpu)
-    return ScaleRow(label, n, len(groups), 100 * cpu / elapsed, 1000 * cpu / max(frames, 1),
-                    min(shares) if shares else 0.0, dropped, rss, 100 * others / elapsed)
+    return ScaleRow(
+        label,
+        n,
+        len(groups),
+        100 * cpu / elapsed,
+        1000 * cpu / max(frames, 1),
+        min(shares) if shares else 0.0,
+        dropped,
+        rss,
+        100 * others / elapsed,
+    )
 
 
 def machine_busy_s() -> float:
@@ -358,17 +406,20 @@ def split(cams: Sequence[Cam], procs: int) -> list[list[Cam]]:
 def print_scale(rows: Sequence[ScaleRow], title: str, base: dict[str, float]) -> None:
     """Print a table; `base` maps a stream label to its N=1 cost (filled from the first N=1 row)."""
     print(f"\n### {title}\n")
-    print("| stream | N | procs | CPU % (of 1 core) | ms CPU / camera-frame | vs N=1 | min fps share "
-          "| dropped | held | RSS MB | others' CPU % |")
+    print(
+        "| stream | N | procs | CPU % (of 1 core) | ms CPU / camera-frame | vs N=1 | min fps share "
+        "| dropped | held | RSS MB | others' CPU % |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r.n == 1 and r.procs == 1:
             base.setdefault(r.label, r.ms_per_frame)
         ratio = r.ms_per_frame / base[r.label] if base.get(r.label) else float("nan")
-        print(f"| {r.label} | {r.n} | {r.procs} | {r.cpu_pct:.0f} | {r.ms_per_frame:.2f} | {ratio:.2f} "
-              f"| {r.min_share:.2f} | {r.dropped} | {'yes' if r.held else 'NO'} | {r.rss_mb:.0f} "
-              f"| {r.others_pct:.0f} |"
-              + (f" {r.note}" if r.note else ""))
+        print(
+            f"| {r.label} | {r.n} | {r.procs} | {r.cpu_pct:.0f} | {r.ms_per_frame:.2f} | {ratio:.2f} "
+            f"| {r.min_share:.2f} | {r.dropped} | {'yes' if r.held else 'NO'} | {r.rss_mb:.0f} "
+            f"| {r.others_pct:.0f} |" + (f" {r.note}" if r.note else "")
+        )
 
 
 # -- skip: one camera in-process, with and without skip() -------------------------------------------
@@ -409,8 +460,14 @@ def skip_round(video: Video, use_skip: bool, window: float) -> tuple[int, int, f
     def keep(camera: str, frame: Frame) -> bool:
         return buffer.push(frame) is not None
 
-    worker = CameraWorker(cfg, on_status=lambda c, s: None, on_phase=lambda c, p: None,
-                          on_frame=keep, source_factory=factory, frame_fps=10.0)
+    worker = CameraWorker(
+        cfg,
+        on_status=lambda c, s: None,
+        on_phase=lambda c, p: None,
+        on_frame=keep,
+        source_factory=factory,
+        frame_fps=10.0,
+    )
     worker.start()
     time.sleep(1.5)
     f0, s0, a0, k0 = _counts(worker, buffer)
@@ -425,8 +482,10 @@ def skip_round(video: Video, use_skip: bool, window: float) -> tuple[int, int, f
 
 def bench_skip(videos: Sequence[Video], window: float, rounds: int) -> None:
     """CameraWorker + PreEventBuffer as the runtime wires them; best of `rounds` interleaved runs."""
-    print(f"\n### Decode less: frames passed with skip() (one camera in-process, detect_fps 10, "
-          f"buffer fps 10; best of {rounds})\n")
+    print(
+        f"\n### Decode less: frames passed with skip() (one camera in-process, detect_fps 10, "
+        f"buffer fps 10; best of {rounds})\n"
+    )
     print("| stream | skip() | frames | converted | analysed/s | buffer kept/s | ms CPU / camera-frame |")
     print("|---|---|---|---|---|---|---|")
     for video in videos:
@@ -437,8 +496,10 @@ def bench_skip(videos: Sequence[Video], window: float, rounds: int) -> None:
                 if use_skip not in best or got[4] < best[use_skip][4]:
                     best[use_skip] = got
         for use_skip, (frames, skipped, analysed, kept, ms) in best.items():
-            print(f"| {video.label} | {'yes' if use_skip else 'no'} | {frames} "
-                  f"| {100 * (frames - skipped) / frames:.0f} % | {analysed:.1f} | {kept:.1f} | {ms:.2f} |")
+            print(
+                f"| {video.label} | {'yes' if use_skip else 'no'} | {frames} "
+                f"| {100 * (frames - skipped) / frames:.0f} % | {analysed:.1f} | {kept:.1f} | {ms:.2f} |"
+            )
 
 
 def _counts(worker: CameraWorker, buffer: PreEventBuffer) -> tuple[int, int, int, int]:
@@ -475,8 +536,10 @@ def drain(path: str, seconds: float) -> int:
 def bench_gil(videos: Sequence[Video], seconds: float, rounds: int) -> None:
     """Two workers flat out, as two threads of one process and as two processes, against one;
     best of `rounds` interleaved rounds (neighbours on a shared machine only ever slow a round)."""
-    print(f"\n### GIL: the camera's work flat out (read, motion on every frame, buffer), frames per second; "
-          f"x: against 1 thread; best of {rounds}\n")
+    print(
+        f"\n### GIL: the camera's work flat out (read, motion on every frame, buffer), frames per second; "
+        f"x: against 1 thread; best of {rounds}\n"
+    )
     print("| stream | 1 thread | 2 threads | 2 processes | threads x | processes x |")
     print("|---|---|---|---|---|---|")
     ctx = multiprocessing.get_context("spawn")
@@ -489,8 +552,10 @@ def bench_gil(videos: Sequence[Video], seconds: float, rounds: int) -> None:
                 one = max(one, drain(path, seconds) / seconds)
                 two_threads = max(two_threads, sum(threads.map(drain, [path] * 2, [seconds] * 2)) / seconds)
                 two_procs = max(two_procs, sum(procs.map(drain, [path] * 2, [seconds] * 2)) / seconds)
-            print(f"| {video.label} | {one:.0f} | {two_threads:.0f} | {two_procs:.0f} "
-                  f"| {two_threads / one:.2f} | {two_procs / one:.2f} |")
+            print(
+                f"| {video.label} | {one:.0f} | {two_threads:.0f} | {two_procs:.0f} "
+                f"| {two_threads / one:.2f} | {two_procs / one:.2f} |"
+            )
 
 
 # -- latency and start-up --------------------------------------------------------------------------
@@ -501,8 +566,9 @@ def pct(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def bench_latency(work: Path, broker: Broker, watcher: Watcher, loads: Sequence[tuple[Video, int]],
-                  seconds: float) -> None:
+def bench_latency(
+    work: Path, broker: Broker, watcher: Watcher, loads: Sequence[tuple[Video, int]], seconds: float
+) -> None:
     print("\n### Event latency: frame of first motion -> event start on a subscriber (min_duration_s 0)\n")
     print("| load | samples | p50 ms | p99 ms | max ms | target p99 ms | agent CPU % |")
     print("|---|---|---|---|---|---|---|")
@@ -515,13 +581,16 @@ def bench_latency(work: Path, broker: Broker, watcher: Watcher, loads: Sequence[
             cpu = 100 * (procs[0].cpu_s() - c0) / (time.monotonic() - t0)
             samples = watcher.seen(procs[0].gateway).latencies_ms
         target = 1000.0 / video.fps + 100.0
-        print(f"| {cams} x {video.label} | {len(samples)} | {pct(samples, 0.5):.0f} "
-              f"| {pct(samples, 0.99):.0f} | {max(samples, default=float('nan')):.0f} | {target:.0f} "
-              f"| {cpu:.0f} |")
+        print(
+            f"| {cams} x {video.label} | {len(samples)} | {pct(samples, 0.5):.0f} "
+            f"| {pct(samples, 0.99):.0f} | {max(samples, default=float('nan')):.0f} | {target:.0f} "
+            f"| {cpu:.0f} |"
+        )
 
 
-def bench_startup(work: Path, broker: Broker, watcher: Watcher, video: Video, counts: Sequence[int],
-                  reps: int) -> None:
+def bench_startup(
+    work: Path, broker: Broker, watcher: Watcher, video: Video, counts: Sequence[int], reps: int
+) -> None:
     print("\n### Start-up: process start -> retained online / first camera ok\n")
     print("| cameras | runs | online p50 s | online max s | first ok p50 s | target s |")
     print("|---|---|---|---|---|---|")
@@ -537,8 +606,10 @@ def bench_startup(work: Path, broker: Broker, watcher: Watcher, video: Video, co
                     online.append(seen.online_at - t_start)
                 if seen.first_ok_at is not None:
                     first_ok.append(seen.first_ok_at - t_start)
-        print(f"| {n} | {reps} | {statistics.median(online):.2f} | {max(online):.2f} "
-              f"| {statistics.median(first_ok):.2f} | 2.00 |")
+        print(
+            f"| {n} | {reps} | {statistics.median(online):.2f} | {max(online):.2f} "
+            f"| {statistics.median(first_ok):.2f} | 2.00 |"
+        )
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -568,8 +639,10 @@ def main() -> int:
     if args.counts:
         counts = tuple(int(n) for n in args.counts.split(","))
     started = time.monotonic()
-    print(f"# gateway bench: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
-          f"load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"# gateway bench: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
+        f"load average {os.getloadavg()[0]:.1f} at start"
+    )
     work = args.keep or Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     broker = start_mosquitto(work / "broker")
@@ -582,8 +655,18 @@ def main() -> int:
             for vids in (sd, hd):
                 for n in counts:
                     cams = [Cam(vids[i % len(vids)]) for i in range(n)]
-                    rows.append(measure(work, broker, watcher, [cams], vids[0].label, warmup, window,
-                                        f"s{vids[0].width}-{n}"))
+                    rows.append(
+                        measure(
+                            work,
+                            broker,
+                            watcher,
+                            [cams],
+                            vids[0].label,
+                            warmup,
+                            window,
+                            f"s{vids[0].width}-{n}",
+                        )
+                    )
             print_scale(rows, "Threads: one agent process, N cameras", base)
         if due("procs"):
             rows = []
@@ -591,22 +674,43 @@ def main() -> int:
                 for n in ns if not args.quick else ns[-1:]:
                     cams = [Cam(vids[i % len(vids)]) for i in range(n)]
                     for procs in (2,):  # one process: the scale table's row
-                        rows.append(measure(work, broker, watcher, split(cams, procs), vids[0].label,
-                                            warmup, window, f"p{vids[0].width}-{n}-{procs}"))
+                        rows.append(
+                            measure(
+                                work,
+                                broker,
+                                watcher,
+                                split(cams, procs),
+                                vids[0].label,
+                                warmup,
+                                window,
+                                f"p{vids[0].width}-{n}-{procs}",
+                            )
+                        )
             print_scale(rows, "Processes: the same N split over 2 agent processes", base)
         if due("substream"):
             rows = []
             for n in (1, 8) if not args.quick else (4,):
                 for detect in (None, sd[0]):
                     cams = [Cam(hd[0], detect) for _ in range(n)]
-                    row = measure(work, broker, watcher, [cams], hd[0].label, warmup, window,
-                                  f"sub-{n}-{int(detect is not None)}")
+                    row = measure(
+                        work,
+                        broker,
+                        watcher,
+                        [cams],
+                        hd[0].label,
+                        warmup,
+                        window,
+                        f"sub-{n}-{int(detect is not None)}",
+                    )
                     row.note = "detect_source 640x360@10" if detect else "main only"
                     rows.append(row)
             print_scale(rows, "Detect substream against main stream only", base)
         if due("skip"):
-            bench_skip([hd[0], make_video(work, (1920, 1080), 30, 12, 1)], 3.0 if args.quick else 4.0,
-                       1 if args.quick else 3)
+            bench_skip(
+                [hd[0], make_video(work, (1920, 1080), 30, 12, 1)],
+                3.0 if args.quick else 4.0,
+                1 if args.quick else 3,
+            )
         if due("gil"):
             bench_gil([sd[0], hd[0]], 3.0, 1 if args.quick else 3)
         if due("latency"):

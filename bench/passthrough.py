@@ -56,8 +56,26 @@ class Packet:
 
 
 def h264(src: Path, out: Path, fps: float) -> Path:
-    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", str(src), "-c:v", "libx264",
-           "-preset", "veryfast", "-g", str(round(2 * fps)), "-bf", "0", "-pix_fmt", "yuv420p", str(out)]
+    cmd = [
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        str(src),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-g",
+        str(round(2 * fps)),
+        "-bf",
+        "0",
+        "-pix_fmt",
+        "yuv420p",
+        str(out),
+    ]
     subprocess.run(cmd, check=True, timeout=300)
     return out
 
@@ -65,6 +83,7 @@ def h264(src: Path, out: Path, fps: float) -> Path:
 @contextmanager
 def cpu_ms(into: list[float], children: bool = False) -> Iterator[None]:
     """Add the CPU milliseconds the block used (this process, plus waited children if asked)."""
+
     def now() -> float:
         total = time.process_time()
         if children:
@@ -122,10 +141,37 @@ def jpeg_clip(buffer: PreEventBuffer, work: Path) -> tuple[float, int]:
     first = frames[0].decode()
     h, w = first.shape[:2]
     out = work / "jpeg-clip.mp4"
-    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
-           "-s", f"{w}x{h}", "-framerate", "10", "-i", "pipe:0", "-an", "-c:v", "libx264", "-preset",
-           "veryfast", "-crf", "26", "-pix_fmt", "yuv420p", "-threads", "1", "-movflags", "+faststart",
-           str(out)]
+    cmd = [
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-s",
+        f"{w}x{h}",
+        "-framerate",
+        "10",
+        "-i",
+        "pipe:0",
+        "-an",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        "26",
+        "-pix_fmt",
+        "yuv420p",
+        "-threads",
+        "1",
+        "-movflags",
+        "+faststart",
+        str(out),
+    ]
     spent: list[float] = []
     with cpu_ms(spent, children=True):
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
@@ -245,8 +291,14 @@ def measure(label: str, path: Path, work: Path, have_av: bool) -> None:
     clip_ms, clip_bytes = jpeg_clip(buffer, work)
     raw_ms, raw_n, raw_keys = packet_ring_opencv(path)
     buffer_mb = buffer.bytes_used() / 2**20
-    row(label, "JPEG buffer, every frame decoded (today)", f"{today:.0f}", f"{buffer_mb:.1f}",
-        f"{clip_ms:.0f}", f"{clip_bytes / 2**20:.2f}")
+    row(
+        label,
+        "JPEG buffer, every frame decoded (today)",
+        f"{today:.0f}",
+        f"{buffer_mb:.1f}",
+        f"{clip_ms:.0f}",
+        f"{clip_bytes / 2**20:.2f}",
+    )
     row(label, "JPEG buffer, skip() (this change)", f"{skipped:.0f}", "same", "same", "same")
     row(label, f"OpenCV raw packets ({raw_n} packets, {raw_keys} keyframes)", f"{raw_ms:.1f}", "-", "-", "-")
     if not have_av:
@@ -256,10 +308,22 @@ def measure(label: str, path: Path, work: Path, have_av: bool) -> None:
     fps, frames = frame_count(out)
     ring_mb = sum(len(p.data) for p in ring) / 2**20
     span = float((ring[-1].pts - ring[0].pts) * tb)
-    row(label, f"PyAV packet ring ({span:.1f} s from a keyframe; clip {frames} frames at {fps:g} fps)",
-        f"{ring_ms:.1f}", f"{ring_mb:.1f}", f"{remux_ms:.1f}", f"{out.stat().st_size / 2**20:.2f}")
-    row(label, "PyAV decode every frame + grey at 10 fps (detect on main)", f"{pyav_decode(path, 10):.0f}",
-        "-", "-", "-")
+    row(
+        label,
+        f"PyAV packet ring ({span:.1f} s from a keyframe; clip {frames} frames at {fps:g} fps)",
+        f"{ring_ms:.1f}",
+        f"{ring_mb:.1f}",
+        f"{remux_ms:.1f}",
+        f"{out.stat().st_size / 2**20:.2f}",
+    )
+    row(
+        label,
+        "PyAV decode every frame + grey at 10 fps (detect on main)",
+        f"{pyav_decode(path, 10):.0f}",
+        "-",
+        "-",
+        "-",
+    )
 
 
 def main() -> int:
@@ -293,4 +357,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

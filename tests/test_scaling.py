@@ -282,8 +282,14 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterato
     gw_id = "gw-scaling"
     root = f"cctv/v1/{DISTRICT}/{gw_id}"
     sub = Subscriber(broker.host, broker.port, root + "/#")
-    cfg = write_config(tmp / "agent.toml", district=DISTRICT, gateway=gw_id, port=broker.port,
-                       data_dir=tmp / "data", cameras=cameras)
+    cfg = write_config(
+        tmp / "agent.toml",
+        district=DISTRICT,
+        gateway=gw_id,
+        port=broker.port,
+        data_dir=tmp / "data",
+        cameras=cameras,
+    )
     agent = AgentProcess(cfg, tmp / "agent.log", log_level="info")
     client = PlatformClient(broker.host, broker.port, root, agency="police", operator="test")
     gw = Gateway(root, sub, agent, client, stall, {})

@@ -88,6 +88,19 @@ def test_mask_suppresses_motion_only_inside_it() -> None:
     assert any(r.motion for r in results)
 
 
+def test_overlapping_masks_suppress_motion_in_their_overlap_too() -> None:
+    """Two masks drawn over each other (the console makes that easy) ignore motion in their
+    overlap as well: filled in one OpenCV call, the overlap came out as a hole that saw motion."""
+    overlapping = MotionSettings(
+        masks=[
+            [(0.0, 0.4), (0.7, 0.4), (0.7, 1.0), (0.0, 1.0)],
+            [(0.3, 0.35), (1.0, 0.35), (1.0, 1.0), (0.3, 1.0)],
+        ]
+    )
+    _, results = _run("cross", 9, settings=overlapping)
+    assert not any(r.motion for r in results)
+
+
 def test_min_area_rejects_small_regions() -> None:
     _, results = _run("cross", 9, settings=MotionSettings(min_area=0.2))
     assert not any(r.motion for r in results)

@@ -326,7 +326,8 @@ class MotionDetector:
             polys = [
                 np.round(np.array(poly, np.float64) * (w, h)).astype(np.int32) for poly in settings.masks
             ]
-            cv2.fillPoly(mask, polys, 0)
+            for poly in polys:  # one at a time: in one call OpenCV leaves where two overlap unfilled
+                cv2.fillPoly(mask, [poly], 0)
             active = max(1, cv2.countNonZero(mask))
         self._mask, self._active_px = mask, active
 

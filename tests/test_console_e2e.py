@@ -493,3 +493,60 @@ def test_sigterm_stops_the_agent_in_time_while_browsers_hold_live_views(
         for conn in stalled:
             conn.close()
         agent.close()
+
+
+def test_hostile_requests_are_answered_never_crash_the_console(console: Console) -> None:
+    """A bounded fuzz of the API: random JSON shapes, paths and methods get a clear 4xx (never a
+    500), and the console still answers afterwards."""
+    import random
+
+    rng = random.Random(7)
+    cookie, csrf = console.session()
+    atoms: list[Any] = [
+        None,
+        True,
+        0,
+        -1,
+        1.5,
+        1e308,
+        "x",
+        "",
+        [],
+        {},
+        [[0.1, 0.1]],
+        "cam-1",
+        "\u0000",
+        "é" * 50,
+    ]
+
+    def junk(depth: int = 0) -> Any:
+        roll = rng.random()
+        if depth > 3 or roll < 0.4:
+            return rng.choice(atoms)
+        if roll < 0.7:
+            return [junk(depth + 1) for _ in range(rng.randint(0, 4))]
+        keys = ["privacy", "motion", "detection", "confirm_loosen", "extra", "__proto__"]
+        return {rng.choice(keys): junk(depth + 1) for _ in range(rng.randint(0, 4))}
+
+    statuses: set[int] = set()
+    for i in range(120):
+        path = rng.choice(
+            [
+                "/api/cameras/cam-2/masks/check",
+                "/api/cameras/cam-2/masks",
+                "/api/cameras/%2e%2e/masks",
+                "/api/cameras/cam-2/masks/check?x=1",
+                "/api/events/../../etc/passwd/snapshot.jpg",
+                "/api/cameras/" + "a" * 300 + "/overlay",
+            ]
+        )
+        method = "POST" if i % 4 else rng.choice(["GET", "PUT", "DELETE"])
+        raw = json.dumps(junk()).encode() if i % 5 else bytes(rng.randrange(256) for _ in range(64))
+        headers = {"Cookie": cookie, "X-CSRF-Token": csrf, "Content-Type": "application/json"}
+        status, _, body = console.request(method, path, raw, headers)
+        statuses.add(status)
+        assert status < 500, (method, path, raw[:200], body[:300])
+        if status != 200:
+            assert json.loads(body)["error"], body
+    assert console.request("GET", "/login")[0] == 200
+    assert 422 in statuses and statuses <= {200, 404, 405, 409, 413, 422}, statuses

@@ -71,6 +71,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{args.file}: OK ({cfg.topic_root}, {len(cfg.cameras)} camera(s))")
     for cam in cfg.cameras:
         print(f"  {cam.id}: {_footage_path(cam)}")
+    console = cfg.console
+    if console.enabled:
+        scheme = "https" if console.tls else "http"
+        users = ", ".join(u.name for u in console.users)
+        print(f"  console: {scheme}://{console.bind}:{console.port}/ (users: {users})")
     return EXIT_OK
 
 

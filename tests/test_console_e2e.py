@@ -381,6 +381,23 @@ def test_check_config_refuses_a_console_without_users_or_tls_off_loopback(tmp_pa
         assert "hunter22" not in done.stderr
 
 
+def test_check_config_says_where_the_console_listens_and_who_may_log_in(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.toml"
+    path.write_text('[gateway]\ndistrict = "d"\nid = "g"\n' + console_section(8123))
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "console: http://127.0.0.1:8123/ (users: tech)" in done.stdout
+    assert "scrypt" not in done.stdout
+
+
 def test_console_user_prints_a_table_that_logs_in(tmp_path: Path) -> None:
     import subprocess
     import sys

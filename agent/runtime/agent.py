@@ -4,7 +4,9 @@
 cameras (`CameraWorker`: capture and analysis threads), `EventPublisher` (status, events,
 snapshots), `CommandServer` (the command queues and workers) and its `Dispatcher`, `SettingsApplier`
 (config.set, handed to the cameras' threads), `Telemetry`, rate-limit summaries and `Housekeeping`
-(jobs on `Ticker` timers), the clip recorder and the MQTT link with its durable outbox.
+(jobs on `Ticker` timers), the clip recorder, the MQTT link with its durable outbox and, when
+`[console]` enables it, the commissioning console's server (`ConsoleServer`, through
+`ConsoleBridge`), whose mask saves `apply_camera` puts in force.
 
 A frame's path: capture thread → 2-deep queue → detect thread (pipeline: motion, objects) →
 `EventPublisher.phase` → recorder (clip_id), outbox (event), open-events file, snapshot.
@@ -14,7 +16,7 @@ audit) → handler → `GatewayFacade` → reply.
 
 `run()` blocks until SIGTERM/SIGINT and pings systemd's watchdog only while every owned thread
 lives; `start()`/`stop()` are the same lifecycle without signals, for in-process use. Stop order:
-streams, cameras (each ends its open events), command workers (then the dispatcher's reply store
+console, streams, cameras (each ends its open events), command workers (then the dispatcher's reply store
 and last summaries) and timers, detector, recorder, link (retained offline/shutdown), outbox
 (checkpointed); within 5 s.
 """

@@ -567,3 +567,32 @@ def test_hostile_requests_are_answered_never_crash_the_console(console: Console)
             assert json.loads(body)["error"], body
     assert console.request("GET", "/login")[0] == 200
     assert 422 in statuses and statuses <= {200, 404, 405, 409, 413, 422}, statuses
+
+
+def test_a_console_port_already_taken_stops_the_agent_with_the_reason(broker: Broker, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = write_config(
+            tmp_path / "agent.toml",
+            district="console",
+            gateway="gw-port",
+            port=broker.port,
+            data_dir=tmp_path / "data",
+            cameras=CAMERAS,
+            extra=console_section(port),
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"console: cannot listen on 127.0.0.1:{port}" in done.stderr

@@ -9,6 +9,7 @@ when `stopping` is set.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 from pathlib import Path
@@ -71,17 +72,24 @@ class ConsoleServer:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(str(cfg.tls_cert_file), str(cfg.tls_key_file))
+        # The socket is ours to open: Werkzeug, binding it itself, prints and exits the process
+        # when the port is taken; the agent must refuse to start with its own error instead.
         try:
-            self._server = _BoundedServer(cfg.bind, cfg.port, self.app, _Handler, ssl_context=context)
+            family = socket.AF_INET6 if ":" in cfg.bind else socket.AF_INET
+            listening = socket.create_server((cfg.bind, cfg.port), family=family)
         except OSError as exc:
             why = exc.strerror or exc
             raise AgentError(f"console: cannot listen on {cfg.bind}:{cfg.port}: {why}") from None
+        with listening:  # the server works on its own duplicate of the descriptor
+            self._server = _BoundedServer(
+                cfg.bind, cfg.port, self.app, _Handler, ssl_context=context, fd=listening.fileno()
+            )
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in the agent's log
         self._thread = threading.Thread(target=self._serve, name="console", daemon=True)
 
     @property
     def port(self) -> int:
-        return int(self._server.server_port)
+        return int(self._server.port)
 
     def start(self) -> None:
         self._thread.start()

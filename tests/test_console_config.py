@@ -254,3 +254,39 @@ def test_a_config_file_that_cannot_be_replaced_is_refused_with_the_reason(tmp_pa
         )
     assert refused.value.code == "read_only" and path.read_text() == FILE
     assert gateway.records == [] and gateway.applied == []
+
+
+def test_a_failure_inside_the_console_is_a_500_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """A bug behind a request (here the agent's side raising) is logged with its traceback and
+    answered with a plain JSON 500: nothing of the code reaches the browser."""
+    import threading
+
+    from werkzeug.test import Client
+
+    from agent.console.app import ConsoleApp
+    from agent.console.commissioning import MaskService
+
+    class Broken(_Gateway):
+        def cameras(self) -> list[dict[str, object]]:
+            raise RuntimeError("secret internals")
+
+    text = FILE + '\n[console]\nenabled = true\n[[console.users]]\nname = "tech"\n'
+    text += f'password_hash = "{hash_password("right password")}"\n'
+    gateway = Broken(text)
+    app = ConsoleApp(gateway.cfg.console, gateway, MaskService(gateway, None), threading.Event())  # type: ignore[arg-type]
+    client = Client(app)
+    page = client.get("/login", headers={"Host": "127.0.0.1"}).get_data(as_text=True)
+    token = page.split('name="csrf" value="')[1].split('"')[0]
+    login = client.post(
+        "/login",
+        data={"username": "tech", "password": "right password", "csrf": token},
+        headers={"Host": "127.0.0.1"},
+    )
+    assert login.status_code == 303
+    reply = client.get("/api/cameras", headers={"Host": "127.0.0.1"})
+    assert reply.status_code == 500 and reply.json == {
+        "error": "internal",
+        "message": "the console failed on this request; see the agent's log",
+    }
+    assert "secret internals" not in reply.get_data(as_text=True)
+    assert "secret internals" in caplog.text

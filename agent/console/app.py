@@ -109,6 +109,9 @@ class ConsoleApp:
             response = _error(413, "too_large", f"a request body may hold at most {MAX_BODY} bytes")
         except HTTPException as exc:
             response = _error(exc.code or 400, "http", exc.description or exc.name)
+        except Exception:  # a bug: logged here, never a traceback to the browser
+            log.exception("console: %s %s failed", request.method, request.path)
+            response = _error(500, "internal", "the console failed on this request; see the agent's log")
         _secure(response, tls=self.cfg.tls)
         result: Iterable[bytes] = response(environ, start_response)
         return result

@@ -13,10 +13,10 @@ import re
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import cv2
@@ -29,6 +29,8 @@ from tests.console_client import HASH, PASSWORD, ConsoleClient, console_section
 from tests.harness import AgentProcess, Subscriber, wait_answering, wait_frames, write_config
 
 pytestmark = pytest.mark.broker
+
+T = TypeVar("T")
 
 CAMERAS = """
 [[cameras]]
@@ -60,21 +62,37 @@ class Console(ConsoleClient):
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="module")
-def console(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    tmp = tmp_path_factory.mktemp("console")
-    gateway = "gw-" + uuid.uuid4().hex[:10]
-    root = f"cctv/v1/console/{gateway}"
-    port = free_port()
-    cfg = write_config(
+def agent_config(tmp: Path, broker: Broker, gateway: str, port: int, settings: str = "") -> Path:
+    """A config for `gateway` with CAMERAS and a console on `port` (plus `settings` in [console])."""
+    return write_config(
         tmp / "agent.toml",
         district="console",
         gateway=gateway,
         port=broker.port,
         data_dir=tmp / "data",
         cameras=CAMERAS,
-        extra=console_section(port),
+        extra=console_section(port, settings),
     )
+
+
+def once_up(agent: AgentProcess, attempt: Callable[[], T]) -> T:
+    """`attempt()` retried while the agent's console does not listen yet (up to 20 s)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return attempt()
+        except OSError:
+            assert time.monotonic() < deadline, agent.log()[-2000:]
+            time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def console(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    tmp = tmp_path_factory.mktemp("console")
+    gateway = "gw-" + uuid.uuid4().hex[:10]
+    root = f"cctv/v1/console/{gateway}"
+    port = free_port()
+    cfg = agent_config(tmp, broker, gateway, port)
     sub = Subscriber(broker.host, broker.port, root + "/#")
     agent = AgentProcess(cfg, tmp / "agent.log", log_level="info")
     police = PlatformClient(broker.host, broker.port, root, agency="police", operator="op-1").connect()
@@ -435,29 +453,13 @@ def test_a_console_with_a_certificate_serves_https_with_secure_cookies(
 
     cert, key = pem_pair(tmp_path, "console")
     port = free_port()
-    section = console_section(port, f'tls_cert_file = "{cert}"\ntls_key_file = "{key}"')
-    cfg = write_config(
-        tmp_path / "agent.toml",
-        district="console",
-        gateway="gw-tls",
-        port=broker.port,
-        data_dir=tmp_path / "data",
-        cameras=CAMERAS,
-        extra=section,
-    )
+    cfg = agent_config(tmp_path, broker, "gw-tls", port, f'tls_cert_file = "{cert}"\ntls_key_file = "{key}"')
     agent = AgentProcess(cfg, tmp_path / "agent.log", log_level="info")
     try:
         context = ssl.create_default_context(cafile=str(cert))
         context.check_hostname = False  # the test certificate names no host
         client = ConsoleClient(port, tls=context)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                status, cookie = client.login()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, agent.log()[-2000:]
-                time.sleep(0.3)
+        status, cookie = once_up(agent, client.login)
         assert status == 303 and cookie and cookie.startswith("__Host-console=")
         flags = client.last_cookie_header.lower()
         assert "secure" in flags and "httponly" in flags and "samesite=strict" in flags
@@ -477,27 +479,12 @@ def test_sigterm_stops_the_agent_in_time_while_browsers_hold_live_views(
 ) -> None:
     """Two live views still open (their clients stopped reading) do not hold up a stop."""
     port = free_port()
-    cfg = write_config(
-        tmp_path / "agent.toml",
-        district="console",
-        gateway="gw-stop",
-        port=broker.port,
-        data_dir=tmp_path / "data",
-        cameras=CAMERAS,
-        extra=console_section(port),
-    )
+    cfg = agent_config(tmp_path, broker, "gw-stop", port)
     agent = AgentProcess(cfg, tmp_path / "agent.log", log_level="info")
     stalled = []
     try:
         client = ConsoleClient(port)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                cookie, _ = client.session()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, agent.log()[-2000:]
-                time.sleep(0.3)
+        cookie, _ = once_up(agent, client.session)
         for _ in range(2):
             conn = client.http()
             conn.request("GET", "/api/cameras/cam-1/live.mjpg", headers={"Cookie": cookie})
@@ -578,15 +565,7 @@ def test_a_console_port_already_taken_stops_the_agent_with_the_reason(broker: Br
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cfg = write_config(
-            tmp_path / "agent.toml",
-            district="console",
-            gateway="gw-port",
-            port=broker.port,
-            data_dir=tmp_path / "data",
-            cameras=CAMERAS,
-            extra=console_section(port),
-        )
+        cfg = agent_config(tmp_path, broker, "gw-port", port)
         done = subprocess.run(
             [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
             capture_output=True,

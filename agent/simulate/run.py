@@ -94,16 +94,6 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"simulate: invalid MQTT settings: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 1
-    spec = FleetSpec(
-        gateways=args.gateways,
-        events_per_min=args.events_per_min,
-        district=args.district,
-        id_prefix=args.id_prefix,
-        prefix=args.prefix,
-        cameras=args.cameras,
-        telemetry_s=args.telemetry_s,
-        start_spread_s=args.start_spread_s,
-    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -234,6 +234,21 @@ class MqttLink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    def telemetry(self) -> dict[str, Any]:
+        """The telemetry's `mqtt` section (docs/protocol.md), for the agent and the simulator alike."""
+        stats = self.stats
+        return {
+            "connected": self.connected,
+            "connects": stats.connects,
+            "disconnects": stats.disconnects,
+            "qos0_dropped": stats.qos0_dropped,
+            "protocol": stats.protocol,
+            "takeovers": stats.takeovers,
+            "too_large": stats.too_large,
+            "set_aside": stats.set_aside,
+            "retain_available": stats.retain_available,
+        }
+
     @property
     def max_packet_size(self) -> int | None:
         """The Maximum Packet Size the broker announced in its last CONNACK (MQTT 5), None when

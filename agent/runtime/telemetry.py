@@ -88,18 +88,7 @@ class Telemetry:
             body["detection"] = detection
         if self._commands is not None:
             body["commands"] = self._commands()
-        stats = self._link.stats
-        body["mqtt"] = {
-            "connected": self._link.connected,
-            "connects": stats.connects,
-            "disconnects": stats.disconnects,
-            "qos0_dropped": stats.qos0_dropped,
-            "protocol": stats.protocol,
-            "takeovers": stats.takeovers,
-            "too_large": stats.too_large,
-            "set_aside": stats.set_aside,
-            "retain_available": stats.retain_available,
-        }
+        body["mqtt"] = self._link.telemetry()
         body["cameras"] = {
             w.id: {
                 "state": w.status.state,

@@ -140,23 +140,12 @@ class SimGateway:
 
     def telemetry(self) -> None:
         """QoS 0, the agent's shape where it applies (no CPU or disk of a real machine)."""
-        stats = self.link.stats
         body = {
             "ts": iso(),
             "uptime_s": round(time.time() - self.started_at, 1),
             "simulated": True,
             "outbox_depth": self.outbox.depth(),
-            "mqtt": {
-                "connected": self.link.connected,
-                "connects": stats.connects,
-                "disconnects": stats.disconnects,
-                "qos0_dropped": stats.qos0_dropped,
-                "protocol": stats.protocol,
-                "takeovers": stats.takeovers,
-                "too_large": stats.too_large,
-                "set_aside": stats.set_aside,
-                "retain_available": stats.retain_available,
-            },
+            "mqtt": self.link.telemetry(),
             "cameras": {
                 c: {
                     "state": "ok",

@@ -202,7 +202,7 @@ class _Gateway:
     def cameras(self) -> list[dict[str, object]]:
         return [{"id": c.id, "width": 640, "height": 360} for c in self.cfg.cameras]
 
-    def config_problems(self, text: str, source: str) -> list[str]:
+    def config_problems(self, cfg: object) -> list[str]:
         return []
 
     def audit(self, fields: dict[str, object]) -> None:

@@ -71,7 +71,7 @@ class MaskService:
             new = parse_config(tomllib.loads(text), str(self._path))
         except ConfigError as exc:
             return Checked(toml, exc.problems, loosens, None, text)
-        problems = self._gw.config_problems(text, str(self._path))
+        problems = self._gw.config_problems(new)
         return Checked(toml, problems, loosens, None if problems else new, text)
 
     def save(self, camera: str, edit: MaskEdit, *, user: str, remote: str) -> tuple[Checked, str]:

@@ -32,8 +32,9 @@ class ConsoleGateway(Protocol):
     def event_snapshot(self, event_id: str) -> tuple[str, bytes] | None:
         """(camera, the masked snapshot JPEG) published with a recent event, if still kept."""
 
-    def config_problems(self, text: str, source: str) -> list[str]:
-        """What `edge-agent check-config` would say is wrong with a config file holding `text`."""
+    def config_problems(self, cfg: AgentConfig) -> list[str]:
+        """What `edge-agent check-config` would say is wrong with `cfg` beyond its schema (the
+        files it names, the detector)."""
 
     def apply_camera(self, new: AgentConfig, camera: str) -> None:
         """Put the camera's masks from `new` in force without restarting the agent; returns once

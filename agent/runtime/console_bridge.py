@@ -7,13 +7,11 @@ Safe to call from any of the console's request threads.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.commands.audit import AuditLog
-from agent.config import AgentConfig, parse_config
-from agent.errors import ConfigError
+from agent.config import AgentConfig
 from agent.footage.images import encode_outgoing
 from agent.runtime.camera import CameraWorker
 from agent.runtime.config_check import config_problems
@@ -103,11 +101,7 @@ class ConsoleBridge:
     def event_snapshot(self, event_id: str) -> tuple[str, bytes] | None:
         return self._recent.snapshot(event_id)
 
-    def config_problems(self, text: str, source: str) -> list[str]:
-        try:
-            cfg = parse_config(tomllib.loads(text), source)
-        except (tomllib.TOMLDecodeError, ConfigError) as exc:
-            return exc.problems if isinstance(exc, ConfigError) else [f"TOML syntax error: {exc}"]
+    def config_problems(self, cfg: AgentConfig) -> list[str]:
         return config_problems(cfg)
 
     def apply_camera(self, new: AgentConfig, camera: str) -> None:

@@ -158,6 +158,7 @@ class Agent:
             state_dir=self.cfg.gateway.data_dir / "analysis",
             moving=self._moving_check(cam.id),
             resolve=self._stream_lookup(cam),
+            keep_overlay=self.cfg.console.enabled,
         )
 
     def _console(self, config_path: Path | None) -> ConsoleServer | None:

@@ -119,6 +119,7 @@ class CameraWorker:
         state_dir: Path | None = None,
         moving: Callable[[], bool] | None = None,
         resolve: Callable[[threading.Event], tuple[str, str | None]] | None = None,
+        keep_overlay: bool = False,
     ) -> None:
         """`frame_fps`: the most frames per second `on_frame` needs (None: every frame).
         `on_packet` takes the main stream's packets, from sources that have them (PyAV).
@@ -127,7 +128,8 @@ class CameraWorker:
         camera is being turned (PTZ): its frames are not analysed, and motion re-learns the view
         once it is still again. `resolve(stopping)` gives (main, substream or None) URIs in place of
         `cfg.source`/`cfg.detect_source` (ONVIF); it raises SourceError when it cannot say, and
-        soon after `stopping` is set."""
+        soon after `stopping` is set. `keep_overlay`: keep what each analysed frame found for
+        `overlay()` (the console draws it; without a console the detect thread does no such work)."""
         self.cfg = cfg
         self.id = cfg.id
         self.stats = CameraStats()
@@ -156,6 +158,7 @@ class CameraWorker:
         self._status_lock = threading.Lock()
         self._status = CameraStatus(state="disabled" if not cfg.enabled else "connecting")
         self._latest: Frame | None = None
+        self._keep_overlay = keep_overlay
         self._overlay: Overlay | None = None
         self._note: str | None = None
         self._ptz: CameraPtz | None = None
@@ -511,7 +514,8 @@ class CameraWorker:
             except Exception:
                 log.exception("camera %s: pipeline failed on a frame", self.id)
                 continue
-            self._note_overlay(frame)
+            if self._keep_overlay:
+                self._note_overlay(frame)
             for phase in phases:
                 self._emit_phase(phase)
         now = time.time()

@@ -125,19 +125,14 @@ class SettingsApplier:
         """Validate, persist and apply `partial`; raises ConfigError naming the fault (nothing applied)."""
         with self._lock:
             new = self._store.apply(partial, check=self._check_labels)
-            self._hand_to_cameras(new)
-            for listener in self._listeners:
-                listener(new)
+            self._in_force(new)
         self.report()
         return new.model_dump(mode="json")
 
     def file_changed(self, camera: str, masks: CameraSettings) -> None:
         """The console wrote the camera's masks to the config file: in force at once, reported."""
         with self._lock:
-            new = self._store.file_changed(camera, masks)
-            self._hand_to_cameras(new)
-            for listener in self._listeners:
-                listener(new)
+            self._in_force(self._store.file_changed(camera, masks))
         self.report()
 
     def report(self) -> None:
@@ -151,6 +146,12 @@ class SettingsApplier:
                 service = self._detector.get()
                 if service is not None:
                     service.check_labels(cam_id, cam.detection)
+
+    def _in_force(self, new: RuntimeSettings) -> None:
+        """Hand `new` to the cameras, then to the listeners (under `_lock`)."""
+        self._hand_to_cameras(new)
+        for listener in self._listeners:
+            listener(new)
 
     def _hand_to_cameras(self, settings: RuntimeSettings) -> None:
         for cam_id, cam in settings.cameras.items():

@@ -122,6 +122,57 @@ def test_an_arriving_car_with_two_boxes_is_one_event_and_parks() -> None:
     assert sum(v.stationary for v in t.tracks()) == 3
 
 
+def test_a_truck_box_over_a_passer_by_and_a_parked_car_raises_nothing() -> None:
+    """As traced in arrive_leave: a "truck" around a passer-by and the parked car, first a big
+    box reaching the frame's bottom edge, then ones narrowing onto the car as the person walks."""
+    t = tracker()
+    phases = settle(t)
+    truck = [
+        (0.23, 0.21, 0.46, 0.79),  # touches the bottom edge: its height is cut, its width is not
+        (0.40, 0.36, 0.40, 0.64),
+        (0.57, 0.39, 0.24, 0.61),
+        (0.57, 0.37, 0.25, 0.62),
+        (0.59, 0.37, 0.28, 0.56),
+        (0.56, 0.41, 0.30, 0.50),
+    ]
+    for i in range(60):
+        x = 0.1 + 0.01 * i
+        seen = [person((x, 0.3, 0.12, 0.55))]
+        if 20 <= i < 20 + 2 * len(truck):
+            seen.append(DetectedObject(label="truck", score=0.52, box=truck[(i - 20) // 2]))
+        phases += t.update(seen, frame(T0 + 6.0 + i * 0.1), [(x - 0.2, 0.0, 0.6, 1.0)])
+    assert starts(phases, {"car", "truck", "bus"}) == []
+    assert len(starts(phases, {"person"})) == 1
+
+
+def test_a_car_passing_in_front_of_a_parked_one_goes_on_and_the_parked_one_stays() -> None:
+    """A car of the parked car's size drives past in front of it. While they overlap, and for a
+    while after, the detector gives the parked car a second, taller box (as traced in
+    arrive_leave). The mover must not stay behind on the parked car, an event lasting until it
+    turns stationary there."""
+    t = tracker()
+    phases = settle(t)
+    tall = (0.56, 0.42, 0.34, 0.48)  # the detector's other box on the parked car
+    for i in range(45):  # left to right across the frame in 4.5 s
+        x = -0.2 + 0.03 * i
+        box = (max(x, 0.0), PARKED[1], min(PARKED[2] + min(x, 0.0), 1.0 - max(x, 0.0)), PARKED[3])
+        seen = [car(PARKED), car(FAR, 0.55)]
+        if abs(x - PARKED[0]) >= 0.12 and box[2] > 0.05:
+            seen.append(car(box, 0.7))
+        if x >= 0.45:
+            seen.append(car(tall, 0.52))
+        phases += t.update(seen, frame(T0 + 6.0 + i * 0.1))
+    for i in range(80):  # the road is clear again; the tall box still comes now and then
+        seen = [car(PARKED), car(FAR, 0.55)] + ([car(tall, 0.52)] if i % 3 == 0 else [])
+        phases += t.update(seen, frame(T0 + 10.5 + i * 0.1))
+    car_phases = [p for p in phases if p.event.objects[0].label == "car"]
+    assert len(starts(car_phases, {"car"})) == 1
+    ends = [p for p in car_phases if p.event.phase == "end"]
+    assert len(ends) == 1
+    assert parse_iso(ends[0].event.ended_at or "") < T0 + 11.0  # last seen as it left the view
+    assert sum(v.stationary for v in t.tracks()) == 2
+
+
 def test_no_object_event_is_shorter_than_the_minimum_duration() -> None:
     def glimpse(settings: DetectionSettings) -> list[EventPhase]:
         t = tracker(settings)

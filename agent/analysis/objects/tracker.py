@@ -131,15 +131,25 @@ def _offset(a: NormBox, b: NormBox) -> float:
 
 def _similar(a: NormBox, b: NormBox) -> bool:
     """Boxes of about the same size: one object seen again, not one box of it and another of
-    it with something beside it."""
-    if _at_edge(a) or _at_edge(b):  # entering or leaving the view: only part of it is in the box
+    it with something beside it. A box cut by the frame's edge (entering or leaving the view)
+    is compared only along that edge."""
+    cut_x = _cut(a[0], a[2]) or _cut(b[0], b[2])  # by the left or right edge: its width is cut
+    cut_y = _cut(a[1], a[3]) or _cut(b[1], b[3])
+    if cut_x and cut_y:
         return True
-    area_a, area_b = a[2] * a[3], b[2] * b[3]
-    return area_a > 0 and area_b > 0 and 1 / SIZE_RATIO <= area_b / area_a <= SIZE_RATIO
+    if cut_x:
+        return _within(a[3], b[3], SIZE_RATIO**0.5)
+    if cut_y:
+        return _within(a[2], b[2], SIZE_RATIO**0.5)
+    return _within(a[2] * a[3], b[2] * b[3], SIZE_RATIO)
 
 
-def _at_edge(b: NormBox) -> bool:
-    return b[0] <= EDGE or b[1] <= EDGE or b[0] + b[2] >= 1 - EDGE or b[1] + b[3] >= 1 - EDGE
+def _cut(start: float, extent: float) -> bool:
+    return start <= EDGE or start + extent >= 1 - EDGE
+
+
+def _within(a: float, b: float, ratio: float) -> bool:
+    return a > 0 and b > 0 and 1 / ratio <= b / a <= ratio
 
 
 def _covered(box: NormBox, areas: Sequence[NormBox]) -> bool:
@@ -400,7 +410,11 @@ class ObjectTracker:
                 same = label_group(obj.label) == group
                 if parked[oi] and not track.stationary:
                     # A box on a parked object continues a mover only where the mover is now,
-                    # never by distance or where a velocity from jitter points.
+                    # never by distance or where a velocity from jitter points, and never the
+                    # parked object's own box: a car passing in front of a parked one goes on
+                    # predicted, instead of staying behind on the parked car.
+                    if self._standing_at(obj):
+                        continue
                     overlap = iou(track.box, obj.box)
                     if overlap >= (MATCH_IOU if same else CROSS_LABEL_IOU):
                         candidates.append((0 if same else 1, -overlap, 0.0, ti, oi))
@@ -505,6 +519,14 @@ class ObjectTracker:
                 or iou(obj.box, t.anchor) >= SHADOW_IOU
                 or inside(t.anchor, obj.box) >= SHADOW_HOLDS
             )
+            for t in self._tracks
+        )
+
+    def _standing_at(self, obj: DetectedObject) -> bool:
+        """`obj` is where a stationary object of its group stands: that object's box."""
+        group = label_group(obj.label)
+        return any(
+            t.stationary and label_group(t.label) == group and iou(obj.box, t.anchor) >= STATIONARY_IOU
             for t in self._tracks
         )
 

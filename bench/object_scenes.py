@@ -61,6 +61,8 @@ def sprite(name: str) -> Image:
     if name == "astronaut":
         photo = cast(Image, getattr(skimage.data, "astronaut")())  # noqa: B009 - untyped module
         return cast(Image, cv2.cvtColor(photo[5:512, 15:375], cv2.COLOR_RGB2BGR))
+    if name == "astronaut-mirrored":
+        return np.ascontiguousarray(sprite("astronaut")[:, ::-1])
     if name == "cyclist":
         return _crop(frames[120], 365, 0, 135, 272)
     if name == "suit":
@@ -215,9 +217,38 @@ def arrive_leave() -> tuple[float, list[Mover]]:
     return 90.0, movers
 
 
+def crowd() -> tuple[float, list[Mover]]:
+    """60 s of a busy pavement: 12 people, up to 5 in view at once, crossing each other both ways
+    at several depths (one walker hides another for a moment), two walking side by side, in
+    front of the parked cars. Each crossing is one person: person events should be about 12.
+    Only the astronaut (and its mirror image): the cyclist's cut-out holds a second, blurred
+    person behind him, who would be a person the ground truth does not list."""
+    fh = SIZE[1]
+    plan = [  # id, sprite, height, start, end, rightwards, top
+        ("w01", "astronaut", 150, 2.0, 10.0, True, fh - 160),
+        ("w02", "astronaut-mirrored", 140, 4.0, 11.0, False, fh - 150),
+        ("w03", "astronaut", 100, 6.0, 18.0, True, fh - 130),
+        ("w04", "astronaut-mirrored", 110, 9.0, 19.0, False, fh - 135),
+        ("w05", "astronaut-mirrored", 160, 14.0, 21.0, False, fh - 165),
+        ("w06", "astronaut", 120, 20.0, 30.0, True, fh - 140),
+        ("w07", "astronaut", 120, 20.5, 30.5, True, fh - 150),  # beside w06
+        ("w08", "astronaut-mirrored", 90, 24.0, 38.0, False, fh - 125),
+        ("w09", "astronaut", 160, 31.0, 38.0, True, fh - 165),
+        ("w10", "astronaut-mirrored", 140, 36.0, 45.0, False, fh - 155),
+        ("w11", "astronaut", 100, 40.0, 52.0, True, fh - 130),
+        ("w12", "astronaut-mirrored", 170, 47.0, 55.0, False, fh - 180),
+    ]
+    movers = [
+        _walker(mid, name, height, t0, t1, rightwards=right, top=top)
+        for mid, name, height, t0, t1, right, top in plan
+    ]
+    return 60.0, movers
+
+
 SCENES: dict[str, Callable[[], tuple[float, list[Mover]]]] = {
     "parked_people": parked_people,
     "arrive_leave": arrive_leave,
+    "crowd": crowd,
 }
 
 

@@ -29,7 +29,7 @@ inference a frame) and in tiles (as the full-frame pass does). Goal: motion-gate
 fewer than per-frame. Scenes are replayed in this process through `agent.analysis.replay.replay`,
 as `edge-agent replay` runs them, so the reasons can be read off the pipeline.
 
-    .venv/bin/python bench/object_events_score.py [--scenes bikes,parked_people,arrive_leave,crowd]
+    .venv/bin/python bench/object_events_score.py [--scenes bikes,parked_people,arrive_leave,crowd,traffic]
         [--set detection.end_delay_s=6] [--keep DIR]
     .venv/bin/python bench/object_events_score.py --truth T.json --events E.jsonl   # score a run
 """
@@ -307,7 +307,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--scenes", default="bikes,parked_people,arrive_leave,crowd")
+    parser.add_argument("--scenes", default="bikes,parked_people,arrive_leave,crowd,traffic")
     parser.add_argument(
         "--set", action="append", default=[], help="camera setting, e.g. detection.min_hits=2"
     )

@@ -245,10 +245,58 @@ def crowd() -> tuple[float, list[Mover]]:
     return 60.0, movers
 
 
+def traffic() -> tuple[float, list[Mover]]:
+    """90 s of a street: cars drive through in both directions in a near and a far lane (the far
+    lane passes in front of the two parked cars), one car parked at the start drives off, one
+    arrives and parks, and two people cross. Every car that drives is one event; the parked
+    cars of the background and the one parked at the start raise nothing until it leaves."""
+    fh = SIZE[1]
+    near, far = 90, 64  # car heights in the two lanes
+    near_top, far_top = fh - 100, fh - 150
+
+    def through(mid: str, t0: float, t1: float, *, rightwards: bool, lane: str) -> Mover:
+        height, top = (near, near_top) if lane == "near" else (far, far_top)
+        name = "hatchback-mirrored" if rightwards else "hatchback"  # facing where it drives
+        keys = _cross(t0, t1, _width(name, height), rightwards=rightwards, top=top)
+        return Mover(mid, "car", name, height, keys)
+
+    movers = [
+        Mover(  # parked at the start on the near kerb, left; drives off to the right at 55 s
+            "t.leaves",
+            "car",
+            "hatchback-mirrored",
+            near,
+            ((0.0, 20, near_top), (55.0, 20, near_top), (58.0, 150, near_top), (62.0, 640, near_top)),
+            expected=1,
+            parked=True,
+        ),
+        through("t.c1", 5.0, 11.0, rightwards=False, lane="far"),
+        through("t.c2", 14.0, 19.0, rightwards=True, lane="near"),
+        through("t.c3", 22.0, 29.0, rightwards=False, lane="near"),
+        Mover(  # arrives from the right at 30 s and parks on the near kerb, right of centre
+            "t.parks",
+            "car",
+            "hatchback",
+            near,
+            ((30.0, 640, near_top), (33.0, 460, near_top), (35.0, 420, near_top), (90.0, 420, near_top)),
+            expected=1,
+            parked=True,
+        ),
+        through("t.c4", 38.0, 44.0, rightwards=True, lane="far"),
+        through("t.c5", 47.0, 52.0, rightwards=False, lane="far"),
+        through("t.c6", 66.0, 72.0, rightwards=True, lane="far"),
+        through("t.c7", 75.0, 81.0, rightwards=False, lane="far"),
+        _walker("t.p1", "astronaut", 150, 8.0, 16.0, rightwards=True, top=fh - 165),
+        _walker("t.p2", "astronaut-mirrored", 120, 60.0, 70.0, rightwards=False, top=fh - 140),
+    ]
+    return 90.0, movers
+
+
 SCENES: dict[str, Callable[[], tuple[float, list[Mover]]]] = {
     "parked_people": parked_people,
     "arrive_leave": arrive_leave,
     "crowd": crowd,
+    "traffic": traffic,
 }
 
 

@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from agent.analysis.replay import ReplayObserver, ReplayStats, TerminalProgress, replay
+    from agent.analysis.replay import ReplayObserver, ReplayStats, TerminalProgress, cut_short, replay
 
     video = Path(args.video)
     camera = CameraConfig(id="replay", source=f"file://{video.resolve()}")
@@ -146,6 +146,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
     stats = ReplayStats()
     out = sys.stdout
+    whole = True  # read to the end of the file (not stopped by a reader that went away)
     try:
         for record in replay(
             video, camera, detector=detector, observers=observers, progress=progress, stats=stats
@@ -154,9 +155,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
             out.flush()
     except BrokenPipeError:  # `edge-agent replay x.mp4 | head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        whole = False
     finally:
         if progress is not None:
             progress.done()
+    if whole and cut_short(stats):
+        print(
+            f"edge-agent: warning: {video} ended after {stats.video_s:.1f} s of the {stats.header_s:.1f} s"
+            " its header gives; the file may be cut short, and events after the cut are missing",
+            file=sys.stderr,
+        )
     if args.stats:
         summary = {
             "video_s": round(stats.video_s, 3),

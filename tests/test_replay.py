@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +103,35 @@ def test_pipeline_settings_update_applies(cross_video: tuple[Path, list[tuple[fl
     pipeline = CameraPipeline(camera)
     pipeline.reconfigure(MotionSettings(enabled=False), camera.detection, None)
     assert list(replay(path, camera, pipeline=pipeline)) == []
+
+
+def test_a_file_cut_short_is_replayed_up_to_the_cut_and_said(
+    cross_video: tuple[Path, list[tuple[float, float]]], tmp_path: Path
+) -> None:
+    """A copy cut off in transfer (its header still says 16 s): the events up to the cut come
+    out, and stderr says the file ended early; the whole file says nothing of the kind."""
+    path, _ = cross_video
+    whole = tmp_path / "whole.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-i", str(path), "-c", "copy", "-movflags", "+faststart", str(whole)],
+        check=True,
+    )
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+
+    def run(video: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agent", "replay", str(video)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    done = run(cut)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert rows and rows[-1]["phase"] == "end"
+    assert f"{cut} ended after" in done.stderr and "cut short" in done.stderr
+    full = run(whole)
+    assert full.returncode == 0 and "cut short" not in full.stderr

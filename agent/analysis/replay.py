@@ -67,6 +67,13 @@ class ReplayStats:
     analysed: int = 0
     inferences: int = 0
     video_s: float = 0.0
+    header_s: float | None = None  # the length the file's header gives, when it gives one
+
+
+def cut_short(stats: ReplayStats) -> bool:
+    """The file ended well before the length its header gives: a copy cut off in transfer, or
+    a recording whose writer died, whose events after the cut are missing."""
+    return stats.header_s is not None and stats.video_s < 0.95 * stats.header_s - 1.0
 
 
 class TerminalProgress:
@@ -162,7 +169,9 @@ def replay(
     count = float(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)
     duration = count / fps if math.isfinite(count) and count > 0 else None
     info = VideoInfo(fps, int(first.shape[1]), int(first.shape[0]), duration)
-    return _run(cap, info, first, pipeline, list(observers), progress, stats or ReplayStats())
+    stats = stats or ReplayStats()
+    stats.header_s = duration
+    return _run(cap, info, first, pipeline, list(observers), progress, stats)
 
 
 def _run(

@@ -171,3 +171,35 @@ def test_close_ends_open_events() -> None:
     assert end.event.phase == "end"
     assert end.event.ended_at is not None
     assert tracker.open_events == 0
+
+
+def test_two_boxes_the_model_gives_one_person_raise_one_event() -> None:
+    """A person walks in from the right and the model gives two boxes on them, overlapping as
+    much as two boxes of one body do but neither inside the other: two tracks, one event."""
+    ids = itertools.count()
+    t = ObjectTracker("cam-1", SETTINGS, new_id=lambda: f"ev-{next(ids)}")
+    phases: list[EventPhase] = []
+    for i in range(50):
+        x = 0.9 - 0.015 * i
+        boxes = [obj("person", 0.7, (x, 0.5, 0.06, 0.3)), obj("person", 0.6, (x + 0.012, 0.53, 0.06, 0.3))]
+        phases += t.update(boxes, frame(T0 + i * 0.1))
+    phases += t.close(T0 + 5.0)
+    assert [p.event.phase for p in phases].count("start") == 1
+
+
+def test_two_people_who_walk_in_together_and_part_are_two_events() -> None:
+    """Side by side at first (boxes as close as the model's twin boxes), then apart: the second
+    person's event starts once they part."""
+    ids = itertools.count()
+    t = ObjectTracker("cam-1", SETTINGS, new_id=lambda: f"ev-{next(ids)}")
+    phases: list[EventPhase] = []
+    for i in range(60):
+        x = 0.9 - 0.015 * i
+        apart = max(0.0, i - 20) * 0.01  # the second one slows down after 2 s
+        boxes = [
+            obj("person", 0.7, (x, 0.5, 0.06, 0.3)),
+            obj("person", 0.65, (x + 0.012 + apart, 0.53, 0.06, 0.3)),
+        ]
+        phases += t.update(boxes, frame(T0 + i * 0.1))
+    phases += t.close(T0 + 6.0)
+    assert [p.event.phase for p in phases].count("start") == 2

@@ -26,8 +26,10 @@ stand in front of parked cars). It takes only boxes where it stands. The detecto
 on it (half of it beside a passer-by, it and the passer-by together) start no track and continue
 no other track except by overlap; one box inside or around another of the same frame is one
 object. A parked object that drives off leaves its box and is a new track: one event once it
-moves. No event starts before its track is `min_duration_s` old. Stationary tracks can be saved
-to a file and restored at the next start (`state_path`), still stationary.
+moves. No event starts before its track is `min_duration_s` old, nor while it overlaps an older
+track of its group as two boxes of one object do (the model's second box on a person).
+Stationary tracks can be saved to a file and restored at the next start (`state_path`), still
+stationary.
 
 Not thread-safe: one owner (the camera's pipeline) calls `update` with each detection result and
 `tick` regularly. The best frame is kept by reference: frames given to `update` must not be
@@ -78,6 +80,7 @@ RECENT = 5  # boxes a track remembers; it stands where their median is
 SHADOW_INSIDE = 0.5  # a new box this much inside a stationary box of its group is that object
 SHADOW_IOU = 0.3  # ...and so is one overlapping it this much
 SHADOW_HOLDS = 0.6  # ...and one holding this much of it (the object and someone in front of it)
+TWIN_IOU = 0.5  # a track overlapping one with an open event this much is likely the same object
 PART_OF = 0.8  # a new box this much inside a larger box of its group in the same frame is part of it
 LOSE_MISSES = 2  # looks that did not find a track before it can be lost
 SCORE_ALPHA = 0.3  # weight of a new detection in the smoothed score
@@ -522,6 +525,24 @@ class ObjectTracker:
             for t in self._tracks
         )
 
+    def _twin(self, track: _Track) -> bool:
+        """Another track of its group, with its event open, overlaps it as much as two boxes
+        of one object do (the model's second box on a person): no event of its own while so.
+        Two people who walk in together part, and the second event starts then."""
+        group = label_group(track.label)
+        return any(
+            other is not track
+            and not other.stationary
+            and (other.event_id is not None or other.track_id < track.track_id)
+            and label_group(other.label) == group
+            and (
+                iou(other.box, track.box) >= TWIN_IOU
+                or inside(track.box, other.box) >= PART_OF
+                or inside(other.box, track.box) >= PART_OF
+            )
+            for other in self._tracks
+        )
+
     def _standing_at(self, obj: DetectedObject) -> bool:
         """`obj` is where a stationary object of its group stands: that object's box."""
         group = label_group(obj.label)
@@ -553,6 +574,7 @@ class ObjectTracker:
                 or track.hits < self.settings.min_hits
                 or ts - track.first_ts < self.settings.min_duration_s
                 or track.last_ts != ts
+                or self._twin(track)
             ):
                 return None
             track.event_id = self._new_id()

@@ -12,11 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.analysis.events import EventPhase
 from agent.analysis.objects.regions import tile_crops
-from agent.analysis.objects.service import load_detection_service
+from agent.analysis.objects.service import MAX_CROPS, PRESSED_S, DetectionService, load_detection_service
 from agent.analysis.pipeline import CameraPipeline
 from agent.analysis.replay import ReplayStats, replay
-from agent.capture.source import Frame
+from agent.capture.source import Frame, Image
 from agent.config import CameraConfig, DetectionSettings, load_config
 from agent.errors import ConfigError
 from tests.scenes import street_background, write_crossing
@@ -138,3 +139,116 @@ def test_a_live_camera_counts_what_the_shared_detector_ran(scenes: dict[str, Pat
     counts = pipeline.inference_counts
     assert counts.motion > 0 and counts.full_frame > 0
     assert counts.total == ran.inferences, (counts, ran)
+
+
+class FrameClock:
+    """The detection service's clock, set to the time of the frames being fed."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_service_is_pressed_for_a_while_after_it_drops_a_submission() -> None:
+    clock = FrameClock()
+    model = load_detection_service(None).model
+    service = DetectionService(model, max_inferences_per_s=1.0, queue_size=2 * MAX_CROPS, clock=clock)
+    service.add_camera("cam", DetectionSettings(enabled=True), lambda result: None)
+    service.start()
+    try:
+        frame = Frame(image=np.zeros((272, 640, 3), np.uint8), ts=1e9, pts=0.0, seq=0)
+        assert not service.pressed()
+        admitted = 0
+        while service.submit("cam", frame, [(0.4, 0.3, 0.2, 0.4)]) and admitted < 10:
+            admitted += 1  # the bucket's burst, at a standstill clock
+        assert admitted == MAX_CROPS  # the burst is at least one frame of MAX_CROPS crops
+        assert service.stats().dropped_rate_limit == 1
+        assert service.pressed()
+        clock.now = PRESSED_S - 0.1
+        assert service.pressed()
+        clock.now = PRESSED_S + 0.1
+        assert not service.pressed()
+    finally:
+        service.stop()
+
+
+Phases = dict[str, list[tuple[str, str]]]  # per camera, (phase, label) of its object phases
+
+
+def live(videos: dict[str, Path], budget: float, *, thin: bool) -> tuple[Phases, int]:
+    """Feed the videos as cameras of one gateway in simulated real time (the service's clock is
+    the frames' time; each round waits for the worker), detection capped at `budget`/s; return
+    each camera's (phase, label) of object phases but updates, and the submissions dropped."""
+    clock = FrameClock()
+    service = DetectionService(load_detection_service(None).model, max_inferences_per_s=budget, clock=clock)
+    if not thin:
+        service.pressed = lambda: False  # type: ignore[method-assign]
+    pipelines = {
+        name: CameraPipeline(
+            CameraConfig(id=name, source=f"file://{path}", detection=DetectionSettings(enabled=True)),
+            objects=service,
+        )
+        for name, path in videos.items()
+    }
+    images = {name: read_all(path) for name, path in videos.items()}
+    phases: Phases = {name: [] for name in videos}
+
+    def settle() -> None:
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            s = service.stats()
+            if s.frames_done + s.errors >= s.submitted - s.dropped_rate_limit - s.dropped_queue_full:
+                return
+            time.sleep(0.001)
+        raise TimeoutError("the detection worker did not keep up")
+
+    def keep(found: list[EventPhase], name: str) -> None:
+        phases[name] += [
+            (p.event.phase, p.event.objects[0].label)
+            for p in found
+            if p.event.kind == "object" and p.event.phase != "update"
+        ]
+
+    service.start()
+    try:
+        count = min(len(v) for v in images.values())
+        for i in range(count):
+            clock.now = i / 10
+            for name, pipeline in pipelines.items():
+                keep(pipeline.process(Frame(image=images[name][i], ts=1e9 + i / 10, pts=i / 10, seq=i)), name)
+            settle()
+        for name, pipeline in pipelines.items():
+            keep(pipeline.close(1e9 + count / 10, count / 10), name)
+    finally:
+        service.stop()
+    stats = service.stats()
+    return phases, stats.dropped_rate_limit + stats.dropped_queue_full
+
+
+def read_all(path: Path) -> list[Image]:
+    cap = cv2.VideoCapture(str(path))
+    out: list[Image] = []
+    try:
+        while True:
+            ok, image = cap.read()
+            if not ok or image is None:
+                return out
+            out.append(np.asarray(image, np.uint8))
+    finally:
+        cap.release()
+
+
+def test_cameras_over_the_budget_thin_what_they_follow_and_keep_their_events(
+    scenes: dict[str, Path],
+) -> None:
+    """Two cameras (someone and then a car crossing; a swaying tree) on a budget of 6 runs a
+    second, less than they ask for: thinning looks at followed motion keeps the crossing's
+    events, and fewer submissions are dropped at random than without it."""
+    videos = {"crossing": scenes["crossing"], "tree": scenes["swaying"]}
+    thinned, thinned_drops = live(videos, 6.0, thin=True)
+    _, random_drops = live(videos, 6.0, thin=False)
+    assert thinned["crossing"] == [("start", "person"), ("end", "person"), ("start", "car"), ("end", "car")]
+    assert thinned["tree"] == []
+    assert thinned_drops < 0.7 * random_drops, (thinned_drops, random_drops)

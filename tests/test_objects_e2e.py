@@ -244,6 +244,12 @@ def test_run_publishes_one_object_event_per_crossing_and_none_for_light_switches
     finally:
         late.close()
 
+    # Telemetry says what detection ran, and whether the cameras were over the budget.
+    detection = [t["detection"] for t in (m.json() for m in gw.sub.on("/telemetry")) if "detection" in t]
+    assert detection, "no telemetry with a detection section"
+    assert detection[-1]["inferences"] > 0
+    assert all(isinstance(d["pressed"], bool) for d in detection), detection
+
     # Light switches on a street with the same detector on: nothing at all.
     cam2 = [m.json() for m in gw.sub.on("/cam/cam-2/status")]
     assert any(s["state"] == "ok" for s in cam2), cam2

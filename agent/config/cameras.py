@@ -104,7 +104,8 @@ class DetectionSettings(Strict):
             "Most detections per second on motion already accounted for: on a confirmed track (its event"
             " open, or stationary; the tracker predicts it between looks) or inside a crop looked at"
             " within 1/this s. Motion on a track that may still start an event, and new motion, is"
-            " looked at on the next analysed frame; null: every analysed frame with motion"
+            " looked at on the next analysed frame; null: every analysed frame with motion, and 2 a"
+            " second while the gateway is over detector.max_inferences_per_s"
         ),
     )
     min_hits: int = Field(

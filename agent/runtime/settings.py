@@ -85,6 +85,7 @@ class SharedDetector:
             "inferences": stats.inferences if stats else 0,
             "dropped_rate_limit": stats.dropped_rate_limit if stats else 0,
             "dropped_queue_full": stats.dropped_queue_full if stats else 0,
+            "pressed": service.pressed() if service is not None else False,
         }
 
 

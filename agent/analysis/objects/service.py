@@ -33,6 +33,7 @@ from agent.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MAX_CROPS = 4  # per frame; more motion regions than this become one crop
+PRESSED_S = 5.0  # after a submission is dropped, the service counts as over its budget this long
 TILE_NMS_IOU = 0.5  # overlap at which two boxes from overlapping tiles are one object
 
 
@@ -132,6 +133,8 @@ class DetectionService:
         self._lock = threading.Lock()
         self._cameras: dict[str, _Camera] = {}
         self._bucket = TokenBucket(max_inferences_per_s, max(max_inferences_per_s, MAX_CROPS), clock)
+        self._clock = clock
+        self._dropped_at: float | None = None  # when a submission was last dropped
         self._stats = DetectionStats()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -206,6 +209,12 @@ class DetectionService:
         with self._lock:
             return dataclasses.replace(self._stats)
 
+    def pressed(self) -> bool:
+        """Whether a submission was dropped (rate cap or full queue) within PRESSED_S: the
+        cameras are asking for more than the gateway's budget, and should ask for less."""
+        with self._lock:
+            return self._dropped_at is not None and self._clock() - self._dropped_at < PRESSED_S
+
     # -- the hot path ---------------------------------------------------------------------------
 
     def submit(self, camera_id: str, frame: Frame, regions: Sequence[NormBox]) -> bool:
@@ -242,6 +251,7 @@ class DetectionService:
             with self._lock:
                 self._bucket.give_back(len(crops))
                 self._stats.dropped_queue_full += 1
+                self._dropped_at = self._clock()
             return False
         return True
 
@@ -273,9 +283,11 @@ class DetectionService:
             self._stats.submitted += 1
             if self._queue.full():
                 self._stats.dropped_queue_full += 1
+                self._dropped_at = self._clock()
                 return False
             if not self._bucket.try_take(inferences):
                 self._stats.dropped_rate_limit += 1
+                self._dropped_at = self._clock()
                 return False
             return True
 

@@ -9,7 +9,10 @@ camera's own thread; results that pile up (a stalled camera thread) are dropped 
 Inference is the gateway's scarcest resource: with `known_motion_fps` set, motion that is already
 accounted for (an object with its event open or parked, or a spot looked at a moment ago) waits
 for it, and only motion on objects that may still start an event, and new motion, is looked at
-at once. `counts` says where the inferences went.
+at once. Without it, the same thinning at PRESSED_KNOWN_FPS comes on by itself while the service
+is over the gateway's budget (`DetectionService.pressed`): the service would otherwise drop
+whole frames as they come, new objects' looks with the rest. `counts` says where the inferences
+went.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class InferenceCounts:
 
 
 Tagged = tuple[CheckReason | None, NormBox]  # None: a motion region
+PRESSED_KNOWN_FPS = 2.0  # known_motion_fps in force while the gateway is over its inference budget
 
 
 def _count(
@@ -140,6 +144,8 @@ class ObjectStage:
         rate = self.tracker.settings.motion_fps
         moving = list(motion.regions) if motion is not None and motion.motion else []
         known_fps = self.tracker.settings.known_motion_fps
+        if known_fps is None and not self.synchronous and self.service.pressed():
+            known_fps = PRESSED_KNOWN_FPS  # over the gateway's budget: thin what is followed first
         if moving and known_fps is not None:
             moving = self._unexplained(moving, frame.ts, 1.0 / known_fps)
         if moving and (self._next_motion is None or frame.ts >= self._next_motion):

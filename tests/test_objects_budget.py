@@ -21,6 +21,7 @@ from agent.capture.source import Frame, Image
 from agent.config import CameraConfig, DetectionSettings, load_config
 from agent.errors import ConfigError
 from tests.scenes import street_background, write_crossing
+from tests.test_detect_video import settle
 
 
 def write_swaying(path: Path, seconds: float = 10.0, fps: float = 10.0) -> Path:
@@ -195,15 +196,6 @@ def live(videos: dict[str, Path], budget: float, *, thin: bool) -> tuple[Phases,
     images = {name: read_all(path) for name, path in videos.items()}
     phases: Phases = {name: [] for name in videos}
 
-    def settle() -> None:
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            s = service.stats()
-            if s.frames_done + s.errors >= s.submitted - s.dropped_rate_limit - s.dropped_queue_full:
-                return
-            time.sleep(0.001)
-        raise TimeoutError("the detection worker did not keep up")
-
     def keep(found: list[EventPhase], name: str) -> None:
         phases[name] += [
             (p.event.phase, p.event.objects[0].label)
@@ -218,7 +210,7 @@ def live(videos: dict[str, Path], budget: float, *, thin: bool) -> tuple[Phases,
             clock.now = i / 10
             for name, pipeline in pipelines.items():
                 keep(pipeline.process(Frame(image=images[name][i], ts=1e9 + i / 10, pts=i / 10, seq=i)), name)
-            settle()
+            settle(service)
         for name, pipeline in pipelines.items():
             keep(pipeline.close(1e9 + count / 10, count / 10), name)
     finally:

@@ -526,9 +526,9 @@ class ObjectTracker:
         )
 
     def _twin(self, track: _Track) -> bool:
-        """Another track of its group, with its event open, overlaps it as much as two boxes
-        of one object do (the model's second box on a person): no event of its own while so.
-        Two people who walk in together part, and the second event starts then."""
+        """An older moving track of its group (or one with its event open) overlaps it as much
+        as two boxes of one object do (the model's second box on a person): no event of its own
+        while so. Two people who walk in together part, and the second event starts then."""
         group = label_group(track.label)
         return any(
             other is not track

@@ -61,7 +61,8 @@ Progress = Callable[[float, float | None], None]  # (position s, duration s or N
 @dataclass(slots=True)
 class ReplayStats:
     """What a replay cost, filled in as it runs: frames read from the file, frames the pipeline
-    analysed, and model inferences (one per crop or tile) of its object stage."""
+    analysed, and model inferences (one per crop or tile) of its object stage; and the length
+    the file's header gives, to tell a file cut short (`cut_short`)."""
 
     frames: int = 0
     analysed: int = 0

@@ -80,7 +80,7 @@ RECENT = 5  # boxes a track remembers; it stands where their median is
 SHADOW_INSIDE = 0.5  # a new box this much inside a stationary box of its group is that object
 SHADOW_IOU = 0.3  # ...and so is one overlapping it this much
 SHADOW_HOLDS = 0.6  # ...and one holding this much of it (the object and someone in front of it)
-TWIN_IOU = 0.5  # a track overlapping one with an open event this much is likely the same object
+TWIN_IOU = 0.5  # a track overlapping an older one (or one with its event open) this much: one object
 PART_OF = 0.8  # a new box this much inside a larger box of its group in the same frame is part of it
 LOSE_MISSES = 2  # looks that did not find a track before it can be lost
 SCORE_ALPHA = 0.3  # weight of a new detection in the smoothed score
@@ -526,8 +526,8 @@ class ObjectTracker:
         )
 
     def _twin(self, track: _Track) -> bool:
-        """An older moving track of its group (or one with its event open) overlaps it as much
-        as two boxes of one object do (the model's second box on a person): no event of its own
+        """An older track of its group that is not parked (or one with its event open) overlaps
+        it as much as two boxes of one object do (the model's second box on a person): no event of its own
         while so. Two people who walk in together part, and the second event starts then."""
         group = label_group(track.label)
         return any(

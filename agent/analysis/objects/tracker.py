@@ -402,6 +402,7 @@ class ObjectTracker:
         # A box on a stationary object is that object's, or a mover's that overlaps it: never a
         # far track's (a half-car box must not pull another car's track over).
         parked = [self._shadow(obj) for obj in objects]
+        own = [p and self._standing_at(obj) for p, obj in zip(parked, objects, strict=True)]
         for ti, track in enumerate(self._tracks):
             guesses = (track.predicted(ts), track.box)  # moving on, or stopped
             group = label_group(track.label)
@@ -416,7 +417,7 @@ class ObjectTracker:
                     # never by distance or where a velocity from jitter points, and never the
                     # parked object's own box: a car passing in front of a parked one goes on
                     # predicted, instead of staying behind on the parked car.
-                    if self._standing_at(obj):
+                    if own[oi]:
                         continue
                     overlap = iou(track.box, obj.box)
                     if overlap >= (MATCH_IOU if same else CROSS_LABEL_IOU):

@@ -122,6 +122,36 @@ def test_an_arriving_car_with_two_boxes_is_one_event_and_parks() -> None:
     assert sum(v.stationary for v in t.tracks()) == 3
 
 
+def test_a_small_second_box_beside_a_parked_car_never_pulls_its_neighbour_over() -> None:
+    # Seen in real footage (a van and a car parked at the frame's top right, the car cut by the
+    # edge): the van, found once and then not for a while, took the model's second, smaller box
+    # on the car beside it, "moved" there, and raised a car event for a car parked all along.
+    van, edge_car = (0.84, 0.07, 0.11, 0.1), (0.95, 0.08, 0.05, 0.08)
+    t = tracker()
+    phases = t.update([car(van), car(edge_car)], frame(T0))
+    for i in range(1, 200):
+        seen = [car(edge_car, 0.62)]
+        if i >= 9:  # then a second, lower box on the edge car, each frame, growing to the edge
+            seen.append(car((0.95, 0.1, min(0.02 + 0.01 * (i // 10), 0.05), 0.075), 0.52))
+        phases += t.update(seen, frame(T0 + i * 0.1))
+    assert starts(phases, {"car", "truck", "bus"}) == []
+
+
+def test_a_car_of_another_size_near_where_a_mover_was_lost_is_another_car() -> None:
+    # Seen at a scene cut in bikes.mp4: the track of a car driving off took a smaller, parked
+    # car's box nearby, and that parked car's event went on for as long as it stood there.
+    t = tracker()
+    phases: list[EventPhase] = []
+    for i in range(20):  # a car drives right for 2 s, then is gone
+        phases += t.update([car((0.3 + 0.02 * i, 0.5, 0.25, 0.3))], frame(T0 + i * 0.1))
+    assert len(starts(phases, {"car"})) == 1
+    for i in range(100):  # a third of its size, a diagonal on: a car standing there for 10 s
+        phases += t.update([car((0.72, 0.42, 0.13, 0.18))], frame(T0 + 2.0 + i * 0.1))
+    ends = [p.event.ts for p in phases if p.event.phase == "end"]
+    assert len(ends) == 1 and parse_iso(ends[0]) < T0 + 2.0 + SETTINGS.end_delay_s + 1.0
+    assert len(starts(phases, {"car"})) == 1
+
+
 def test_a_truck_box_over_a_passer_by_and_a_parked_car_raises_nothing() -> None:
     """As traced in arrive_leave: a "truck" around a passer-by and the parked car, first a big
     box reaching the frame's bottom edge, then ones narrowing onto the car as the person walks."""

@@ -151,6 +151,10 @@ def _cut(start: float, extent: float) -> bool:
     return start <= EDGE or start + extent >= 1 - EDGE
 
 
+def _overlaps(track: _Track, box: NormBox, ts: float) -> bool:
+    return max(iou(track.predicted(ts), box), iou(track.box, box)) >= MATCH_IOU
+
+
 def _within(a: float, b: float, ratio: float) -> bool:
     return a > 0 and b > 0 and 1 / ratio <= b / a <= ratio
 
@@ -403,6 +407,8 @@ class ObjectTracker:
         # far track's (a half-car box must not pull another car's track over).
         parked = [self._shadow(obj) for obj in objects]
         own = [p and self._standing_at(obj) for p, obj in zip(parked, objects, strict=True)]
+        # The tracks each box stands on (by overlap), which a far track may not take it from.
+        on = [[ti for ti, t in enumerate(self._tracks) if _overlaps(t, o.box, ts)] for o in objects]
         for ti, track in enumerate(self._tracks):
             guesses = (track.predicted(ts), track.box)  # moving on, or stopped
             group = label_group(track.label)
@@ -435,6 +441,13 @@ class ObjectTracker:
                 near = dist <= MATCH_DISTANCE or (
                     dist <= gate and min(_offset(g, obj.box) for g in guesses) <= MAX_GATE_FRAME
                 )
+                if near and overlap < MATCH_IOU and group == "vehicle":
+                    # By distance, a vehicle takes only a box of its own size that no other
+                    # vehicle stands on: the model's second box on a car beside it, or another car
+                    # after a cut, is not this one moving.
+                    near = _similar(track.box, obj.box) and not any(
+                        o != ti and label_group(self._tracks[o].label) == group for o in on[oi]
+                    )
                 if (same and (overlap >= MATCH_IOU or near)) or overlap >= CROSS_LABEL_IOU:
                     candidates.append((0 if same else 1, -overlap, dist, ti, oi))
         candidates.sort()

@@ -203,3 +203,22 @@ def test_two_people_who_walk_in_together_and_part_are_two_events() -> None:
         phases += t.update(boxes, frame(T0 + i * 0.1))
     phases += t.close(T0 + 6.0)
     assert [p.event.phase for p in phases].count("start") == 2
+
+
+def test_a_person_the_model_misses_for_longer_than_the_end_delay_stays_one_event() -> None:
+    # Small people are missed for seconds at a time (real footage: a busy square filmed from a
+    # first floor); a car is not, and a car's track that lingers would take the next car.
+    tracker = ObjectTracker("cam-1", SETTINGS)
+    phases: list[EventPhase] = []
+    for i in range(120):  # walks right across the middle in 12 s at 10 Hz
+        x = 0.1 + 0.006 * i
+        hidden = 30 <= i < 60  # 3 s looked at (motion crops around it) and not found
+        seen = [] if hidden else [obj("person", 0.55, (x, 0.4, 0.03, 0.12))]
+        phases += tracker.update(seen, frame(T0 + i * 0.1), [(x - 0.1, 0.3, 0.25, 0.35)])
+    kinds = [p.event.phase for p in phases]
+    assert kinds.count("start") == 1 and kinds.count("end") == 0
+    for i in range(1, 60):  # then lost for good, in the middle of the view
+        phases += tracker.update([], frame(T0 + 12.0 + i * 0.1), [(0.7, 0.3, 0.25, 0.35)])
+    ends = [p.event for p in phases if p.event.phase == "end"]
+    assert len(ends) == 1
+    assert parse_iso(ends[0].ts) - (T0 + 11.9) >= 2 * SETTINGS.end_delay_s - 0.11

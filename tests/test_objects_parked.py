@@ -209,7 +209,7 @@ def test_no_object_event_is_shorter_than_the_minimum_duration() -> None:
         phases: list[EventPhase] = []
         for i in range(6):  # a person seen for 0.5 s, moving fast, then gone for good
             phases += t.update([person((0.1 + 0.05 * i, 0.3, 0.1, 0.4))], frame(T0 + i * 0.1))
-        for i in range(50):
+        for i in range(80):  # longer than a person's patience (twice end_delay_s)
             phases += t.update([], frame(T0 + 0.6 + i * 0.1))
         return phases
 

@@ -112,7 +112,13 @@ class DetectionSettings(Strict):
         default=3, ge=1, le=100, description="Detections of a track before its event starts"
     )
     end_delay_s: float = Field(
-        default=3.0, ge=0.0, le=300.0, description="Seconds a track may go unseen before its event ends"
+        default=3.0,
+        ge=0.0,
+        le=300.0,
+        description=(
+            "Seconds a track may go unseen before its event ends; a person still in view twice"
+            " this (the detector misses small people for longer)"
+        ),
     )
     min_duration_s: float = Field(
         default=0.5,

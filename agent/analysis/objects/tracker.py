@@ -2,10 +2,11 @@
 
 Detection runs only where something is looked at (motion crops, checks of known objects, a
 periodic full-frame pass), so "unseen" means little by itself. A track therefore ends only when
-it is lost: looked at and not found (`LOSE_MISSES` times and for `end_delay_s`), or predicted out
-of the frame for `end_delay_s`. Until then a detection near where it was heading (constant
-velocity, a gate that widens with the time unseen) continues it as the same track and the same
-event, so a small person the model misses for a few seconds stays one event. The event's end
+it is lost: looked at and not found (`LOSE_MISSES` times and for `end_delay_s`, a person for
+PERSON_PATIENCE times that), or predicted out of the frame for `end_delay_s`. Until then a
+detection near where it was heading (constant velocity, a gate that widens with the time unseen)
+continues it as the same track and the same event, so a small person the model misses for a few
+seconds stays one event. The event's end
 waits for that loss; `ended_at` is when the object was last seen.
 
 Association: greedy one-to-one on the predicted box: same label group first (car, bus and truck
@@ -71,6 +72,7 @@ MAX_GATE_FRAME = 0.3  # ...and never beyond this centre distance in frame widths
 CROSS_LABEL_IOU = 0.5  # a detection of another label group continues a track only at this overlap
 STATIONARY_IOU = 0.5  # overlap with the anchor box below which the object may be away from it
 OCCLUDED = 0.8  # share of a box inside the anchor above which it is the same object, partly hidden
+PERSON_PATIENCE = 2.0  # a person still in view is lost after this many end delays unseen
 MOVE_HITS = 2  # consecutive hits away from the anchor that make an object a mover
 MOVE_DISTANCE = 0.25  # ...each with its centre this many box diagonals from the anchor's
 MOVE_FRAME = 0.03  # ...and this far in frame units (half-car boxes of a far car jitter less)
@@ -339,6 +341,8 @@ class ObjectTracker:
             # A parked car is hidden whenever someone stands in front of it: it is lost only
             # after missing for as long as it takes to become stationary.
             patience = max(s.end_delay_s, s.stationary_s) if track.stationary else s.end_delay_s
+            if not track.stationary and label_group(track.label) == "person":
+                patience *= PERSON_PATIENCE  # missed for longer; a lingering car takes the next one
             if gone or (unseen >= patience and track.misses >= LOSE_MISSES):
                 if track.event_id is not None:
                     phases.append(self._phase(track, "end", ts, offset_s, ended_at=track.last_ts))

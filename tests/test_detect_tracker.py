@@ -222,3 +222,30 @@ def test_a_person_the_model_misses_for_longer_than_the_end_delay_stays_one_event
     ends = [p.event for p in phases if p.event.phase == "end"]
     assert len(ends) == 1
     assert parse_iso(ends[0].ts) - (T0 + 11.9) >= 2 * SETTINGS.end_delay_s - 0.11
+
+
+def test_a_person_whose_box_shifts_to_a_new_track_stays_one_event() -> None:
+    # Seen in a group on real footage: the model's box on a person shifts (wider, higher) for a
+    # few frames together with the usual one, a new track starts on it, and from then on only
+    # the shifted box comes: the new track takes it and the old one, starved, would end while
+    # the same person raised a second event.
+    tracker = ObjectTracker("cam-1", SETTINGS)
+    phases: list[EventPhase] = []
+    for i in range(100):  # walks right for 10 s at 10 Hz
+        x = 0.1 + 0.006 * i
+        usual = obj("person", 0.7, (x, 0.4, 0.04, 0.14))
+        shifted = obj("person", 0.6, (x - 0.01, 0.36, 0.06, 0.14))
+        seen = [usual] if i < 30 else [usual, shifted] if i < 33 else [shifted]
+        phases += tracker.update(seen, frame(T0 + i * 0.1))
+    assert [p.event.phase for p in phases].count("start") == 1
+    assert tracker.open_events == 1
+
+
+def test_a_person_lost_and_another_starting_elsewhere_are_two_events() -> None:
+    tracker = ObjectTracker("cam-1", SETTINGS)
+    phases: list[EventPhase] = []
+    for i in range(60):  # one walks right and is lost mid-view after 3 s; another walks in far off
+        first = [obj("person", 0.7, (0.1 + 0.006 * i, 0.4, 0.04, 0.14))] if i < 30 else []
+        second = [obj("person", 0.7, (0.7 - 0.006 * i, 0.2, 0.04, 0.14))] if i >= 28 else []
+        phases += tracker.update(first + second, frame(T0 + i * 0.1))
+    assert [p.event.phase for p in phases].count("start") == 2

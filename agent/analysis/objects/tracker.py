@@ -6,7 +6,8 @@ it is lost: looked at and not found (`LOSE_MISSES` times and for `end_delay_s`, 
 PERSON_PATIENCE times that), or predicted out of the frame for `end_delay_s`. Until then a
 detection near where it was heading (constant velocity, a gate that widens with the time unseen)
 continues it as the same track and the same event, so a small person the model misses for a few
-seconds stays one event. The event's end
+seconds stays one event. A person's new track that began where an event track was heading, as
+that track went unseen, hands its boxes over to it (`_hand_over`): the event goes on. The event's end
 waits for that loss; `ended_at` is when the object was last seen.
 
 Association: greedy one-to-one on the predicted box: same label group first (car, bus and truck
@@ -86,6 +87,7 @@ TWIN_IOU = 0.5  # a track overlapping an older one (or one with its event open) 
 PART_OF = 0.8  # a new box this much inside a larger box of its group in the same frame is part of it
 LOSE_MISSES = 2  # looks that did not find a track before it can be lost
 SCORE_ALPHA = 0.3  # weight of a new detection in the smoothed score
+HANDOVER_S = 1.0  # a person's old track seen this long beside its new one may still hand over
 PREDICT_S = 1.0  # longest gap bridged by the constant-velocity guess (objects stop, too)
 PREDICT_STILL_S = 0.25  # ...for a track that has not moved yet
 MAX_TRACKS = 32  # per camera; each may hold a full frame as its best, so memory stays bounded
@@ -323,6 +325,7 @@ class ObjectTracker:
                 and not _part_of(obj, objects, [objects[o] for o in taken])
             ):
                 self._tracks.append(self._new_track(obj, frame))
+        self._hand_over(ts)
         for track in self._tracks:
             phase = self._advance(track, ts, frame.pts)
             if phase is not None:
@@ -542,6 +545,66 @@ class ObjectTracker:
             )
             for t in self._tracks
         )
+
+    def _hand_over(self, ts: float) -> None:
+        """A person's new track, about to start its event, that began where an event track was
+        heading and took over from it (that track unseen since, or for all but HANDOVER_S after)
+        is that person found again: the old track takes its boxes and its event goes on.
+
+        In a group the model's boxes shift from frame to frame; the old track misses a few, a
+        new one starts on the shifted box, and the old one, starved, would end while the person
+        raised a second event."""
+        s = self.settings
+        merged: list[_Track] = []
+        for new in self._tracks:
+            if (
+                new.event_id is not None
+                or new.stationary
+                or not new.moved
+                or new.hits < s.min_hits
+                or new.last_ts != ts
+                or label_group(new.label) != "person"
+            ):
+                continue
+            first = new.recent[0] if new.recent else new.box
+            best: tuple[float, _Track] | None = None
+            for old in self._tracks:
+                if (
+                    old is new
+                    or old in merged
+                    or old.event_id is None
+                    or old.stationary
+                    or old.last_ts == ts  # seen now: another person
+                    or old.last_ts > new.first_ts + HANDOVER_S
+                    or label_group(old.label) != "person"
+                ):
+                    continue
+                heading = old.predicted(new.first_ts)
+                unseen = max(new.first_ts - old.last_ts, 0.0)
+                gate = min(MATCH_DISTANCE + GATE_GROWTH * max(unseen - 0.5, 0.0), MAX_GATE)
+                dist = _distance(heading, first, own=True)
+                if (
+                    dist <= gate
+                    and _offset(heading, first) <= MAX_GATE_FRAME
+                    and (best is None or dist < best[0])
+                ):
+                    best = (dist, old)
+            if best is not None:
+                self._take_over(best[1], new)
+                merged.append(new)
+        if merged:
+            self._tracks = [t for t in self._tracks if t not in merged]
+
+    @staticmethod
+    def _take_over(old: _Track, new: _Track) -> None:
+        """`old` goes on with where `new` has seen the object since."""
+        old.box, old.last_ts, old.checked_ts, old.misses = new.box, new.last_ts, new.checked_ts, 0
+        old.velocity, old.hits, old.seen_since_phase = new.velocity, old.hits + new.hits, True
+        old.recent.extend(new.recent)
+        for label, votes in new.votes.items():
+            old.votes[label] += votes
+        if new.best_score > old.best_score:
+            old.best_score, old.best_frame, old.best_pending = new.best_score, new.best_frame, True
 
     def _twin(self, track: _Track) -> bool:
         """An older track of its group that is not parked (or one with its event open) overlaps

@@ -6,9 +6,9 @@ it is lost: looked at and not found (`LOSE_MISSES` times and for `end_delay_s`, 
 PERSON_PATIENCE times that), or predicted out of the frame for `end_delay_s`. Until then a
 detection near where it was heading (constant velocity, a gate that widens with the time unseen)
 continues it as the same track and the same event, so a small person the model misses for a few
-seconds stays one event. A person's new track that began where an event track was heading, as
-that track went unseen, hands its boxes over to it (`_hand_over`): the event goes on. The event's end
-waits for that loss; `ended_at` is when the object was last seen.
+seconds stays one event. The event's end waits for that loss; `ended_at` is when the object was
+last seen. A person's new track that began where an event track was heading, as that track went
+unseen, hands its boxes over to it (`_hand_over`): the event goes on.
 
 Association: greedy one-to-one on the predicted box: same label group first (car, bus and truck
 are one group; a track keeps a score-weighted label vote, so one frame calling a person a

@@ -249,3 +249,32 @@ def test_a_person_lost_and_another_starting_elsewhere_are_two_events() -> None:
         second = [obj("person", 0.7, (0.7 - 0.006 * i, 0.2, 0.04, 0.14))] if i >= 28 else []
         phases += tracker.update(first + second, frame(T0 + i * 0.1))
     assert [p.event.phase for p in phases].count("start") == 2
+
+
+def test_two_boxes_on_one_small_person_at_a_third_overlap_raise_one_event() -> None:
+    # Real footage (a square filmed from a first floor): the SSD's own suppression leaves two
+    # boxes on one small person that overlap by 0.4, each then followed by a track of its own.
+    tracker = ObjectTracker("cam-1", SETTINGS)
+    phases: list[EventPhase] = []
+    for i in range(60):
+        x = 0.9 - 0.008 * i
+        boxes = [
+            obj("person", 0.62, (x, 0.48, 0.048, 0.173)),
+            obj("person", 0.55, (x - 0.017, 0.48, 0.044, 0.165)),
+        ]
+        phases += tracker.update(boxes, frame(T0 + i * 0.1))
+    assert [p.event.phase for p in phases].count("start") == 1
+    assert len(tracker.tracks()) == 1
+
+
+def test_two_people_side_by_side_raise_two_events() -> None:
+    tracker = ObjectTracker("cam-1", SETTINGS)
+    phases: list[EventPhase] = []
+    for i in range(60):  # shoulder to shoulder: centres one body width apart
+        x = 0.9 - 0.008 * i
+        boxes = [
+            obj("person", 0.62, (x, 0.48, 0.045, 0.17)),
+            obj("person", 0.55, (x - 0.045, 0.47, 0.045, 0.17)),
+        ]
+        phases += tracker.update(boxes, frame(T0 + i * 0.1))
+    assert [p.event.phase for p in phases].count("start") == 2

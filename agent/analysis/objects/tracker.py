@@ -10,10 +10,11 @@ seconds stays one event. The event's end waits for that loss; `ended_at` is when
 last seen. A person's new track that began where an event track was heading, as that track went
 unseen, hands its boxes over to it (`_hand_over`): the event goes on.
 
-Association: greedy one-to-one on the predicted box: same label group first (car, bus and truck
-are one group; a track keeps a score-weighted label vote, so one frame calling a person a
-bicycle changes nothing), then overlap, then centre distance in the track's own box diagonals
-(an odd, large box must not widen the reach), never beyond MAX_GATE_FRAME. Another group joins a
+Person boxes of one body (centres within half a width, most of the height shared) are first
+made one box. Association: greedy one-to-one on the predicted box: same label group first (car,
+bus and truck are one group; a track keeps a score-weighted label vote, so one frame calling a
+person a bicycle changes nothing), then overlap, then centre distance in the track's own box
+diagonals (an odd, large box must not widen the reach), never beyond MAX_GATE_FRAME. Another group joins a
 track only with a large overlap. A track that has not moved yet predicts only a frame or two on:
 its velocity may be the detector's jitter.
 
@@ -84,6 +85,7 @@ SHADOW_INSIDE = 0.5  # a new box this much inside a stationary box of its group 
 SHADOW_IOU = 0.3  # ...and so is one overlapping it this much
 SHADOW_HOLDS = 0.6  # ...and one holding this much of it (the object and someone in front of it)
 TWIN_IOU = 0.5  # a track overlapping an older one (or one with its event open) this much: one object
+SAME_BODY_HEIGHT = 0.7  # two person boxes this much of one height, centres close: one body
 PART_OF = 0.8  # a new box this much inside a larger box of its group in the same frame is part of it
 LOSE_MISSES = 2  # looks that did not find a track before it can be lost
 SCORE_ALPHA = 0.3  # weight of a new detection in the smoothed score
@@ -166,6 +168,28 @@ def _within(a: float, b: float, ratio: float) -> bool:
 def _covered(box: NormBox, areas: Sequence[NormBox]) -> bool:
     cx, cy = _centre(box)
     return any(x <= cx <= x + w and y <= cy <= y + h for x, y, w, h in areas)
+
+
+def _one_box_a_body(objects: Sequence[DetectedObject]) -> list[DetectedObject]:
+    """`objects` less the model's second boxes on one person: a person box whose centre is
+    within half the narrower width of a better-scoring one's and which shares most of its
+    height (SAME_BODY_HEIGHT) is the same body. The SSD's own suppression keeps such pairs at an
+    overlap of 0.4; two people cannot stand that close at one depth, and one behind the other
+    is hidden."""
+    kept: list[DetectedObject] = []
+    for obj in sorted(objects, key=lambda o: -o.score):
+        if label_group(obj.label) == "person" and any(
+            label_group(o.label) == "person" and _same_body(o.box, obj.box) for o in kept
+        ):
+            continue
+        kept.append(obj)
+    return kept
+
+
+def _same_body(a: NormBox, b: NormBox) -> bool:
+    apart = abs((a[0] + a[2] / 2) - (b[0] + b[2] / 2))
+    shared = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return apart < 0.5 * min(a[2], b[2]) and shared >= SAME_BODY_HEIGHT * min(a[3], b[3])
 
 
 def _part_of(
@@ -305,6 +329,7 @@ class ObjectTracker:
         ts = frame.ts
         self._last_update_ts = ts
         phases = self.tick(ts, frame.pts)
+        objects = _one_box_a_body(objects)
         matched = self._match(objects, ts)
         for ti, oi in matched:
             self._hit(self._tracks[ti], objects[oi], frame)

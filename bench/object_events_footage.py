@@ -13,9 +13,13 @@ need no annotation:
 | inferences | model runs, against analysed frames |
 
 Compare the counts with the people and vehicles you count by eye: a parked vehicle should raise
-nothing, a person crossing once one event.
+nothing, a person crossing once one event. With `--mot-gt`, a MOTChallenge ground-truth file
+(`frame,id,left,top,width,height,...` in pixels, frames from 1) for the one video given, each
+annotated person counts as one object that should raise one event, and the runs are also scored
+as `object_events_score.py` scores its scenes (missed, fragments, false events).
 
     .venv/bin/python bench/object_events_footage.py VIDEO [VIDEO ...] [--variant detection.end_delay_s=6]
+    .venv/bin/python bench/object_events_footage.py VIDEO --mot-gt gt.txt [--mot-size 768x576]
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/object_events_score.py
 
-from object_events_score import replay_rows, table
+import av
+from object_events_score import HEADER, replay_rows, rows_of, score, table
 
 RESUME_S = 6.0  # the issue's measure: an event starting this soon after another ended...
 RESUME_DIST = 0.1  # ...this near (frame units) where that one was last seen
@@ -74,6 +79,31 @@ def summarise(rows: Sequence[dict[str, Any]], min_duration: float) -> dict[str, 
     return out
 
 
+def mot_truth(path: Path, video: Path, size: tuple[int, int] | None) -> dict[str, Any]:
+    """Scorer ground truth from a MOTChallenge gt file: one person object per id, boxes scaled by
+    the annotated frame `size` (default: the video's own) and timed by the video's frame rate."""
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        width, height = size or (stream.codec_context.width, stream.codec_context.height)
+    if fps <= 0:
+        raise ValueError(f"{video}: no frame rate to time the annotation by")
+    keys: dict[str, list[list[float]]] = defaultdict(list)
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split(",")
+        try:
+            frame, ident = int(float(fields[0])), int(float(fields[1]))
+            left, top, w, h = (float(v) for v in fields[2:6])
+        except (ValueError, IndexError):
+            raise ValueError(f"{path}:{n}: not a MOT line (frame,id,left,top,width,height,...)") from None
+        box = [max(left, 0.0) / width, max(top, 0.0) / height, w / width, h / height]
+        keys[f"mot{ident}"].append([round((frame - 1) / fps, 3), *(round(v, 4) for v in box)])
+    objects = [{"id": k, "label": "person", "expected": 1, "keys": sorted(v)} for k, v in keys.items()]
+    return {"video": str(video), "labels": [], "objects": objects}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,17 +113,36 @@ def main() -> int:
         "--variant", action="append", default=[], help="a camera setting to compare with the defaults"
     )
     parser.add_argument("--min-duration", type=float, default=0.5)
+    parser.add_argument("--mot-gt", type=Path, help="MOTChallenge ground truth for the one video")
+    parser.add_argument("--mot-size", help="WxH the annotation's pixels refer to (default: the video's)")
     args = parser.parse_args()
-    missing = [str(v) for v in args.videos if not v.is_file()]
+    missing = [str(v) for v in [*args.videos, *([args.mot_gt] if args.mot_gt else [])] if not v.is_file()]
     if missing:
-        parser.error(f"no such video: {', '.join(missing)}")
+        parser.error(f"no such file: {', '.join(missing)}")
+    truth = None
+    if args.mot_gt:
+        if len(args.videos) != 1:
+            parser.error("--mot-gt goes with exactly one video")
+        size = None
+        if args.mot_size:
+            w, _, h = args.mot_size.partition("x")
+            if not (w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+                parser.error(f"--mot-size: expected WxH, got {args.mot_size!r}")
+            size = (int(w), int(h))
+        try:
+            truth = mot_truth(args.mot_gt, args.videos[0], size)
+        except ValueError as e:
+            parser.error(str(e))
     rows_out: list[tuple[str, ...]] = []
+    scored: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory(prefix="object-footage-") as tmp:
         for video in args.videos:
             for variant in ["", *args.variant]:
                 folder = Path(tmp) / f"{video.stem}-{len(rows_out)}"
                 folder.mkdir()
                 rows, _wall, stats = replay_rows(video.resolve(), folder, [variant] if variant else [])
+                if truth is not None:
+                    scored += rows_of(variant or "defaults", score(truth, rows, args.min_duration))
                 for label, (events, resumed, short) in summarise(rows, args.min_duration).items():
                     rows_out.append(
                         (video.name, variant or "defaults", label, str(events), str(resumed), str(short),
@@ -101,6 +150,9 @@ def main() -> int:
                     )  # fmt: skip
     header = ["video", "settings", "label", "events", "resumed", "short", "inferences / analysed"]
     print(table(header, rows_out))
+    if scored:
+        print(f"\nAgainst {args.mot_gt.name} (one event expected per annotated person)\n")
+        print(table(["settings", *HEADER[1:]], scored))
     return 0
 
 

@@ -14,9 +14,9 @@ Person boxes of one body (centres within half a width, most of the height shared
 made one box. Association: greedy one-to-one on the predicted box: same label group first (car,
 bus and truck are one group; a track keeps a score-weighted label vote, so one frame calling a
 person a bicycle changes nothing), then overlap, then centre distance in the track's own box
-diagonals (an odd, large box must not widen the reach), never beyond MAX_GATE_FRAME. Another group joins a
-track only with a large overlap. A track that has not moved yet predicts only a frame or two on:
-its velocity may be the detector's jitter.
+diagonals (an odd, large box must not widen the reach), never beyond MAX_GATE_FRAME. Another
+group joins a track only with a large overlap. A track that has not moved yet predicts only a
+frame or two on: its velocity may be the detector's jitter.
 
 Stationary objects: an event starts only for a track that has moved (its box left where it
 first stood for MOVE_HITS detections in a row; a box shrunk inside the old one is an occluded
@@ -155,6 +155,11 @@ def _similar(a: NormBox, b: NormBox) -> bool:
 
 def _cut(start: float, extent: float) -> bool:
     return start <= EDGE or start + extent >= 1 - EDGE
+
+
+def _reach(unseen_s: float) -> float:
+    """How far (in its own box diagonals) a mover unseen this long may have gone."""
+    return min(MATCH_DISTANCE + GATE_GROWTH * max(unseen_s - 0.5, 0.0), MAX_GATE)
 
 
 def _overlaps(track: _Track, box: NormBox, ts: float) -> bool:
@@ -439,15 +444,19 @@ class ObjectTracker:
         # far track's (a half-car box must not pull another car's track over).
         parked = [self._shadow(obj) for obj in objects]
         own = [p and self._standing_at(obj) for p, obj in zip(parked, objects, strict=True)]
-        # The tracks each box stands on (by overlap), which a far track may not take it from.
-        on = [[ti for ti, t in enumerate(self._tracks) if _overlaps(t, o.box, ts)] for o in objects]
+        # The tracks each vehicle box stands on (by overlap), which a far track may not take it from.
+        on = [
+            [ti for ti, t in enumerate(self._tracks) if _overlaps(t, o.box, ts)]
+            if label_group(o.label) == "vehicle"
+            else []
+            for o in objects
+        ]
         for ti, track in enumerate(self._tracks):
             guesses = (track.predicted(ts), track.box)  # moving on, or stopped
             group = label_group(track.label)
             gate = MATCH_DISTANCE  # a stationary object does not wander off
             if track.moved:  # a mover unseen for a while may be further on; a still one is not
-                unseen = min(ts - track.last_ts, self.settings.end_delay_s)
-                gate = min(MATCH_DISTANCE + GATE_GROWTH * max(unseen - 0.5, 0.0), MAX_GATE)
+                gate = _reach(min(ts - track.last_ts, self.settings.end_delay_s))
             for oi, obj in enumerate(objects):
                 same = label_group(obj.label) == group
                 if parked[oi] and not track.stationary:
@@ -573,8 +582,8 @@ class ObjectTracker:
 
     def _hand_over(self, ts: float) -> None:
         """A person's new track, about to start its event, that began where an event track was
-        heading and took over from it (that track unseen since, or for all but HANDOVER_S after)
-        is that person found again: the old track takes its boxes and its event goes on.
+        heading, while that track went unseen (seen at most HANDOVER_S after and not now), is
+        that person found again: the old track takes its boxes and its event goes on.
 
         In a group the model's boxes shift from frame to frame; the old track misses a few, a
         new one starts on the shifted box, and the old one, starved, would end while the person
@@ -605,11 +614,9 @@ class ObjectTracker:
                 ):
                     continue
                 heading = old.predicted(new.first_ts)
-                unseen = max(new.first_ts - old.last_ts, 0.0)
-                gate = min(MATCH_DISTANCE + GATE_GROWTH * max(unseen - 0.5, 0.0), MAX_GATE)
                 dist = _distance(heading, first, own=True)
                 if (
-                    dist <= gate
+                    dist <= _reach(new.first_ts - old.last_ts)
                     and _offset(heading, first) <= MAX_GATE_FRAME
                     and (best is None or dist < best[0])
                 ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from agent.config import DetectionSettings
 from agent.contract.messages import DetectedObject
 
 T0 = 1_800_000_000.0
+Box = tuple[float, float, float, float]
 SETTINGS = DetectionSettings(
     enabled=True, min_hits=3, end_delay_s=2.0, update_interval_s=1.0, stationary_s=5.0
 )
@@ -251,30 +253,30 @@ def test_a_person_lost_and_another_starting_elsewhere_are_two_events() -> None:
     assert [p.event.phase for p in phases].count("start") == 2
 
 
-def test_two_boxes_on_one_small_person_at_a_third_overlap_raise_one_event() -> None:
-    # Real footage (a square filmed from a first floor): the SSD's own suppression leaves two
-    # boxes on one small person that overlap by 0.4, each then followed by a track of its own.
+def walk_two_boxes(
+    first: Callable[[float], Box], second: Callable[[float], Box]
+) -> tuple[list[EventPhase], ObjectTracker]:
+    """Two person boxes walking left together for 6 s, placed by `first` and `second` at x."""
     tracker = ObjectTracker("cam-1", SETTINGS)
     phases: list[EventPhase] = []
     for i in range(60):
         x = 0.9 - 0.008 * i
-        boxes = [
-            obj("person", 0.62, (x, 0.48, 0.048, 0.173)),
-            obj("person", 0.55, (x - 0.017, 0.48, 0.044, 0.165)),
-        ]
+        boxes = [obj("person", 0.62, first(x)), obj("person", 0.55, second(x))]
         phases += tracker.update(boxes, frame(T0 + i * 0.1))
+    return phases, tracker
+
+
+def test_two_boxes_on_one_small_person_at_a_third_overlap_raise_one_event() -> None:
+    # Real footage (a square filmed from a first floor): the SSD's own suppression leaves two
+    # boxes on one small person that overlap by 0.4, each then followed by a track of its own.
+    phases, tracker = walk_two_boxes(
+        lambda x: (x, 0.48, 0.048, 0.173), lambda x: (x - 0.017, 0.48, 0.044, 0.165)
+    )
     assert [p.event.phase for p in phases].count("start") == 1
     assert len(tracker.tracks()) == 1
 
 
 def test_two_people_side_by_side_raise_two_events() -> None:
-    tracker = ObjectTracker("cam-1", SETTINGS)
-    phases: list[EventPhase] = []
-    for i in range(60):  # shoulder to shoulder: centres one body width apart
-        x = 0.9 - 0.008 * i
-        boxes = [
-            obj("person", 0.62, (x, 0.48, 0.045, 0.17)),
-            obj("person", 0.55, (x - 0.045, 0.47, 0.045, 0.17)),
-        ]
-        phases += tracker.update(boxes, frame(T0 + i * 0.1))
+    # Shoulder to shoulder: centres one body width apart.
+    phases, _ = walk_two_boxes(lambda x: (x, 0.48, 0.045, 0.17), lambda x: (x - 0.045, 0.47, 0.045, 0.17))
     assert [p.event.phase for p in phases].count("start") == 2

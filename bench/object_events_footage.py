@@ -1,8 +1,8 @@
-"""Object events on footage with no ground truth: what an operator would count; print a table.
+"""Object events on real footage, with or without ground truth; print tables.
 
 For real footage you may not commit (a dataset's licence, a district's own camera). Each video is
-replayed with detection on, as `edge-agent replay` runs it, once per `--set` variant given (and
-once with defaults), and its object events are counted per label with two signs of trouble that
+replayed with detection on, as `edge-agent replay` runs it, once with defaults and once per
+`--variant` given, and its object events are counted per label with two signs of trouble that
 need no annotation:
 
 | column | meaning |
@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/object_events_
 
 import av
 from object_events_score import HEADER, replay_rows, rows_of, score, table
+
+from agent.errors import AgentError
 
 RESUME_S = 6.0  # the issue's measure: an event starting this soon after another ended...
 RESUME_DIST = 0.1  # ...this near (frame units) where that one was last seen
@@ -119,6 +121,11 @@ def main() -> int:
     missing = [str(v) for v in [*args.videos, *([args.mot_gt] if args.mot_gt else [])] if not v.is_file()]
     if missing:
         parser.error(f"no such file: {', '.join(missing)}")
+    for variant in args.variant:
+        key, eq, value = variant.partition("=")
+        section, _, name = key.partition(".")
+        if section not in ("motion", "detection") or not name or not eq or not value:
+            parser.error(f"--variant: expected motion.NAME=VALUE or detection.NAME=VALUE, got {variant!r}")
     truth = None
     if args.mot_gt:
         if len(args.videos) != 1:
@@ -135,19 +142,23 @@ def main() -> int:
             parser.error(str(e))
     rows_out: list[tuple[str, ...]] = []
     scored: list[tuple[str, ...]] = []
+    runs = [(video, variant) for video in args.videos for variant in ["", *args.variant]]
     with tempfile.TemporaryDirectory(prefix="object-footage-") as tmp:
-        for video in args.videos:
-            for variant in ["", *args.variant]:
-                folder = Path(tmp) / f"{video.stem}-{len(rows_out)}"
-                folder.mkdir()
+        for n, (video, variant) in enumerate(runs):
+            folder = Path(tmp) / f"run-{n}"
+            folder.mkdir()
+            try:
                 rows, _wall, stats = replay_rows(video.resolve(), folder, [variant] if variant else [])
-                if truth is not None:
-                    scored += rows_of(variant or "defaults", score(truth, rows, args.min_duration))
-                for label, (events, resumed, short) in summarise(rows, args.min_duration).items():
-                    rows_out.append(
-                        (video.name, variant or "defaults", label, str(events), str(resumed), str(short),
-                         f"{stats['inferences']} / {stats['analysed']}")
-                    )  # fmt: skip
+            except (AgentError, ValueError) as e:  # a setting the config refuses, a file that is no video
+                parser.error(f"{video.name} {variant or 'defaults'}: {e}")
+            if truth is not None:
+                scored += rows_of(variant or "defaults", score(truth, rows, args.min_duration))
+            counts = summarise(rows, args.min_duration) or {"-": (0, 0, 0)}  # no object event at all
+            for label, (events, resumed, short) in counts.items():
+                rows_out.append(
+                    (video.name, variant or "defaults", label, str(events), str(resumed), str(short),
+                     f"{stats['inferences']} / {stats['analysed']}")
+                )  # fmt: skip
     header = ["video", "settings", "label", "events", "resumed", "short", "inferences / analysed"]
     print(table(header, rows_out))
     if scored:

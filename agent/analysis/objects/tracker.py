@@ -230,7 +230,7 @@ class TrackView:
     event_id: str | None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: two tracks are never "equal"
 class _Track:
     box: NormBox
     first_ts: float

@@ -255,6 +255,7 @@ class _Track:
     best_pending: bool = False  # the best frame improved since the last phase
     track_id: int = 0
     recent: deque[NormBox] = field(default_factory=lambda: deque(maxlen=RECENT))  # last boxes
+    first_box: NormBox | None = None  # where it began (None: restored from the state file)
 
     @property
     def label(self) -> str:
@@ -505,6 +506,7 @@ class ObjectTracker:
     def _new_track(self, obj: DetectedObject, frame: Frame) -> _Track:
         ts = frame.ts
         track = _Track(box=obj.box, first_ts=ts, last_ts=ts, anchor=obj.box, anchor_ts=ts, checked_ts=ts)
+        track.first_box = obj.box
         track.votes[obj.label] += obj.score
         track.score = obj.score
         self._ids += 1
@@ -600,7 +602,7 @@ class ObjectTracker:
                 or label_group(new.label) != "person"
             ):
                 continue
-            first = new.recent[0] if new.recent else new.box
+            first = new.first_box or new.box
             best: tuple[float, _Track] | None = None
             for old in self._tracks:
                 if (

@@ -68,10 +68,18 @@ def test_a_machine_without_chromium_is_told_what_to_install(tmp_path: Path) -> N
 
 
 def wait_until(what: str, fn: Callable[[], T | None], timeout: float, why: Callable[[], str] = str) -> T:
-    """fn()'s first truthy value within `timeout` seconds; fails naming `what` and `why()`."""
+    """fn()'s first truthy value within `timeout` seconds; fails naming `what` and `why()`.
+
+    An element not there yet (the next page still loading) or gone (replaced) counts as not yet:
+    after a form is sent, the old page may answer before the new one is in."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = fn()
+        try:
+            value = fn()
+        except (NoSuchElementException, StaleElementReferenceException):
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:

@@ -642,8 +642,9 @@ class ObjectTracker:
 
     def _twin(self, track: _Track) -> bool:
         """An older track of its group that is not parked (or one with its event open) overlaps
-        it as much as two boxes of one object do (the model's second box on a person): no event of its own
-        while so. Two people who walk in together part, and the second event starts then."""
+        it as much as two boxes of one object do (the model's second box on a person): no event
+        of its own while so. Two people who walk in together part, and the second event starts
+        then."""
         group = label_group(track.label)
         return any(
             other is not track

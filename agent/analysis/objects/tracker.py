@@ -7,8 +7,9 @@ PERSON_PATIENCE times that), or predicted out of the frame for `end_delay_s`. Un
 detection near where it was heading (constant velocity, a gate that widens with the time unseen)
 continues it as the same track and the same event, so a small person the model misses for a few
 seconds stays one event. The event's end waits for that loss; `ended_at` is when the object was
-last seen. A person's new track that began where an event track was heading, as that track went
-unseen, hands its boxes over to it (`_hand_over`): the event goes on.
+last seen. A person's new track that began where an event track was heading as that track went
+unseen, or is there now moving the same way, hands its boxes over to it (`_hand_over`): the
+event goes on.
 
 Person boxes of one body (centres within half a width, most of the height shared) are first
 made one box. Association: greedy one-to-one on the predicted box: same label group first (car,
@@ -160,6 +161,11 @@ def _cut(start: float, extent: float) -> bool:
 def _reach(unseen_s: float) -> float:
     """How far (in its own box diagonals) a mover unseen this long may have gone."""
     return min(MATCH_DISTANCE + GATE_GROWTH * max(unseen_s - 0.5, 0.0), MAX_GATE)
+
+
+def _within_reach(heading: NormBox, box: NormBox, unseen_s: float) -> bool:
+    """`box` is where a mover heading for `heading`, unseen this long, may be."""
+    return _distance(heading, box, own=True) <= _reach(unseen_s) and _offset(heading, box) <= MAX_GATE_FRAME
 
 
 def _overlaps(track: _Track, box: NormBox, ts: float) -> bool:
@@ -583,9 +589,9 @@ class ObjectTracker:
         )
 
     def _hand_over(self, ts: float) -> None:
-        """A person's new track, about to start its event, that began where an event track was
-        heading, while that track went unseen (seen at most HANDOVER_S after and not now), is
-        that person found again: the old track takes its boxes and its event goes on.
+        """A person's new track, about to start its event, that is an unseen event track's
+        person found again (`_found_again`) hands over: the old track takes its boxes and its
+        event goes on.
 
         In a group the model's boxes shift from frame to frame; the old track misses a few, a
         new one starts on the shifted box, and the old one, starved, would end while the person
@@ -602,7 +608,6 @@ class ObjectTracker:
                 or label_group(new.label) != "person"
             ):
                 continue
-            first = new.first_box or new.box
             best: tuple[float, _Track] | None = None
             for old in self._tracks:
                 if (
@@ -611,23 +616,35 @@ class ObjectTracker:
                     or old.event_id is None
                     or old.stationary
                     or old.last_ts == ts  # seen now: another person
-                    or old.last_ts > new.first_ts + HANDOVER_S
                     or label_group(old.label) != "person"
                 ):
                     continue
-                heading = old.predicted(new.first_ts)
-                dist = _distance(heading, first, own=True)
-                if (
-                    dist <= _reach(new.first_ts - old.last_ts)
-                    and _offset(heading, first) <= MAX_GATE_FRAME
-                    and (best is None or dist < best[0])
-                ):
+                dist = self._found_again(old, new, ts)
+                if dist is not None and (best is None or dist < best[0]):
                     best = (dist, old)
             if best is not None:
                 self._take_over(best[1], new)
                 merged.append(new)
         if merged:
             self._tracks = [t for t in self._tracks if t not in merged]
+
+    @staticmethod
+    def _found_again(old: _Track, new: _Track, ts: float) -> float | None:
+        """How far (in `old`'s box diagonals) `new` is from where `old` was heading, if `new` may
+        be `old`'s person found again: it began there as `old` went unseen (seen at most
+        HANDOVER_S after), or it is there now and moves the same way. The second is a person
+        whose box a neighbour's track took by overlap for a while, starving the old track; two
+        people crossing move opposite ways."""
+        first = new.first_box or new.box
+        if old.last_ts <= new.first_ts + HANDOVER_S:
+            heading = old.predicted(new.first_ts)
+            if _within_reach(heading, first, new.first_ts - old.last_ts):
+                return _distance(heading, first, own=True)
+        heading = old.predicted(ts)
+        same_way = old.velocity[0] * new.velocity[0] + old.velocity[1] * new.velocity[1] > 0
+        if same_way and _within_reach(heading, new.box, ts - old.last_ts):
+            return _distance(heading, new.box, own=True)
+        return None
 
     @staticmethod
     def _take_over(old: _Track, new: _Track) -> None:

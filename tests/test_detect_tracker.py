@@ -79,7 +79,8 @@ def test_a_crossing_person_is_one_event_with_a_stable_id_and_label() -> None:
 
 
 def test_the_snapshot_is_the_best_scoring_frame_sent_when_it_improves() -> None:
-    tracker = ObjectTracker("cam-1", SETTINGS)
+    # Started at once, so that the best frame of the crossing comes after the start.
+    tracker = ObjectTracker("cam-1", SETTINGS.model_copy(update={"person_min_duration_s": 0.0}))
     phases, frames = run_crossing(tracker)
     sent = [p.frame for p in phases if p.frame is not None]
     assert phases[0].frame is not None  # the start carries the best frame so far
@@ -164,12 +165,33 @@ def test_a_parked_car_that_drives_off_is_a_new_event() -> None:
     assert kinds.count("start") == 1
 
 
+def test_a_person_event_starts_after_person_min_duration_a_car_after_min_duration() -> None:
+    tracker = ObjectTracker("cam-1", SETTINGS)
+    first_start: dict[str, float] = {}
+    for i in range(40):
+        ts = T0 + i * 0.1
+        seen = [
+            obj("person", 0.8, (0.1 + 0.01 * i, 0.3, 0.05, 0.2)),
+            obj("car", 0.8, (0.9 - 0.015 * i, 0.6, 0.1, 0.1)),
+        ]
+        for p in tracker.update(seen, frame(ts)):
+            if p.event.phase == "start":
+                first_start.setdefault(p.event.objects[0].label, ts)
+                assert parse_iso(p.event.started_at) == T0  # when it was first seen
+    assert first_start["car"] - T0 < 1.0
+    assert (
+        SETTINGS.person_min_duration_s - 1e-6
+        <= first_start["person"] - T0
+        < SETTINGS.person_min_duration_s + 0.15
+    )
+
+
 def test_close_ends_open_events() -> None:
     tracker = ObjectTracker("cam-1", SETTINGS)
-    for i in range(8):
+    for i in range(25):  # past person_min_duration_s
         tracker.update([obj("person", 0.8, (0.1 + 0.02 * i, 0.3, 0.05, 0.3))], frame(T0 + i * 0.1))
     assert tracker.open_events == 1
-    (end,) = tracker.close(T0 + 1.0, 1.0)
+    (end,) = tracker.close(T0 + 2.5, 2.5)
     assert end.event.phase == "end"
     assert end.event.ended_at is not None
     assert tracker.open_events == 0

@@ -22,6 +22,7 @@ import pytest
 
 from agent.analysis.objects import DEFAULT_LABELS, DetectionModel
 from agent.analysis.objects.regions import extract, plan_crops
+from agent.config import DetectionSettings
 from tests.conftest import Broker
 from tests.harness import GatewayRun, Subscriber, write_config
 from tests.scenes import (
@@ -293,8 +294,11 @@ def test_replay_prints_object_events_at_the_right_offsets(scenes: dict[str, Scen
         mover = crossing.truth("person" if label_of(phases[0]) == "person" else "vehicle")
         start, end = phases[0], phases[-1]
         # It starts while the object is in view, at most a second after min_hits detections
-        # could first have been made, and ends within end_delay_s of it leaving (plus a frame).
-        assert mover.t_enter + (MIN_HITS - 1) * frame_s <= start["offset_s"] <= mover.t_enter + 1.5, start
+        # could first have been made (a person's track waits person_min_duration_s first), and
+        # ends within end_delay_s of it leaving (plus a frame).
+        settle = DetectionSettings().person_min_duration_s if label_of(start) == "person" else 0.0
+        earliest = mover.t_enter + max((MIN_HITS - 1) * frame_s, settle)
+        assert earliest <= start["offset_s"] <= mover.t_enter + settle + 1.5, start
         assert end["offset_s"] <= mover.t_exit + END_DELAY_S + frame_s, end
         for p in phases[:-1]:  # start and updates report where the object is at offset_s
             truth = crossing.box(mover, p["offset_s"])

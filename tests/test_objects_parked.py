@@ -213,9 +213,14 @@ def test_no_object_event_is_shorter_than_the_minimum_duration() -> None:
             phases += t.update([], frame(T0 + 0.6 + i * 0.1))
         return phases
 
-    assert starts(glimpse(SETTINGS.model_copy(update={"min_duration_s": 0.0})), {"person"})
-    assert starts(glimpse(SETTINGS.model_copy(update={"min_duration_s": 0.8})), {"person"}) == []
-    longer = glimpse(SETTINGS.model_copy(update={"min_duration_s": 0.4}))
+    at_once = {"min_duration_s": 0.0, "person_min_duration_s": 0.0}
+    assert starts(glimpse(SETTINGS.model_copy(update=at_once)), {"person"})
+    assert starts(glimpse(SETTINGS.model_copy(update={**at_once, "min_duration_s": 0.8})), {"person"}) == []
+    assert (
+        starts(glimpse(SETTINGS.model_copy(update={**at_once, "person_min_duration_s": 0.8})), {"person"})
+        == []
+    )
+    longer = glimpse(SETTINGS.model_copy(update={**at_once, "min_duration_s": 0.4}))
     ends = [p for p in longer if p.event.phase == "end"]
     assert len(ends) == 1
     e = ends[0].event

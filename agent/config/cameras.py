@@ -129,6 +129,17 @@ class DetectionSettings(Strict):
             " shorter (a glimpse raises nothing)"
         ),
     )
+    person_min_duration_s: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=60.0,
+        description=(
+            "Seconds a person must have been tracked before its event starts, if longer than"
+            " min_duration_s (started_at is still when it was first seen): the model's boxes on small"
+            " people come and go, and a second track on one person gets this long to rejoin the"
+            " first instead of raising an event of its own"
+        ),
+    )
     update_interval_s: float = Field(
         default=1.0, ge=0.1, le=3600.0, description="Seconds between update phases of a running event"
     )

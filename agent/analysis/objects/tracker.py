@@ -30,10 +30,10 @@ stand in front of parked cars). It takes only boxes where it stands. The detecto
 on it (half of it beside a passer-by, it and the passer-by together) start no track and continue
 no other track except by overlap; one box inside or around another of the same frame is one
 object. A parked object that drives off leaves its box and is a new track: one event once it
-moves. No event starts before its track is `min_duration_s` old, nor while it overlaps an older
-track of its group as two boxes of one object do (the model's second box on a person).
-Stationary tracks can be saved to a file and restored at the next start (`state_path`), still
-stationary.
+moves. No event starts before its track is `min_duration_s` old (a person's track
+`person_min_duration_s`, if longer), nor while it overlaps an older track of its group as two
+boxes of one object do (the model's second box on a person). Stationary tracks can be saved to
+a file and restored at the next start (`state_path`), still stationary.
 
 Not thread-safe: one owner (the camera's pipeline) calls `update` with each detection result and
 `tick` regularly. The best frame is kept by reference: frames given to `update` must not be
@@ -705,7 +705,7 @@ class ObjectTracker:
                 not track.moved
                 or track.stationary
                 or track.hits < self.settings.min_hits
-                or ts - track.first_ts < self.settings.min_duration_s
+                or ts - track.first_ts < self._min_duration(track)
                 or track.last_ts != ts
                 or self._twin(track)
             ):
@@ -723,6 +723,13 @@ class ObjectTracker:
         ):
             return self._phase(track, "update", ts, offset_s)
         return None
+
+    def _min_duration(self, track: _Track) -> float:
+        """How long `track` must have been tracked before its event starts."""
+        s = self.settings
+        if label_group(track.label) == "person":
+            return max(s.min_duration_s, s.person_min_duration_s)
+        return s.min_duration_s
 
     def _phase(
         self, track: _Track, phase: Phase, ts: float, offset_s: float, ended_at: float | None = None

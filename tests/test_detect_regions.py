@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.analysis.objects.regions import Crop, extract, plan_crops
+from agent.analysis.objects.regions import Crop, extract, plan_crops, tile_crops
 
 SIDE = 300
 FRAME = (1920, 1080)
@@ -72,11 +72,30 @@ def test_no_two_crops_overlap_after_merging_a_chain() -> None:
     assert all(any(_contains(c, r, FRAME) for c in crops) for r in chain)
 
 
+SCATTERED = [(x, y, 0.01, 0.02) for x in (0.02, 0.35, 0.7, 0.95) for y in (0.02, 0.9)]
+
+
 def test_motion_everywhere_becomes_one_crop() -> None:
-    scattered = [(x, y, 0.01, 0.02) for x in (0.02, 0.35, 0.7, 0.95) for y in (0.02, 0.9)]
-    crops = plan_crops(scattered, FRAME, SIDE, max_crops=4)
+    small = (800, 450)  # one square around it all is 800 px: scaled down less than 3 times
+    crops = plan_crops(SCATTERED, small, SIDE, max_crops=4)
     assert len(crops) == 1
-    assert all(_contains(crops[0], r, FRAME) for r in scattered)
+    assert all(_contains(crops[0], r, small) for r in SCATTERED)
+
+
+def test_motion_all_over_a_large_frame_is_looked_at_in_its_tiles() -> None:
+    # One square around it all would be 1920 px, each person in it scaled down 6.4 times.
+    crops = plan_crops(SCATTERED, FRAME, SIDE, max_crops=4)
+    assert crops == tile_crops(FRAME, SIDE)
+    assert max(c.side for c in crops) < 1920
+    # A crowd whose crops merge into one big square (no more than max_crops left) as well.
+    crowd = [(0.1 + 0.07 * i, 0.2 + 0.06 * (i % 3), 0.03, 0.1) for i in range(12)]
+    assert plan_crops(crowd, FRAME, SIDE, max_crops=4) == tile_crops(FRAME, SIDE)
+
+
+def test_one_large_object_on_a_large_frame_keeps_its_one_square() -> None:
+    bus = (0.1, 0.2, 0.6, 0.6)  # 1152x648 px: tiles would cut it in two
+    (crop,) = plan_crops([bus], FRAME, SIDE)
+    assert crop.side >= 1152 and _contains(crop, bus, FRAME)
 
 
 def test_empty_and_out_of_frame_regions_give_no_crops() -> None:

@@ -23,6 +23,7 @@ NormBox = tuple[float, float, float, float]  # x, y, w, h normalised to the fram
 XYXY = tuple[float, float, float, float]  # x0, y0, x1, y1
 
 CONTEXT = 0.25  # a crop is this much wider than its region, so the whole object is in view
+SCALED_DOWN = 3.0  # a crop this many times the model's input side gives way to the frame's tiles
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,12 @@ def plan_crops(
 
     Overlapping squares are merged into the square around both regions until none overlap (at
     most one merge per region). More than `max_crops` left means motion all over: one crop
-    around all of it then costs less than many.
+    around all of it then costs less than many. A crop around more than `max_crops` regions
+    that is SCALED_DOWN times the model's input or more (motion all over a large frame: a crowd
+    on a 720p or 1080p camera) would shrink people below what the model finds, so the frame's
+    tiles (`tile_crops`, scaled down less) are looked at instead, at one inference more on a
+    16:9 frame. One large object (a bus near the camera) keeps its one square, in which it is
+    whole.
     """
     width, height = frame_size
     if width <= 0 or height <= 0 or input_side <= 0:
@@ -90,6 +96,7 @@ def plan_crops(
         if x1 > x0 and y1 > y0:
             rects.append((x0, y0, x1, y1))
     crops = [_square(r, frame_size, input_side) for r in rects]
+    held = [1] * len(rects)  # motion regions inside each crop
     merged = True
     while merged:  # each pass removes one crop, so this runs at most len(rects) times
         merged = False
@@ -98,7 +105,8 @@ def plan_crops(
                 if _overlap(crops[i], crops[j]):
                     rects[i] = _union(rects[i], rects[j])
                     crops[i] = _square(rects[i], frame_size, input_side)
-                    del rects[j], crops[j]
+                    held[i] += held[j]
+                    del rects[j], crops[j], held[j]
                     merged = True
                     break
             if merged:
@@ -107,7 +115,9 @@ def plan_crops(
         whole = rects[0]
         for r in rects[1:]:
             whole = _union(whole, r)
-        return [_square(whole, frame_size, input_side)]
+        crops, held = [_square(whole, frame_size, input_side)], [len(regions)]
+    if any(c.side >= SCALED_DOWN * input_side and n > max_crops for c, n in zip(crops, held, strict=True)):
+        return tile_crops(frame_size, input_side)  # motion all over a large frame
     return crops
 
 

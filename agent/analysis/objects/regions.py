@@ -75,7 +75,7 @@ def _union(a: XYXY, b: XYXY) -> XYXY:
 def plan_crops(
     regions: Sequence[NormBox], frame_size: tuple[int, int], input_side: int, *, max_crops: int = 4
 ) -> list[Crop]:
-    """Square crops covering every motion region, none overlapping another.
+    """Square crops covering every motion region, none overlapping another (tiles excepted).
 
     Overlapping squares are merged into the square around both regions until none overlap (at
     most one merge per region). More than `max_crops` left means motion all over: one crop
@@ -115,7 +115,7 @@ def plan_crops(
         whole = rects[0]
         for r in rects[1:]:
             whole = _union(whole, r)
-        crops, held = [_square(whole, frame_size, input_side)], [len(regions)]
+        crops, held = [_square(whole, frame_size, input_side)], [sum(held)]
     if any(c.side >= SCALED_DOWN * input_side and n > max_crops for c, n in zip(crops, held, strict=True)):
         return tile_crops(frame_size, input_side)  # motion all over a large frame
     return crops

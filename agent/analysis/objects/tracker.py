@@ -163,9 +163,11 @@ def _reach(unseen_s: float) -> float:
     return min(MATCH_DISTANCE + GATE_GROWTH * max(unseen_s - 0.5, 0.0), MAX_GATE)
 
 
-def _within_reach(heading: NormBox, box: NormBox, unseen_s: float) -> bool:
-    """`box` is where a mover heading for `heading`, unseen this long, may be."""
-    return _distance(heading, box, own=True) <= _reach(unseen_s) and _offset(heading, box) <= MAX_GATE_FRAME
+def _reached(heading: NormBox, box: NormBox, unseen_s: float) -> float | None:
+    """How far `box` is from `heading` (in its own box diagonals), if it is where a mover heading
+    there, unseen this long, may be; None if it is beyond reach."""
+    dist = _distance(heading, box, own=True)
+    return dist if dist <= _reach(unseen_s) and _offset(heading, box) <= MAX_GATE_FRAME else None
 
 
 def _overlaps(track: _Track, box: NormBox, ts: float) -> bool:
@@ -635,16 +637,13 @@ class ObjectTracker:
         HANDOVER_S after), or it is there now and moves the same way. The second is a person
         whose box a neighbour's track took by overlap for a while, starving the old track; two
         people crossing move opposite ways."""
-        first = new.first_box or new.box
         if old.last_ts <= new.first_ts + HANDOVER_S:
             heading = old.predicted(new.first_ts)
-            if _within_reach(heading, first, new.first_ts - old.last_ts):
-                return _distance(heading, first, own=True)
-        heading = old.predicted(ts)
+            began = _reached(heading, new.first_box or new.box, new.first_ts - old.last_ts)
+            if began is not None:
+                return began
         same_way = old.velocity[0] * new.velocity[0] + old.velocity[1] * new.velocity[1] > 0
-        if same_way and _within_reach(heading, new.box, ts - old.last_ts):
-            return _distance(heading, new.box, own=True)
-        return None
+        return _reached(old.predicted(ts), new.box, ts - old.last_ts) if same_way else None
 
     @staticmethod
     def _take_over(old: _Track, new: _Track) -> None:

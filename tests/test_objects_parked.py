@@ -203,6 +203,44 @@ def test_a_car_passing_in_front_of_a_parked_one_goes_on_and_the_parked_one_stays
     assert sum(v.stationary for v in t.tracks()) == 2
 
 
+def test_a_parked_car_edging_out_slowly_is_one_event_from_when_it_stood() -> None:
+    # Seen on a hatchback pulling out of its place (docs/objects.md): its motion region holds the
+    # car and the spot it left, the crop grows, and the model loses the car while its box still
+    # overlaps the parked one; no new track ever began, so it raised nothing.
+    t = tracker()
+    phases = settle(t)
+    x0, y, w, h = PARKED
+    for i in range(1, 15):  # 0.1 of the frame a second, to the left; lost at i = 15
+        phases += t.update([car((x0 - 0.01 * i, y, w, h)), car(FAR, 0.55)], frame(T0 + 6.0 + i * 0.1))
+    for i in range(15, 80):
+        phases += t.update([car(FAR, 0.55)], frame(T0 + 6.0 + i * 0.1))
+    car_phases = [p for p in phases if p.event.objects[0].label == "car"]
+    assert [p.event.phase for p in car_phases if p.event.phase != "update"] == ["start", "end"]
+    event = car_phases[-1].event
+    # It began when the car was last seen standing, not at its first sighting 6 s before.
+    assert T0 + 6.0 <= parse_iso(event.started_at) <= T0 + 6.5
+    assert abs(parse_iso(event.ended_at or "") - (T0 + 7.4)) < 0.01  # last seen
+    assert sum(v.stationary for v in t.tracks()) == 1  # the other car is still parked
+
+
+def test_a_box_around_a_standing_person_and_a_passer_by_moves_neither() -> None:
+    # A person's box has no fixed shape: the model's box around a standing person and someone
+    # beside them must not be taken for the person walking off.
+    t = tracker()
+    standing = (0.5, 0.3, 0.08, 0.4)
+    phases: list[EventPhase] = []
+    for i in range(60):  # stands still for 6 s: stationary
+        phases += t.update([person(standing)], frame(T0 + i * 0.1))
+    assert [v.stationary for v in t.tracks()] == [True]
+    for i in range(30):  # someone walks past on the right; every frame, one box around both
+        x = 0.6 + 0.004 * i
+        phases += t.update([person((0.5, 0.28, x + 0.08 - 0.5, 0.42))], frame(T0 + 6.0 + i * 0.1))
+    for i in range(20):
+        phases += t.update([person(standing)], frame(T0 + 9.0 + i * 0.1))
+    assert starts(phases, {"person"}) == []
+    assert [v.stationary for v in t.tracks()] == [True]
+
+
 def test_no_object_event_is_shorter_than_the_minimum_duration() -> None:
     def glimpse(settings: DetectionSettings) -> list[EventPhase]:
         t = tracker(settings)

@@ -29,9 +29,11 @@ every `stationary_check_s` (`due_checks`) and kept through misses for `stationar
 stand in front of parked cars). It takes only boxes where it stands. The detector's other boxes
 on it (half of it beside a passer-by, it and the passer-by together) start no track and continue
 no other track except by overlap; one box inside or around another of the same frame is one
-object. A parked object that drives off leaves its box and is a new track: one event once it
-moves. No event starts before its track is `min_duration_s` old (a person's track
-`person_min_duration_s`, if longer), nor while it overlaps an older track of its group as two
+object. A parked object that drives off is one event once it moves: edging out, its boxes
+leave where it stands as a mover's do (MOVE_HITS in a row) and the track moves on, its event
+starting when it was last seen standing; gone between two looks, it is a new track. No event
+starts before its track is `min_duration_s` old (a person's track `person_min_duration_s`, if
+longer), nor while it overlaps an older track of its group as two
 boxes of one object do (the model's second box on a person). Stationary tracks can be saved to
 a file and restored at the next start (`state_path`), still stationary.
 
@@ -80,6 +82,7 @@ MOVE_HITS = 2  # consecutive hits away from the anchor that make an object a mov
 MOVE_DISTANCE = 0.25  # ...each with its centre this many box diagonals from the anchor's
 MOVE_FRAME = 0.03  # ...and this far in frame units (half-car boxes of a far car jitter less)
 SIZE_RATIO = 2.0  # ...and a box at most this much larger or smaller than the anchor's
+STILL_DISTANCE = 0.1  # a stationary object's box this near its anchor (diagonals) sees it standing
 EDGE = 0.01  # a box this near the frame's edge may be cut by it
 RECENT = 5  # boxes a track remembers; it stands where their median is
 SHADOW_INSIDE = 0.5  # a new box this much inside a stationary box of its group is that object
@@ -252,6 +255,7 @@ class _Track:
     stationary: bool = False
     moved: bool = False  # has moved since it appeared or last stood still
     away_hits: int = 0  # consecutive hits away from the anchor
+    still_ts: float = 0.0  # when a stationary track was last seen where it stands
     misses: int = 0  # looks since the last hit that did not find it
     checked_ts: float = 0.0  # when a detection last looked at its box
     event_id: str | None = None
@@ -532,12 +536,6 @@ class ObjectTracker:
         track.score += SCORE_ALPHA * (obj.score - track.score)
         track.seen_since_phase = True
         self._remember_best(track, obj.score, frame)
-        if track.stationary:
-            # It stays where it stands: its box follows only the detector's jitter, never a box
-            # around it and someone in front. Driving off, it leaves that box and is a new track.
-            if iou(obj.box, track.anchor) >= STATIONARY_IOU and inside(obj.box, track.anchor) < OCCLUDED:
-                track.box = obj.box
-            return
         away = (
             iou(track.anchor, obj.box) < STATIONARY_IOU
             and inside(obj.box, track.anchor) < OCCLUDED
@@ -547,6 +545,22 @@ class ObjectTracker:
             # of shape, not a move. A person's box changes with each step and each railing.
             and (label_group(obj.label) != "vehicle" or _similar(track.anchor, obj.box))
         )
+        if track.stationary:
+            # It stays where it stands: its box follows only the detector's jitter, never a box
+            # around it and someone in front. Edging out, it leaves its box in the same way as a
+            # mover MOVE_HITS times in a row, and drives off as this track.
+            if away:
+                track.away_hits += 1
+                if track.away_hits >= MOVE_HITS:
+                    self._depart(track, obj.box, ts)
+            else:
+                track.away_hits = 0
+                if _distance(track.anchor, obj.box) < STILL_DISTANCE:
+                    track.still_ts = ts
+            if track.stationary:
+                if iou(obj.box, track.anchor) >= STATIONARY_IOU and inside(obj.box, track.anchor) < OCCLUDED:
+                    track.box = obj.box
+                return
         occluded = not away and inside(obj.box, track.anchor) >= OCCLUDED and iou(track.anchor, obj.box) < 0.7
         if dt > 0 and not occluded:
             (cx, cy), (ox, oy) = _centre(track.box), _centre(obj.box)
@@ -565,6 +579,15 @@ class ObjectTracker:
             track.anchor, track.anchor_ts = obj.box, ts
 
     @staticmethod
+    def _depart(track: _Track, box: NormBox, ts: float) -> None:
+        """Make stationary `track` a mover again. Its event, if it comes, starts when it was
+        last seen standing, not when it was first seen (hours ago, perhaps)."""
+        track.first_ts = max(track.still_ts, track.anchor_ts)
+        track.stationary, track.moved, track.away_hits = False, True, 0
+        track.anchor, track.anchor_ts = box, ts
+        track.recent.clear()
+
+    @staticmethod
     def _stand(track: _Track) -> None:
         """Make `track` stationary where it stands: the median of its last boxes, so that one
         odd box (the object and someone in front of it) is not what it is matched with."""
@@ -573,6 +596,7 @@ class ObjectTracker:
             track.box = (x, y, w, h)
         track.stationary, track.moved, track.away_hits = True, False, 0
         track.anchor, track.anchor_ts = track.box, track.last_ts
+        track.still_ts = track.last_ts
         track.velocity = (0.0, 0.0)
 
     def _shadow(self, obj: DetectedObject) -> bool:

@@ -186,3 +186,27 @@ def write_lightswitch(path: Path, *, fps: float = 10.0, seconds: float = 13.0) -
     changes = tuple((2.0 * (i + 1), gain) for i, gain in enumerate(steps) if 2.0 * (i + 1) < seconds)
     scene = Scene(path, fps, seconds, FRAME_SIZE, (), changes)
     return _write(scene, street_background())
+
+
+def write_pulling_out(path: Path, *, fps: float = 10.0, parked_s: float = 8.0, seconds: float = 16.0) -> Path:
+    """The hatchback parked at the kerb for `parked_s`, then pulling away to the right, slowly at
+    first (30 px/s², as a car edges out of a parking place), out of view by the end."""
+    background = street_background()
+    car = vehicle_cutout(100)
+    fh, fw = background.shape[:2]
+    height, width = car.shape[:2]
+    top, x0 = fh - 150, 200
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (fw, fh))
+    if not writer.isOpened():
+        raise RuntimeError(f"cannot write video {path}")
+    try:
+        for i in range(round(seconds * fps)):
+            moving = max(i / fps - parked_s, 0.0)
+            left = x0 + round(15.0 * moving * moving)
+            frame = background.copy()
+            if left < fw:
+                frame[top : top + height, left : min(left + width, fw)] = car[:, : min(width, fw - left)]
+            writer.write(frame)
+    finally:
+        writer.release()
+    return path

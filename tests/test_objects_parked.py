@@ -241,6 +241,31 @@ def test_a_box_around_a_standing_person_and_a_passer_by_moves_neither() -> None:
     assert [v.stationary for v in t.tracks()] == [True]
 
 
+def test_a_car_whose_first_box_was_an_odd_large_one_still_moves() -> None:
+    # Seen in the scorer's traffic scene: a car entering in the far lane was first given a box
+    # over the lane and the kerb, four times its size. Its true boxes, another size, never
+    # "left" that first box, so the car crossed the whole view as a track that had not moved.
+    t = tracker()
+    phases = t.update([car((0.01, 0.3, 0.42, 0.47), 0.51)], frame(T0))
+    for i in range(1, 30):
+        phases += t.update([car((0.13 + 0.02 * i, 0.44, 0.23, 0.24))], frame(T0 + i * 0.1))
+    assert len(starts(phases, {"car"})) == 1
+
+
+def test_a_car_seen_whole_then_half_hidden_by_a_passer_by_does_not_move() -> None:
+    # Its half boxes, right half then left half as someone walks across in front, are unlike
+    # its first box and alike each other, but it had been seen whole: no new shape to take.
+    t = tracker()
+    whole = (0.4, 0.5, 0.2, 0.15)
+    phases: list[EventPhase] = []
+    for i in range(10):
+        phases += t.update([car(whole)], frame(T0 + i * 0.1))
+    for i in range(10, 30):
+        half = (0.48, 0.5, 0.08, 0.15) if i < 20 else (0.42, 0.5, 0.08, 0.15)
+        phases += t.update([car(half), person((0.25 + 0.02 * (i - 10), 0.3, 0.1, 0.5))], frame(T0 + i * 0.1))
+    assert starts(phases, {"car", "truck", "bus"}) == []
+
+
 def test_no_object_event_is_shorter_than_the_minimum_duration() -> None:
     def glimpse(settings: DetectionSettings) -> list[EventPhase]:
         t = tracker(settings)

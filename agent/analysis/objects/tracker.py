@@ -19,23 +19,23 @@ diagonals (an odd, large box must not widen the reach), never beyond MAX_GATE_FR
 group joins a track only with a large overlap. A track that has not moved yet predicts only a
 frame or two on: its velocity may be the detector's jitter.
 
-Stationary objects: an event starts only for a track that has moved (its box left where it
-first stood for MOVE_HITS detections in a row; a box shrunk inside the old one is an occluded
-view, and a vehicle box of another size is a change of shape, not a move), so objects present
-at the start, seen in a crop because someone walked past, raise nothing. A track that stays put
-for `stationary_s`, or goes unseen without anything looking at it for `stationary_s`, is
-stationary where the median of its last boxes is: its event ends and the track stays, re-checked
-every `stationary_check_s` (`due_checks`) and kept through misses for `stationary_s` (people
-stand in front of parked cars). It takes only boxes where it stands. The detector's other boxes
-on it (half of it beside a passer-by, it and the passer-by together) start no track and continue
-no other track except by overlap; one box inside or around another of the same frame is one
-object. A parked object that drives off is one event once it moves: edging out, its boxes
-leave where it stands as a mover's do (MOVE_HITS in a row) and the track moves on, its event
-starting when it was last seen standing; gone between two looks, it is a new track. No event
-starts before its track is `min_duration_s` old (a person's track `person_min_duration_s`, if
-longer), nor while it overlaps an older track of its group as two
-boxes of one object do (the model's second box on a person). Stationary tracks can be saved to
-a file and restored at the next start (`state_path`), still stationary.
+Stationary objects: an event starts only for a track that has moved (its box left where it first
+stood for MOVE_HITS detections in a row; a box shrunk inside the old one is an occluded view,
+and a vehicle box of another size is a change of shape, not a move, unless the first box was the
+odd one: `_reshaped`), so objects present at the start, seen in a crop because someone walked
+past, raise nothing. A track that stays put for `stationary_s`, or goes unseen without anything
+looking at it for `stationary_s`, is stationary where the median of its last boxes is: its event
+ends and the track stays, re-checked every `stationary_check_s` (`due_checks`) and kept through
+misses for `stationary_s` (people stand in front of parked cars). It takes only boxes where it
+stands. The detector's other boxes on it (half of it beside a passer-by, it and the passer-by
+together) start no track and continue no other track except by overlap; one box inside or around
+another of the same frame is one object. A parked object that drives off is one event once it
+moves: edging out, its boxes leave where it stands as a mover's do (MOVE_HITS in a row) and the
+track moves on, its event starting when it was last seen standing; gone between two looks, it is
+a new track. No event starts before its track is `min_duration_s` old (a person's track
+`person_min_duration_s`, if longer), nor while it overlaps an older track of its group as two
+boxes of one object do (the model's second box on a person). Stationary tracks can be saved to a
+file and restored at the next start (`state_path`), still stationary.
 
 Not thread-safe: one owner (the camera's pipeline) calls `update` with each detection result and
 `tick` regularly. The best frame is kept by reference: frames given to `update` must not be
@@ -82,6 +82,7 @@ MOVE_HITS = 2  # consecutive hits away from the anchor that make an object a mov
 MOVE_DISTANCE = 0.25  # ...each with its centre this many box diagonals from the anchor's
 MOVE_FRAME = 0.03  # ...and this far in frame units (half-car boxes of a far car jitter less)
 SIZE_RATIO = 2.0  # ...and a box at most this much larger or smaller than the anchor's
+RESHAPE_HITS = 3  # boxes of one size, all unlike a new vehicle's first box, that make it an odd one
 STILL_DISTANCE = 0.1  # a stationary object's box this near its anchor (diagonals) sees it standing
 EDGE = 0.01  # a box this near the frame's edge may be cut by it
 RECENT = 5  # boxes a track remembers; it stands where their median is
@@ -155,6 +156,20 @@ def _similar(a: NormBox, b: NormBox) -> bool:
     if cut_y:
         return _within(a[2], b[2], SIZE_RATIO**0.5)
     return _within(a[2] * a[3], b[2] * b[3], SIZE_RATIO)
+
+
+def _reshaped(track: _Track) -> bool:
+    """A new vehicle track whose first box was never seen again: every box since is of another
+    size, and the last RESHAPE_HITS agree with each other. That first box was an odd one (the
+    car and its neighbour, a box over the lane), which the car's true boxes would never leave as
+    a move. A car seen whole and then partly hidden has had boxes like its first: not this."""
+    if track.moved or label_group(track.label) != "vehicle" or track.anchor != track.first_box:
+        return False
+    if len(track.recent) < RESHAPE_HITS or track.hits > len(track.recent) + 1:  # not all boxes since
+        return False
+    last = list(track.recent)[-RESHAPE_HITS:]
+    unlike_first = all(not _similar(track.anchor, b) for b in track.recent)
+    return unlike_first and all(_similar(b, last[-1]) for b in last)
 
 
 def _cut(start: float, extent: float) -> bool:
@@ -570,6 +585,8 @@ class ObjectTracker:
         track.recent.append(obj.box)
         if not away:  # still where it was
             track.away_hits = 0
+            if _reshaped(track):
+                track.anchor, track.anchor_ts = track.recent[-RESHAPE_HITS], ts
             if ts - track.anchor_ts >= self.settings.stationary_s:
                 self._stand(track)
             return

@@ -208,7 +208,10 @@ def test_a_parked_car_edging_out_slowly_is_one_event_from_when_it_stood() -> Non
     # car and the spot it left, the crop grows, and the model loses the car while its box still
     # overlaps the parked one; no new track ever began, so it raised nothing.
     t = tracker()
-    phases = settle(t)
+    phases: list[EventPhase] = []
+    for i in range(60):  # parked, seen clearly (grey frames): stationary
+        grey = Frame(image=np.full((4, 4, 3), 10, np.uint8), ts=T0 + i * 0.1, pts=i * 0.1, seq=i)
+        phases += t.update([car(PARKED, 0.9), car(FAR, 0.55)], grey)
     x0, y, w, h = PARKED
     for i in range(1, 15):  # 0.1 of the frame a second, to the left; lost at i = 15
         phases += t.update([car((x0 - 0.01 * i, y, w, h)), car(FAR, 0.55)], frame(T0 + 6.0 + i * 0.1))
@@ -216,6 +219,8 @@ def test_a_parked_car_edging_out_slowly_is_one_event_from_when_it_stood() -> Non
         phases += t.update([car(FAR, 0.55)], frame(T0 + 6.0 + i * 0.1))
     car_phases = [p for p in phases if p.event.objects[0].label == "car"]
     assert [p.event.phase for p in car_phases if p.event.phase != "update"] == ["start", "end"]
+    snapshot = car_phases[0].frame
+    assert snapshot is not None and int(snapshot.max()) == 0  # a frame of it leaving, not parked
     event = car_phases[-1].event
     # It began when the car was last seen standing, not at its first sighting 6 s before.
     assert T0 + 6.0 <= parse_iso(event.started_at) <= T0 + 6.5

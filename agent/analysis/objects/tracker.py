@@ -568,6 +568,7 @@ class ObjectTracker:
                 track.away_hits += 1
                 if track.away_hits >= MOVE_HITS:
                     self._depart(track, obj.box, ts)
+                    self._remember_best(track, obj.score, frame)
             else:
                 track.away_hits = 0
                 if _distance(track.anchor, obj.box) < STILL_DISTANCE:
@@ -598,8 +599,10 @@ class ObjectTracker:
     @staticmethod
     def _depart(track: _Track, box: NormBox, ts: float) -> None:
         """Make stationary `track` a mover again. Its event, if it comes, starts when it was
-        last seen standing, not when it was first seen (hours ago, perhaps)."""
+        last seen standing, not when it was first seen (hours ago, perhaps), and its snapshot is
+        a frame of it leaving, not the best one of it parked."""
         track.first_ts = max(track.still_ts, track.anchor_ts)
+        track.best_score, track.best_frame = -1.0, None
         track.stationary, track.moved, track.away_hits = False, True, 0
         track.anchor, track.anchor_ts = box, ts
         track.recent.clear()

@@ -14,6 +14,7 @@ from agent.analysis.events import EventPhase
 from agent.analysis.objects.tracker import ObjectTracker
 from agent.analysis.replay import replay
 from agent.capture.source import Frame
+from agent.clock import parse_iso
 from agent.config import CameraConfig, DetectionSettings, MotionSettings
 from agent.contract.messages import DetectedObject
 from tests.scenes import write_crossing
@@ -91,6 +92,30 @@ def test_stationary_objects_survive_a_restart(tmp_path: Path) -> None:
     assert starts(phases, "car") == 0
     assert second.stationary_boxes() == [("car", CAR)]
     assert second.due_checks(T0 + 200.0) == [CAR]  # and it is re-checked now and then
+
+
+def test_a_car_parked_before_a_restart_that_then_drives_off_is_one_event_from_the_restart(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "objects-cam-1.json"
+    first = tracker(state)
+    for i in range(8):
+        first.update([obj("car", CAR)], frame(T0 + i), WHOLE)
+    first.close(T0 + 8.0)
+
+    second = tracker(state)  # restarted an hour later; the car is still there, then pulls out
+    restart = T0 + 3600.0
+    phases: list[EventPhase] = []
+    for i in range(10):
+        phases += second.update([obj("car", CAR)], frame(restart + i * 0.1), WHOLE)
+    for i in range(1, 20):
+        box = (0.6 - 0.02 * i, 0.4, 0.2, 0.2)
+        phases += second.update([obj("car", box)], frame(restart + 1.0 + i * 0.1), WHOLE)
+    car_starts = [p for p in phases if p.event.phase == "start"]
+    assert [p.event.objects[0].label for p in car_starts] == ["car"]
+    started = car_starts[0].event.started_at
+    assert parse_iso(started) >= restart  # not its first sighting an hour before
+    assert second.stationary_boxes() == []
 
 
 @pytest.mark.parametrize("body", ["{not json", '{"version": 99, "stationary": []}', '{"version": 1}'])

@@ -156,6 +156,10 @@ class CameraWorker:
         # _status_lock guards _status, _health and _latest: written by the capture threads, read
         # by others.
         self._status_lock = threading.Lock()
+        # _emit_lock orders the published statuses as they were made: the capture threads (main
+        # and substream) and the PTZ and disk notes change the status at once, and the last one
+        # published is retained on the broker, so it must be the newest.
+        self._emit_lock = threading.Lock()
         self._status = CameraStatus(state="disabled" if not cfg.enabled else "connecting")
         self._latest: Frame | None = None
         self._keep_overlay = keep_overlay
@@ -274,35 +278,36 @@ class CameraWorker:
         self._refresh_status(None)
 
     def _refresh_status(self, frame: Frame | None, size: tuple[int, int] | None = None) -> None:
-        with self._status_lock:
-            state, error = self._combined_health()
-            old = self._status
-            if old.state == "disabled":
-                return
-            h, w = (frame.image.shape[:2]) if frame is not None else (old.height, old.width)
-            if frame is None and size is not None:
-                w, h = size
-            new = CameraStatus.model_validate(
-                {
-                    "state": state,
-                    "fps": round(self.stats.fps, 2) if state == "ok" and self.stats.fps > 0 else None,
-                    "width": w,
-                    "height": h,
-                    "last_frame_at": iso(frame.ts) if frame is not None else old.last_frame_at,
-                    "error": error or self._note,
-                    "ptz": self._ptz,
-                }
-            )
-            changed = (new.state, new.error, new.width, new.height, new.ptz) != (
-                old.state,
-                old.error,
-                old.width,
-                old.height,
-                old.ptz,
-            )
-            self._status = new
-        if changed:
-            self._emit_status(new)
+        with self._emit_lock:
+            with self._status_lock:
+                state, error = self._combined_health()
+                old = self._status
+                if old.state == "disabled":
+                    return
+                h, w = (frame.image.shape[:2]) if frame is not None else (old.height, old.width)
+                if frame is None and size is not None:
+                    w, h = size
+                new = CameraStatus.model_validate(
+                    {
+                        "state": state,
+                        "fps": round(self.stats.fps, 2) if state == "ok" and self.stats.fps > 0 else None,
+                        "width": w,
+                        "height": h,
+                        "last_frame_at": iso(frame.ts) if frame is not None else old.last_frame_at,
+                        "error": error or self._note,
+                        "ptz": self._ptz,
+                    }
+                )
+                changed = (new.state, new.error, new.width, new.height, new.ptz) != (
+                    old.state,
+                    old.error,
+                    old.width,
+                    old.height,
+                    old.ptz,
+                )
+                self._status = new
+            if changed:
+                self._emit_status(new)
 
     def _combined_health(self) -> tuple[str, str | None]:
         for wanted in ("failed", "connecting"):

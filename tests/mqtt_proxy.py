@@ -36,11 +36,11 @@ def _connect_level(head: bytes) -> int | None:
 
 
 class NoMqtt5Proxy:
-    """Listens on a free loopback port; `refused` counts MQTT 5 CONNECTs it closed. One thread,
-    owned here: start() in the constructor, stop() joins it within a second."""
+    """Listens on `port` (a free loopback port by default); `refused` counts MQTT 5 CONNECTs it
+    closed. One thread, owned here: start() in the constructor, stop() joins it within a second."""
 
-    def __init__(self, broker_port: int) -> None:
-        self.port = free_port()
+    def __init__(self, broker_port: int, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.refused = 0
         self._broker_port = broker_port
         self._listener = socket.create_server(("127.0.0.1", self.port))

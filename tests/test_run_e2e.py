@@ -13,6 +13,7 @@ import pytest
 from agent.capture.synthetic import write_scene_video
 from tests.conftest import Broker, free_port, start_mosquitto, stop_mosquitto
 from tests.harness import AgentProcess, GatewayRun, Received, Subscriber, write_config
+from tests.mqtt_proxy import NoMqtt5Proxy
 
 pytestmark = pytest.mark.broker
 
@@ -185,12 +186,16 @@ def test_mqtt_311_and_a_broker_that_comes_later(
     root = f"cctv/v1/{DISTRICT}/{unique_gateway}"
     late: Broker | None = None
     sub: Subscriber | None = None
+    way_in: NoMqtt5Proxy | None = None
     try:
         # No broker for a while: the agent keeps capturing and detecting.
         time.sleep(6)
         assert agent.proc.poll() is None, agent.log()
-        late = start_mosquitto(tmp_path / "late", port=port)
+        # The platform subscribes before the agent can reach the broker: the agent's port opens
+        # only then, so its first messages cannot slip past the subscription.
+        late = start_mosquitto(tmp_path / "late", port=free_port())
         sub = Subscriber(late.host, late.port, root + "/#")
+        way_in = NoMqtt5Proxy(late.port, port=port)
         # Events made while the broker was away are delivered once it is there.
         assert sub.wait_for(lambda ms: any(m.topic.endswith("/event") for m in ms), 30), agent.log()
         assert sub.wait_for(
@@ -202,6 +207,8 @@ def test_mqtt_311_and_a_broker_that_comes_later(
         assert code == 0
     finally:
         agent.close()
+        if way_in is not None:
+            way_in.stop()
         if sub is not None:
             sub.close()
         if late is not None:

@@ -1,39 +1,59 @@
 """A camera's status is published retained, so the last one published is what the platform keeps
-seeing. Its threads (main stream, substream, the disk and PTZ notes) change it at once; the one
-whose status is newer must not be overtaken by an older one still on its way to the broker.
-CI once saw the camera's status left at `connecting` while both its streams were running."""
+seeing. Its threads (main stream, substream, the disk and PTZ notes, the link republishing it on
+reconnect) change or send it at once; a newer status must not be overtaken by an older one still
+on its way to the broker. CI once saw a camera's status left at `connecting` while both its
+streams were running."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+
+import pytest
 
 from agent.config import CameraConfig
 from agent.contract.messages import CameraStatus
 from agent.runtime.camera import CameraWorker
 
 
-def test_the_last_status_published_is_the_cameras_current_one() -> None:
+def note(text: str | None) -> Callable[[CameraWorker], None]:
+    return lambda worker: worker.set_note(text)
+
+
+@pytest.mark.parametrize(
+    ("older", "newer", "current"),
+    [
+        (note("disk full"), note(None), None),  # two changes
+        (CameraWorker.republish_status, note("disk full"), "disk full"),  # a resend, then a change
+    ],
+    ids=["change-change", "resend-change"],
+)
+def test_the_last_status_published_is_the_cameras_current_one(
+    older: Callable[[CameraWorker], None], newer: Callable[[CameraWorker], None], current: str | None
+) -> None:
     published: list[CameraStatus] = []
+    armed = threading.Event()
     first_in_sink = threading.Event()
     release = threading.Event()
 
     def on_status(_camera: str, status: CameraStatus) -> None:
-        if status.error == "disk full" and not first_in_sink.is_set():
+        if armed.is_set() and not first_in_sink.is_set():
             first_in_sink.set()
             release.wait(5.0)  # this thread is slow to reach the broker
         published.append(status)
 
     worker = CameraWorker(CameraConfig(id="cam-1", source="synthetic:street"), on_status, lambda _c, _p: None)
-    older = threading.Thread(target=worker.set_note, args=("disk full",))
-    older.start()
+    armed.set()
+    first = threading.Thread(target=older, args=(worker,))
+    first.start()
     assert first_in_sink.wait(5.0)
-    newer = threading.Thread(target=worker.set_note, args=(None,))
-    newer.start()
-    newer.join(0.5)  # long enough for the newer status to overtake, were it let through
+    second = threading.Thread(target=newer, args=(worker,))
+    second.start()
+    second.join(0.5)  # long enough for the newer status to overtake, were it let through
     release.set()
-    older.join(5.0)
-    newer.join(5.0)
-    assert not older.is_alive() and not newer.is_alive()
+    first.join(5.0)
+    second.join(5.0)
+    assert not first.is_alive() and not second.is_alive()
 
-    assert worker.status.error is None
-    assert published[-1].error is None, [s.error for s in published]
+    assert worker.status.error == current
+    assert published[-1].error == current, [s.error for s in published]

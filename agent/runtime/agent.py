@@ -256,7 +256,7 @@ class Agent:
 
     def _republish_camera_status(self) -> None:
         for worker in self.cameras.values():
-            self.events.camera_status(worker.id, worker.status)
+            worker.republish_status()
 
     def _clock_changed(self, synced: bool) -> None:
         """The retained status says whether the clock is synchronised: republish it."""

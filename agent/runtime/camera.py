@@ -261,6 +261,12 @@ class CameraWorker:
             self._health[role] = (state, error)
         self._refresh_status(frame, size)
 
+    def republish_status(self) -> None:
+        """Publish the current status again (the link reconnected), in order with the changes the
+        camera's threads publish."""
+        with self._emit_lock:
+            self._emit_status(self.status)
+
     def set_ptz(self, ptz: CameraPtz | None) -> None:
         """The camera's PTZ move state, shown in its status (published when it changes)."""
         with self._status_lock:

@@ -165,3 +165,78 @@ def test_a_full_qos0_queue_drops_the_oldest_and_counts_it(tmp_path: Path) -> Non
     assert link.stats.qos0_dropped == 10
     assert outbox.depth() == 0, "QoS 0 never goes to the outbox"
     outbox.close()
+
+
+def retained_status(broker: Broker, topic: str) -> bytes | None:
+    """What a platform connecting now is given for the retained `topic` (None: nothing)."""
+    late = Subscriber(broker.host, broker.port, topic)
+    try:
+        late.wait_for(bool, 2.0)
+        return late.messages[-1].payload if late.messages else None
+    finally:
+        late.close()
+
+
+def test_a_stop_while_the_connect_hooks_run_still_leaves_the_gateway_offline(
+    broker: Broker, unique_gateway: str, tmp_path: Path
+) -> None:
+    """A systemd stop right after a CONNACK (a flapping broker): the clean DISCONNECT discards
+    the Will, so the final status must still replace the retained online one."""
+    root = unique_gateway
+    outbox = Outbox(tmp_path / "outbox.db")
+    link = make_link(outbox, broker.host, broker.port, root)
+    link.set_online_message(f"{root}/status", b'{"state":"online"}')
+    in_hook, release = threading.Event(), threading.Event()
+
+    def slow_hook() -> None:  # camera statuses and settings are written to SQLite here
+        in_hook.set()
+        release.wait(5.0)
+
+    link.on_connect(slow_hook)
+    link.start()
+    stopping = threading.Thread(
+        target=link.stop, kwargs={"final": (f"{root}/status", b'{"state":"offline","reason":"shutdown"}')}
+    )
+    try:
+        assert in_hook.wait(10)
+        stopping.start()
+        stopping.join(0.5)  # stop() decides about the final status while the hook still runs
+    finally:
+        release.set()
+        stopping.join(10)
+        outbox.close()
+    assert not stopping.is_alive()
+    assert retained_status(broker, f"{root}/status") == b'{"state":"offline","reason":"shutdown"}'
+
+
+def test_an_online_status_changed_while_the_connect_hooks_run_is_the_one_retained(
+    broker: Broker, unique_gateway: str, tmp_path: Path
+) -> None:
+    """The clock synchronises while the link reconnects: the new status is not lost to the copy
+    the CONNACK sent a moment before."""
+    root = unique_gateway
+    outbox = Outbox(tmp_path / "outbox.db")
+    link = make_link(outbox, broker.host, broker.port, root)
+    link.set_online_message(f"{root}/status", b'{"state":"online","clock_synced":false}')
+    in_hook, release = threading.Event(), threading.Event()
+
+    def slow_hook() -> None:
+        in_hook.set()
+        release.wait(5.0)
+
+    link.on_connect(slow_hook)
+    link.start()
+    try:
+        assert in_hook.wait(10)
+        link.set_online_message(f"{root}/status", b'{"state":"online","clock_synced":true}')
+        release.set()
+        assert link.wait_connected(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if retained_status(broker, f"{root}/status") == b'{"state":"online","clock_synced":true}':
+                break
+        assert retained_status(broker, f"{root}/status") == b'{"state":"online","clock_synced":true}'
+    finally:
+        release.set()
+        link.stop()
+        outbox.close()

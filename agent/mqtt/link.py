@@ -127,7 +127,13 @@ class MqttLink:
         self._backoff = backoff_of(cfg.reconnect_min_s, cfg.reconnect_spread_s, cfg.reconnect_max_s)
         self._takeover = TakeoverWatch(client_id, where)
         self._rng = random.Random()  # spreading load, not a secret
+        # _online_lock orders the retained gateway status: the online message (published by
+        # paho's thread on CONNACK, or at once when it changes while connected) and the final
+        # offline one (stop()). _online_live: online was sent on this connection.
+        self._online_lock = threading.Lock()
         self._online: tuple[str, bytes] | None = None
+        self._online_live = False
+        self._stopping = False
         self._connect_hooks: list[Callable[[], None]] = []
         self._message_handlers: dict[str, Callable[[mqtt.MQTTMessage], None]] = {}
         self._connected = threading.Event()
@@ -192,8 +198,13 @@ class MqttLink:
     # -- lifecycle -------------------------------------------------------------------------
 
     def set_online_message(self, topic: str, payload: bytes) -> None:
-        """The retained status published first on every (re)connect."""
-        self._online = (topic, payload)
+        """The retained status published first on every (re)connect, and at once when it
+        changes on a live connection (straight to paho, in order with the CONNACK's copy and the
+        final offline status: never through the outbox, which could send an older one later)."""
+        with self._online_lock:
+            self._online = (topic, payload)
+            if self._online_live and not self._stopping:
+                self.client.publish(topic, payload, qos=1, retain=self._retain)
 
     def on_connect(self, hook: Callable[[], None]) -> None:
         """Run `hook` (from paho's thread) after each successful CONNACK."""
@@ -276,8 +287,12 @@ class MqttLink:
             self._pump.join(timeout=max(1.0, deadline - time.monotonic()))
             if self._pump.is_alive():
                 log.warning("mqtt pump did not stop within its deadline")
-        if final is not None and self._connected.is_set():
-            info = self.client.publish(final[0], final[1], qos=1, retain=self._retain)
+        with self._online_lock:  # no online status after this; CONNACKed but not yet hooked counts
+            self._stopping = True
+            info = None
+            if final is not None and self.client.is_connected():
+                info = self.client.publish(final[0], final[1], qos=1, retain=self._retain)
+        if info is not None:  # waited for outside the lock, which paho's thread may need
             try:
                 info.wait_for_publish(timeout=max(0.2, deadline - time.monotonic()))
             except (RuntimeError, ValueError):
@@ -605,8 +620,12 @@ class MqttLink:
         self.stats.connects += 1
         self.stats.protocol = self._protocol.current
         log.info("connected to %s:%s (MQTT %s)", self.cfg.host, self.cfg.port, self._protocol.current)
-        if self._online is not None:
-            client.publish(self._online[0], self._online[1], qos=1, retain=self._retain)
+        with self._online_lock:
+            if self._stopping:
+                return  # stop() has published the final status (or will disconnect at once)
+            if self._online is not None:
+                client.publish(self._online[0], self._online[1], qos=1, retain=self._retain)
+            self._online_live = True
         for topic in self._message_handlers:
             self._subscribe(client, topic)
         for hook in self._connect_hooks:
@@ -627,6 +646,8 @@ class MqttLink:
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        with self._online_lock:
+            self._online_live = False
         self._lasted = self._takeover.lasted()
         if was_connected:
             self.stats.disconnects += 1

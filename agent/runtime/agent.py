@@ -260,10 +260,7 @@ class Agent:
 
     def _clock_changed(self, synced: bool) -> None:
         """The retained status says whether the clock is synchronised: republish it."""
-        online = self._status("online", None)
-        self.link.set_online_message(self.topics.status, online)
-        if self.link.connected:
-            self.link.publish(self.topics.status, online, retain=True, kind="status")
+        self.link.set_online_message(self.topics.status, self._status("online", None))
 
     def _report_settings(self, payload: bytes) -> None:
         self.link.publish(self.topics.config_reported, payload, retain=True, kind="config")

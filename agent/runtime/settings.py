@@ -105,6 +105,10 @@ class SettingsApplier:
         self._report = report
         self._listeners: list[Callable[[RuntimeSettings], None]] = []
         self._lock = threading.Lock()
+        # _report_lock: reports are read and published in one step, so an older one (a reconnect's)
+        # never follows a newer one (a config.set's) onto the retained topic. Not _lock: that is
+        # held while the detector's model loads, and reconnects report from paho's thread.
+        self._report_lock = threading.Lock()
 
     @property
     def current(self) -> RuntimeSettings:
@@ -138,7 +142,8 @@ class SettingsApplier:
 
     def report(self) -> None:
         """Publish the settings in force (retained on config/reported; also after every connect)."""
-        self._report(json.dumps(self._store.as_dict(), separators=(",", ":")).encode())
+        with self._report_lock:
+            self._report(json.dumps(self._store.as_dict(), separators=(",", ":")).encode())
 
     def _check_labels(self, settings: RuntimeSettings) -> None:
         """Refuse labels the model lacks before the change is persisted (the cameras would refuse it)."""

@@ -57,3 +57,17 @@ def test_the_last_status_published_is_the_cameras_current_one(
 
     assert worker.status.error == current
     assert published[-1].error == current, [s.error for s in published]
+
+
+def test_a_stopped_camera_publishes_no_status_over_its_successors() -> None:
+    """A console save replaces a camera's worker; the old one's capture thread, stuck in a read
+    of a stalled stream, fails later and must not leave `failed` retained over the new one's."""
+    published: list[tuple[str, CameraStatus]] = []
+    cfg = CameraConfig(id="cam-1", source="synthetic:street")
+    old = CameraWorker(cfg, lambda c, s: published.append(("old", s)), lambda _c, _p: None)
+    old.stop()
+    new = CameraWorker(cfg, lambda c, s: published.append(("new", s)), lambda _c, _p: None)
+    new.republish_status()
+    old.set_note("disk full")  # a change reaching the old worker after its stop
+
+    assert [who for who, _ in published] == ["new"]

@@ -181,7 +181,8 @@ class CameraWorker:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._emit_status(self._status)
+        with self._emit_lock:
+            self._emit_status(self._status)
         if not self.cfg.enabled:
             return
         threads = [
@@ -285,6 +286,8 @@ class CameraWorker:
 
     def _refresh_status(self, frame: Frame | None, size: tuple[int, int] | None = None) -> None:
         with self._emit_lock:
+            if self._stop.is_set():
+                return  # a stopped worker's thread (stuck in a read) must not overwrite its successor's
             with self._status_lock:
                 state, error = self._combined_health()
                 old = self._status

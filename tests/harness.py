@@ -156,7 +156,10 @@ def wait_frames(client: PlatformClient, camera: str, timeout: float = 20.0) -> N
     deadline = time.monotonic() + timeout
     while True:
         try:
-            client.snapshot(camera, max_width=64, timeout=2.0)
+            client.snapshot(camera, max_width=64, timeout=5.0)
+        except NoReply:  # a loaded machine, just after the agent started: ask again
+            if time.monotonic() > deadline:
+                raise
         except CommandFailed as exc:
             if exc.code != "not_found" or time.monotonic() > deadline:
                 raise

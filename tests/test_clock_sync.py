@@ -186,7 +186,12 @@ def test_an_agent_says_its_clock_is_unsynced_in_status_telemetry_and_events(
         ), 10)  # fmt: skip
         running.stop()
         last = [m.json() for m in sub.on(f"{unique_gateway}/status")]
-        assert sub.wait_for(lambda ms: ms[-1].json().get("reason") == "shutdown", 5)
+
+        def shut_down(_: list[Received]) -> bool:  # the gateway status only: snapshots are JPEG
+            statuses = sub.on(f"{unique_gateway}/status")
+            return bool(statuses) and statuses[-1].json().get("reason") == "shutdown"
+
+        assert sub.wait_for(shut_down, 5), last
         assert sub.on(f"{unique_gateway}/status")[-1].json()["clock_synced"] is True, last
     finally:
         sub.close()

@@ -133,7 +133,10 @@ def test_a_live_camera_counts_what_the_shared_detector_ran(scenes: dict[str, Pat
             index += 1
             time.sleep(0.02)  # faster than real time: some frames meet the rate cap
         cap.release()
-        time.sleep(0.5)  # the last job finishes
+        deadline = time.monotonic() + 15.0  # the queued jobs finish (slowly on a loaded machine)
+        while service.stats().inferences < pipeline.inference_counts.total and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # any run beyond the counts would show now
     finally:
         service.stop()
     ran = service.stats()

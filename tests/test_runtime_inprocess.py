@@ -41,7 +41,17 @@ def crossing(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def agent(tmp_path: Path, broker: Broker, unique_gateway: str, crossing: Path) -> Iterator[Agent]:
+def sub(broker: Broker, unique_gateway: str) -> Iterator[Subscriber]:
+    """The platform's subscription, made before the agent starts (its first event comes early)."""
+    listening = Subscriber(broker.host, broker.port, f"cctv/v1/{DISTRICT}/{unique_gateway}/#")
+    yield listening
+    listening.close()
+
+
+@pytest.fixture
+def agent(
+    tmp_path: Path, broker: Broker, unique_gateway: str, crossing: Path, sub: Subscriber
+) -> Iterator[Agent]:
     cameras = (
         f'[[cameras]]\nid = "cam-1"\nsource = "file://{crossing}"\nallowed_agencies = ["police"]\n'
         f"privacy_masks = [{json.dumps(MASK)}]\n"
@@ -64,40 +74,34 @@ def agent(tmp_path: Path, broker: Broker, unique_gateway: str, crossing: Path) -
         running.stop()
 
 
-def test_frame_in_event_snapshot_and_clip_out(agent: Agent, broker: Broker) -> None:
-    root = agent.topics.root
-    sub = Subscriber(broker.host, broker.port, root + "/#")
-    try:
+def test_frame_in_event_snapshot_and_clip_out(agent: Agent, sub: Subscriber) -> None:
+    def ended(ms: list[Received]) -> bool:
+        return any(m.topic.endswith("/cam/cam-1/event") and m.json()["phase"] == "end" for m in ms)
 
-        def ended(ms: list[Received]) -> bool:
-            return any(m.topic.endswith("/cam/cam-1/event") and m.json()["phase"] == "end" for m in ms)
+    assert sub.wait_for(ended, 40)
+    events = [m.json() for m in sub.on("/cam/cam-1/event")]
+    end = next(e for e in events if e["phase"] == "end")
+    ids = [e["event_id"] for e in events if e["event_id"] == end["event_id"]]
+    assert events[[e["event_id"] for e in events].index(end["event_id"])]["phase"] == "start"
+    assert len(ids) >= 2 and end["kind"] == "motion"
 
-        assert sub.wait_for(ended, 40)
-        events = [m.json() for m in sub.on("/cam/cam-1/event")]
-        end = next(e for e in events if e["phase"] == "end")
-        ids = [e["event_id"] for e in events if e["event_id"] == end["event_id"]]
-        assert events[[e["event_id"] for e in events].index(end["event_id"])]["phase"] == "start"
-        assert len(ids) >= 2 and end["kind"] == "motion"
+    snaps = [m for m in sub.on("/cam/cam-1/snapshot") if m.retain or m.user_properties.get("event_id")]
+    assert snaps, "no event snapshot"
+    image = cv2.imdecode(np.frombuffer(snaps[-1].payload, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert image is not None
+    w = image.shape[1]
+    assert int(image[:, : w // 2 - 4].max()) <= 16, "pixels inside the privacy mask left the gateway"
+    assert float(image[:, w // 2 + 4 :].mean()) > 20, "the unmasked half should show the scene"
 
-        snaps = [m for m in sub.on("/cam/cam-1/snapshot") if m.retain or m.user_properties.get("event_id")]
-        assert snaps, "no event snapshot"
-        image = cv2.imdecode(np.frombuffer(snaps[-1].payload, np.uint8), cv2.IMREAD_GRAYSCALE)
-        assert image is not None
-        w = image.shape[1]
-        assert int(image[:, : w // 2 - 4].max()) <= 16, "pixels inside the privacy mask left the gateway"
-        assert float(image[:, w // 2 + 4 :].mean()) > 20, "the unmasked half should show the scene"
-
-        clip_id = end["clip_id"]
-        assert clip_id, end
-        clip = agent.cfg.gateway.data_dir / "clips" / f"{clip_id}.mp4"
-        deadline = time.monotonic() + 20
-        while not clip.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert clip.exists() and clip.stat().st_size > 1000
-        sidecar = json.loads(clip.with_suffix(".json").read_text())
-        assert sidecar["camera"] == "cam-1" and sidecar["event_id"] == end["event_id"]
-    finally:
-        sub.close()
+    clip_id = end["clip_id"]
+    assert clip_id, end
+    clip = agent.cfg.gateway.data_dir / "clips" / f"{clip_id}.mp4"
+    deadline = time.monotonic() + 20
+    while not clip.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert clip.exists() and clip.stat().st_size > 1000
+    sidecar = json.loads(clip.with_suffix(".json").read_text())
+    assert sidecar["camera"] == "cam-1" and sidecar["event_id"] == end["event_id"]
 
 
 def test_message_in_reply_and_audit_out(agent: Agent, broker: Broker) -> None:

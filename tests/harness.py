@@ -151,6 +151,18 @@ def wait_answering(client: PlatformClient, timeout: float = 20.0) -> dict[str, A
                 raise
 
 
+def settled(count: Callable[[], int], quiet_s: float = 0.5, timeout: float = 3.0) -> int:
+    """`count()` once it has not changed for `quiet_s` (or at `timeout`): messages still in
+    flight (QoS 0 stream frames a loaded machine delivers late) are in it."""
+    deadline = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet_s:
+        time.sleep(0.05)
+        if (now := count()) != last:
+            last, since = now, time.monotonic()
+    return last
+
+
 def wait_frames(client: PlatformClient, camera: str, timeout: float = 20.0) -> None:
     """Wait until `camera` has produced a frame (snapshot stops answering not_found)."""
     deadline = time.monotonic() + timeout

@@ -33,7 +33,15 @@ import pytest
 from agent.clock import iso, parse_iso
 from agent.sdk.client import CommandFailed, NoReply, PlatformClient
 from tests.conftest import Broker
-from tests.harness import AgentProcess, Received, Subscriber, wait_answering, wait_frames, write_config
+from tests.harness import (
+    AgentProcess,
+    Received,
+    Subscriber,
+    settled,
+    wait_answering,
+    wait_frames,
+    write_config,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -242,16 +250,17 @@ def test_privacy_masks_cannot_be_changed_by_config_set(gw: Gateway) -> None:
 
 def test_stream_at_asked_fps_and_width(police: PlatformClient) -> None:
     for fps, seconds in ((5.0, 2.0), (10.0, 2.0)):
-        t0 = time.monotonic()
         with police.stream("cam-1", seconds, fps=fps, max_width=320) as live:
             frames = list(live)
-        took = time.monotonic() - t0
-        expected = fps * took
-        assert 0.6 * expected <= len(frames) <= 1.2 * expected + 2, (fps, len(frames), took)
         assert [f.seq for f in frames] == list(range(len(frames)))
         assert all(decode(f.jpeg).shape == (180, 320, 3) for f in frames[:5])
         stamps = [parse_iso(f.ts) for f in frames if f.ts is not None]
-        assert stamps == sorted(stamps)
+        assert len(stamps) == len(frames) and stamps == sorted(stamps)
+        # The rate over the frames' own span (the agent's timestamps): `seconds` also covers the
+        # subscribe and stream.start round trips, which a loaded machine makes long.
+        assert len(frames) >= 4, (fps, len(frames))
+        span = stamps[-1] - stamps[0]
+        assert 0.7 * fps * span <= len(frames) - 1 <= 1.2 * fps * span + 2, (fps, len(frames), span)
 
 
 def test_stream_ends_on_its_own_and_renew_extends_it(gw: Gateway, police: PlatformClient) -> None:
@@ -263,15 +272,16 @@ def test_stream_ends_on_its_own_and_renew_extends_it(gw: Gateway, police: Platfo
     )
     assert short["topic"] == f"{gw.root}/cam/cam-2/stream/{short['session']}"
     first_expiry = parse_iso(renewed["expires_at"])
-    again = police.request("stream.renew", {"session": renewed["session"], "duration_s": 4.0})
+    # 8 s: the renewed session must outlive the waits below and its own stream.stop at the end.
+    again = police.request("stream.renew", {"session": renewed["session"], "duration_s": 8.0})
     assert parse_iso(again["expires_at"]) > first_expiry + 1.5
 
     time.sleep(max(0.0, first_expiry - time.time()) + 1.2)  # past the first expiry + the worker's tick
-    frames_short = len(gw.on(short["topic"]))
+    frames_short = settled(lambda: len(gw.on(short["topic"])))  # its QoS 0 frames may lag
     frames_renewed = len(gw.on(renewed["topic"]))
     time.sleep(1.0)
     assert len(gw.on(short["topic"])) == frames_short, "the unrenewed session went on past expires_at"
-    assert frames_short >= 3
+    assert frames_short >= 2  # 1 s at 5 fps, less its start-up
     assert len(gw.on(renewed["topic"])) > frames_renewed, "the renewed session stopped"
     err = error_of(lambda: police.request("stream.stop", {"session": short["session"]}))
     assert err.code == "not_found"
@@ -529,7 +539,9 @@ def test_config_set_applied_persisted_and_reported_across_a_restart(tmp_path: Pa
 
 
 def test_ctl_subcommands_and_exit_codes(gw: Gateway, tmp_path: Path) -> None:
-    base = ["ctl", "--port", str(gw.broker.port), "--root", gw.root, "--operator", "op-7", "--timeout", "5"]
+    # 30 s: the agent's two command workers also run the clip commands' ffmpeg, so on a loaded
+    # machine an answer can take seconds; only "nobody-there" keeps a short timeout.
+    base = ["ctl", "--port", str(gw.broker.port), "--root", gw.root, "--operator", "op-7", "--timeout", "30"]
     police = [*base, "--agency", "police"]
     runs: dict[str, tuple[list[str], int]] = {
         "ping": ([*police, "ping"], 0),
@@ -565,22 +577,29 @@ def test_ctl_subcommands_and_exit_codes(gw: Gateway, tmp_path: Path) -> None:
             3,
         ),
         "no-broker": (["ctl", "--port", "1", "--root", gw.root, "--agency", "police", "ping"], 3),
+    }
+    slow: dict[str, tuple[list[str], int]] = {  # ffmpeg on the command workers: after the others
         "clip-export": (
             [*police, "clip", "export", "cam-1", "now-3s", "now-1s"],
             -1,
         ),  # 0, or 1 without a store
         "clip-hold": ([*police, "clip", "hold", "cam-1", "now-3s", "now-1s", "now+1d"], -1),
     }
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "agent", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for name, (argv, _) in runs.items()
-    }
     out: dict[str, tuple[int, str, str]] = {}
-    for name, p in procs.items():
-        stdout, stderr = p.communicate(timeout=60)
-        out[name] = (p.returncode, stdout, stderr)
+    for batch in (runs, slow):
+        procs = {
+            name: subprocess.Popen(
+                [sys.executable, "-m", "agent", *argv],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name, (argv, _) in batch.items()
+        }
+        for name, p in procs.items():
+            stdout, stderr = p.communicate(timeout=60)
+            out[name] = (p.returncode, stdout, stderr)
+    runs |= slow
     for name, (_, expected) in runs.items():
         if expected >= 0:
             assert out[name][0] == expected, (name, out[name])

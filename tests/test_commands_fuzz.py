@@ -578,7 +578,9 @@ def fuzz(target: Target, count: int, seed: int, budget_s: float) -> dict[str, An
                 t0 = time.monotonic()
                 assert c.ping()["uptime_s"] > 0
                 rtts.append(time.monotonic() - t0)
-            assert sorted(rtts)[2] < 0.1, rtts
+            # The median: a backlog or a stuck worker would take seconds; 0.3 s, not 0.1 s, as a
+            # loaded machine can be slow to schedule the agent right after the burst.
+            assert sorted(rtts)[2] < 0.3, rtts
             assert c.snapshot("cam-1", max_width=64)[1][:2] == b"\xff\xd8"
         assert events.wait_for(lambda ms: len(ms) > 0, 60), "no event after the fuzz"
     finally:

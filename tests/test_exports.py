@@ -10,6 +10,7 @@ and a second on-demand export while one runs is answered `busy`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -265,7 +266,11 @@ def test_concurrent_exports_over_mqtt_answer_busy_and_ping_still_answers(
         for t in threads:
             t.join()
         assert sorted(outcomes) == ["busy", "ok"], outcomes
-        assert pings and max(pings) < 0.5, pings  # one worker exports, the other still answers
+        # One worker exports, the other still answers. The 90th percentile (nearest rank: the max
+        # below ten pings), not the max: a loaded machine may hold up one ping; pings queued behind
+        # the export would all be slow.
+        slowest = sorted(pings)[math.ceil(0.9 * len(pings)) - 1] if pings else None
+        assert slowest is not None and slowest < 0.5, pings
     finally:
         for c in clients:
             c.close()

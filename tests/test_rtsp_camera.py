@@ -231,7 +231,8 @@ def test_motion_switch_moves_and_freezes_both_mounts(rtsp_camera_factory: StartC
         camera.motion(True)
         moving = [r.span(time.monotonic() + 0.2, 0.8) for r in (main, sub)]
         camera.motion(False)
-        frozen = [r.span(time.monotonic() + 0.3, 0.8) for r in (main, sub)]  # + frames in flight
+        # + frames in flight: encoded before the switch, they can reach a busy reader late
+        frozen = [r.span(time.monotonic() + 1.0, 0.8) for r in (main, sub)]
     for name, before, during, after in zip(("main", "sub"), still, moving, frozen, strict=True):
         assert moving_pixels(*before) < 0.001, name
         assert moving_pixels(*during) > 0.01, name  # the car: ~1.4 % of the picture, twice
@@ -254,7 +255,9 @@ def test_scene_file_plays_on_past_its_end(rtsp_camera_factory: StartCamera) -> N
         start = time.monotonic()
         sub.frame_after(start + 12.0, timeout=20)  # bikes.mp4 lasts 10 s
         arrivals = [at for at, _, _ in sub.packets]
-    assert max(b - a for a, b in itertools.pairwise(arrivals)) < 0.5
+    # 1.5 s: a loaded machine can delay a packet by a second; a loop that fails to rewind stalls
+    # the stream (the scene's pull waits up to 5 s) or ends it, and frame_after above times out.
+    assert max(b - a for a, b in itertools.pairwise(arrivals)) < 1.5
 
 
 # -- how it fails ---------------------------------------------------------------------------

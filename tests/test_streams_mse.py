@@ -41,6 +41,7 @@ from agent.clock import parse_iso
 from agent.commands.streams import StreamManager
 from agent.footage.packet_ring import PacketRing
 from tests.chromium import browser_problem, headless_chromium
+from tests.harness import settled
 from tests.test_commands_gateway import Published
 from tests.test_streams_fmp4 import (
     Clock,
@@ -405,7 +406,7 @@ def copied_stream(tmp: Path, sources: tuple[Source, Source], *, restart: bool) -
             assert after.done.wait(10)
         else:
             assert feeder.done.wait(10)
-        time.sleep(0.4)  # the worker sends what the camera sent last
+        settled(lambda: len(gw.on(info.session)), quiet_s=1.0, timeout=10.0)  # the camera's last packets
     finally:
         sm.stop()
         feeder.stop()

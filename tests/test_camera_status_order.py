@@ -16,6 +16,37 @@ from agent.contract.messages import CameraStatus
 from agent.runtime.camera import CameraWorker
 
 
+class SlowSink:
+    """The first call after `arm()` blocks (its thread slow to reach the broker) until `race`
+    has let a second thread run; `race` returns once both are done."""
+
+    def __init__(self) -> None:
+        self.armed, self.in_sink, self.release = threading.Event(), threading.Event(), threading.Event()
+
+    def arm(self) -> None:
+        self.armed.set()
+
+    def hold(self) -> None:
+        """Called by the sink: block the first armed call."""
+        if self.armed.is_set() and not self.in_sink.is_set():
+            self.in_sink.set()
+            self.release.wait(5.0)
+
+    def race(self, older: Callable[[], object], newer: Callable[[], object]) -> None:
+        """Run `older` into the sink, then `newer`, long enough for it to overtake were it let
+        through; then let `older` finish."""
+        first = threading.Thread(target=older)
+        first.start()
+        assert self.in_sink.wait(5.0)
+        second = threading.Thread(target=newer)
+        second.start()
+        second.join(0.5)
+        self.release.set()
+        first.join(5.0)
+        second.join(5.0)
+        assert not first.is_alive() and not second.is_alive()
+
+
 def note(text: str | None) -> Callable[[CameraWorker], None]:
     return lambda worker: worker.set_note(text)
 
@@ -32,28 +63,15 @@ def test_the_last_status_published_is_the_cameras_current_one(
     older: Callable[[CameraWorker], None], newer: Callable[[CameraWorker], None], current: str | None
 ) -> None:
     published: list[CameraStatus] = []
-    armed = threading.Event()
-    first_in_sink = threading.Event()
-    release = threading.Event()
+    sink = SlowSink()
 
     def on_status(_camera: str, status: CameraStatus) -> None:
-        if armed.is_set() and not first_in_sink.is_set():
-            first_in_sink.set()
-            release.wait(5.0)  # this thread is slow to reach the broker
+        sink.hold()
         published.append(status)
 
     worker = CameraWorker(CameraConfig(id="cam-1", source="synthetic:street"), on_status, lambda _c, _p: None)
-    armed.set()
-    first = threading.Thread(target=older, args=(worker,))
-    first.start()
-    assert first_in_sink.wait(5.0)
-    second = threading.Thread(target=newer, args=(worker,))
-    second.start()
-    second.join(0.5)  # long enough for the newer status to overtake, were it let through
-    release.set()
-    first.join(5.0)
-    second.join(5.0)
-    assert not first.is_alive() and not second.is_alive()
+    sink.arm()
+    sink.race(lambda: older(worker), lambda: newer(worker))
 
     assert worker.status.error == current
     assert published[-1].error == current, [s.error for s in published]

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 __all__ = [
@@ -25,8 +27,12 @@ __all__ = [
     "open_read",
     "private_dir",
     "read_bytes",
+    "set_aside",
+    "state_dir",
     "write_atomic",
 ]
+
+log = logging.getLogger(__name__)
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -34,10 +40,48 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class LinkRefused(OSError):  # noqa: N818 - an OSError, named for what happened
-    """A path inside data_dir is a symbolic link (or not a regular file) and was not used."""
+    """A path inside data_dir is a symbolic link (or not a regular file) and was not used;
+    `strerror` says which ("is a symbolic link, refused", "is a folder, not a file, refused")."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(errno.ELOOP, "is a symbolic link, refused", str(path))
+        super().__init__(errno.ELOOP, f"{_kind(path)}, refused", str(path))
+
+
+def _kind(path: Path) -> str:
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return "is a symbolic link"  # gone since: the open saw a link (ELOOP) or another kind
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if stat.S_ISREG(mode):
+        return "is a file, not a folder"
+    return "is not a regular file"
+
+
+def set_aside(path: Path) -> Path:
+    """Rename `path` (a link itself, never its target; a folder with what it holds) to
+    `<name>.corrupt-<UTC time>` beside it, for an operator to look at; return the new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while os.path.lexists(target):
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    os.rename(path, target)
+    return target
+
+
+def state_dir(path: Path, *, parents: bool = False) -> Path:
+    """`private_dir` for a folder the agent keeps state in: a file found in its place is set
+    aside first (with a WARNING), so the state is kept again instead of lost for the whole run.
+    A symbolic link is still refused (LinkRefused), never followed."""
+    if os.path.lexists(path) and not path.is_symlink() and not path.is_dir():
+        aside = set_aside(path)
+        log.warning("%s %s; moved to %s and a new folder made", path, _kind(aside), aside.name)
+    return private_dir(path, parents=parents)
 
 
 def is_regular(path: Path) -> bool:

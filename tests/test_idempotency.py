@@ -156,7 +156,7 @@ def test_an_impossible_path_means_memory_and_an_error_line(
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")
     with caplog.at_level(logging.ERROR):
-        cache = IdempotencyCache(blocker / "replies.db", clock=Clock())
+        cache = IdempotencyCache(blocker / "commands" / "replies.db", clock=Clock())  # under a file
     try:
         assert not cache.durable
         assert "in memory only" in caplog.text
@@ -165,6 +165,24 @@ def test_an_impossible_path_means_memory_and_an_error_line(
         assert cache.lookup("a") == b"r"
     finally:
         cache.close()
+    assert blocker.read_bytes() == b""
+
+
+def test_a_file_where_its_folder_goes_is_set_aside_and_the_store_stays_durable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "commands"
+    blocker.write_bytes(b"an operator's notes")
+    with caplog.at_level(logging.WARNING):
+        cache = IdempotencyCache(blocker / "replies.db", clock=Clock())
+    try:
+        assert cache.durable
+        assert "commands is a file, not a folder; moved to commands.corrupt-" in caplog.text
+    finally:
+        cache.close()
+    (aside,) = tmp_path.glob("commands.corrupt-*")
+    assert aside.read_bytes() == b"an operator's notes"
+    assert (blocker / "replies.db").is_file()
 
 
 def test_bounds_must_be_positive() -> None:

@@ -37,6 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from agent.files import state_dir
+
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
@@ -250,11 +252,9 @@ def _open(path: Path | None) -> tuple[sqlite3.Connection, bool]:
 
 
 def _prepare(path: Path) -> None:
-    """The folder 0700, the file 0600 and created here: neither is ever a symlink's target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.parent.is_symlink():  # else the chmod below raises NotImplementedError (Linux), not OSError
-        raise OSError(f"folder {path.parent} is a symbolic link; refusing to follow it")
-    os.chmod(path.parent, 0o700, follow_symlinks=False)
+    """The folder 0700, the file 0600 and created here: neither is ever a symlink's target (a
+    linked folder raises LinkRefused; a file where the folder goes is set aside)."""
+    state_dir(path.parent, parents=True)
     try:
         st = path.lstat()
     except FileNotFoundError:

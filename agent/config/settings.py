@@ -99,8 +99,8 @@ class SettingsStore:
         except FileNotFoundError:
             return
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                self._set_aside("it is a symbolic link, refused")
+            if exc.errno == errno.ELOOP:  # LinkRefused: a link, or a folder
+                self._set_aside(f"it {exc.strerror or 'is not a regular file'}")
                 return
             log.error("cannot read persisted settings %s: %s; using the config file's", self.path, exc)
             return

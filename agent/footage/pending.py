@@ -38,7 +38,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.files import LinkRefused, create_private, fsync_dir, private_dir, read_bytes, write_atomic
+from agent.files import (
+    LinkRefused,
+    create_private,
+    fsync_dir,
+    private_dir,
+    read_bytes,
+    state_dir,
+    write_atomic,
+)
 from agent.footage.clips import CAMERA_RE, CLIP_ID_RE, JpegFrame
 from agent.footage.privacy import apply_privacy_masks
 
@@ -126,7 +134,7 @@ class PendingClips:
 
         OSError (e.g. ENOSPC, a link in the way) leaves no entry and no temporary folder behind.
         """
-        private_dir(self.root, parents=True)
+        state_dir(self.root, parents=True)  # a file in its place is set aside
         tmp = self.root / f".{clip.clip_id}.tmp"
         _remove_tree(tmp)
         try:
@@ -160,7 +168,11 @@ class PendingClips:
             self.root.unlink()
             log.warning("pending clips: %s was a symbolic link; removed (never followed)", self.root)
             return []
+        if not self.root.exists():
+            return []
         if not self.root.is_dir():
+            with contextlib.suppress(OSError):  # logged there; else the next save tries again
+                state_dir(self.root)
             return []
         found: list[tuple[float, str]] = []
         for path in sorted(self.root.iterdir()):
@@ -191,7 +203,7 @@ class PendingClips:
             data = json.loads(raw)
             blob = read_bytes(entry / FRAMES_FILE)
         except LinkRefused as exc:
-            raise PendingError(f"{Path(exc.filename).name} is a symbolic link, refused") from None
+            raise PendingError(f"{Path(exc.filename).name} {exc.strerror}") from None
         except FileNotFoundError as exc:
             raise PendingError(f"{Path(str(exc.filename)).name} is missing") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -201,7 +213,8 @@ class PendingClips:
         return _from_json(data, clip_id, blob)
 
     def set_aside(self, clip_id: str, reason: str) -> None:
-        """Move an unusable entry's files into `discard_dir` (links removed, never followed)."""
+        """Move an unusable entry's files and folders into `discard_dir` (links removed, never
+        followed)."""
         entry = self.root / clip_id
         log.warning("pending clip %s set aside: %s", clip_id, reason)
         try:
@@ -212,9 +225,9 @@ class PendingClips:
                 self._discard(entry, f"pending-{clip_id}")
                 return
             for path in sorted(entry.iterdir()):
-                if _is_regular_file(path):
+                if not path.is_symlink():
                     self._discard(path, f"pending-{clip_id}-{path.name}")
-            _remove_tree(entry)
+            _remove_tree(entry)  # what is left: links
         except OSError as exc:  # never a crash: at worst the entry is tried again next start
             log.warning("pending clip %s could not be set aside: %s", clip_id, exc.strerror or exc)
 

@@ -52,7 +52,7 @@ from agent.files import (
     fsync_dir,
     is_regular,
     open_read,
-    private_dir,
+    state_dir,
     write_atomic,
 )
 from agent.footage.clips import (
@@ -115,7 +115,7 @@ class ClipStore:
     ) -> None:
         if max_exports < 1:
             raise ValueError("max_exports must be at least 1")
-        self.root = private_dir(Path(root), parents=True)  # LinkRefused (OSError) for a link
+        self.root = state_dir(Path(root), parents=True)  # a file there set aside; LinkRefused for a link
         sweep = Sweep(self.root)
         self.discard_dir = sweep.discard_dir
         self.discarded: list[Discarded] = sweep.discarded  # what the start-up scan cleared away

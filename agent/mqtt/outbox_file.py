@@ -94,9 +94,12 @@ def open_outbox_file(path: Path, busy_timeout_s: float) -> Opened:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _refuse_links(path)
+        if path.exists() and not path.is_file():  # a folder: SQLite could never open it
+            why = "it is a folder, not a file" if path.is_dir() else "not a regular file"
+            discarded = _move_aside(path, why)
         keep = _keep_wal(path)
         try:
-            return Opened(_connect_private(path, busy_timeout_s), durable=True, discarded=None)
+            return Opened(_connect_private(path, busy_timeout_s), durable=True, discarded=discarded)
         except sqlite3.Error as exc:
             discarded = _move_aside(path, f"{type(exc).__name__}: {exc}", kept_wal=keep)
             return Opened(_connect_private(path, busy_timeout_s), durable=True, discarded=discarded)

@@ -99,7 +99,7 @@ class Agent:
         data_dir = cfg.gateway.data_dir
         verifier = load_verifier(cfg)  # key files first: a bad one stops the agent before it opens anything
         prepare_data_dir(data_dir)
-        audit = self.audit = AuditLog.from_config(cfg)
+        audit = self.audit = open_audit_log(cfg)
         self.outbox = open_outbox(data_dir, cfg.storage)
         self.clock = ClockWatch(on_change=self._clock_changed)
         self.clock.check()  # before the first status and the Will: they carry clock_synced
@@ -420,6 +420,26 @@ def stream_limits(settings: RuntimeSettings) -> StreamLimits:
     return StreamLimits(
         max_sessions=settings.streams.max_sessions, max_bytes_per_s=settings.streams.max_bytes_per_s
     )
+
+
+def open_audit_log(cfg: AgentConfig) -> AuditLog:
+    """The audit log, or AgentError naming why it cannot be opened (a folder where the log goes,
+    a file where its folder goes): imagery must not go out unaudited, so the agent stops."""
+    try:
+        return AuditLog.from_config(cfg)
+    except OSError as exc:
+        if exc.filename is None:  # the log's own message (a symbolic link refused)
+            raise AgentError(f"the audit log cannot be opened: {exc.strerror or exc}") from None
+        where = Path(exc.filename)
+        if where.is_dir() and not where.is_symlink() and isinstance(exc, IsADirectoryError):
+            why = "it is a folder, where the log file goes"
+        elif isinstance(exc, FileExistsError) and not where.is_dir():
+            why = "it is a file, where the log's folder goes"
+        else:
+            why = exc.strerror or str(exc)
+        raise AgentError(
+            f"the audit log cannot be opened: {where}: {why}; move it away and start again"
+        ) from None
 
 
 def prepare_data_dir(data_dir: Path) -> None:

@@ -4,7 +4,9 @@ The protocol promises exactly one `end` per event_id. A clean stop ends every op
 SIGKILL or a power cut cannot, so the last phase published of each open event is written here
 (atomically, after it is in the outbox) and the next start of the agent publishes the missing
 `end`, with `ended_at` the time of that last phase. The file is read and written without
-following symbolic links (a link is refused) and created 0600.
+following symbolic links and created 0600; one that cannot be used (a link, a folder, bytes that
+are not a list of events) is set aside with an ERROR, never overwritten: what it held may be owed
+an `end` an operator can still send.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pydantic import ValidationError
 
 from agent.clock import iso
 from agent.contract.messages import Event
-from agent.files import LinkRefused, read_bytes, write_atomic
+from agent.files import LinkRefused, read_bytes, set_aside, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +40,40 @@ class OpenEvents:
             raw = json.loads(read_bytes(self.path))
         except FileNotFoundError:
             return []
-        except LinkRefused:
-            log.error("open events file %s is a symbolic link; refused and ignored", self.path)
+        except LinkRefused as exc:
+            self._set_aside(exc.strerror or "refused")
             return []
-        except (OSError, ValueError) as exc:
-            log.error("open events file %s is unreadable (%s); ignoring it", self.path, exc)
+        except OSError as exc:
+            log.error("open events file %s cannot be read (%s); ignoring it", self.path, exc.strerror or exc)
+            return []
+        except ValueError as exc:
+            self._set_aside(f"not JSON: {exc}")
+            return []
+        if not isinstance(raw, list):
+            self._set_aside(f"a JSON {type(raw).__name__}, not a list of events")
             return []
         found = []
-        for item in raw if isinstance(raw, list) else []:
+        for item in raw:
             try:
                 found.append(Event.model_validate(item))
             except ValidationError:
                 log.warning("open events file %s: skipping a malformed entry", self.path)
         return found
+
+    def _set_aside(self, reason: str) -> None:
+        try:
+            aside = set_aside(self.path)
+        except OSError as exc:
+            log.error(
+                "open events file %s is unusable (%s) and cannot be moved aside: %s", self.path, reason, exc
+            )
+            return
+        log.error(
+            "open events file %s is unusable (%s); moved to %s: events it held get no late end",
+            self.path,
+            reason,
+            aside.name,
+        )
 
     def ending(self, end: Event) -> None:
         """Record an end phase about to be queued, before it is: a kill from here until `note(end)`

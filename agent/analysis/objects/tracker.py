@@ -44,6 +44,7 @@ modified afterwards (those in a `DetectionResult` are the service's private copi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -61,7 +62,7 @@ from agent.capture.source import Frame, Image
 from agent.clock import iso
 from agent.config import DetectionSettings
 from agent.contract.messages import DetectedObject, Event
-from agent.files import open_read, private_dir, write_atomic
+from agent.files import LinkRefused, open_read, set_aside, state_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -817,6 +818,19 @@ class ObjectTracker:
                 out.append((str(item["label"]), (x, y, w, h)))
         except FileNotFoundError:
             return []
+        except NotADirectoryError:  # a file where the state folder goes: set aside (logged there)
+            with contextlib.suppress(OSError):
+                state_dir(path.parent)
+            return []
+        except LinkRefused as exc:
+            why = exc.strerror or "refused"
+            if path.is_dir() and not path.is_symlink():  # the saves would fail for as long as it is there
+                try:
+                    why += f"; moved to {set_aside(path).name}"
+                except OSError as stuck:
+                    why += f"; cannot be moved aside: {stuck.strerror or stuck}"
+            log.warning("camera %s: ignoring stationary objects in %s: %s", self.camera_id, path, why)
+            return []
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             log.warning("camera %s: ignoring stationary objects in %s: %s", self.camera_id, path, exc)
             return []
@@ -851,7 +865,7 @@ class ObjectTracker:
             "stationary": [{"label": label, "box": list(box)} for label, box in now],
         }
         try:
-            private_dir(self._state_path.parent)
+            state_dir(self._state_path.parent)  # a file in its place is set aside
             write_atomic(self._state_path, json.dumps(body).encode())
         except OSError as exc:  # a full disk costs the memory of parked objects, nothing else
             log.warning(

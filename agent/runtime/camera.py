@@ -288,35 +288,41 @@ class CameraWorker:
         with self._emit_lock:
             if self._stop.is_set():
                 return  # a stopped worker's thread (stuck in a read) must not overwrite its successor's
-            with self._status_lock:
-                state, error = self._combined_health()
-                old = self._status
-                if old.state == "disabled":
-                    return
-                h, w = (frame.image.shape[:2]) if frame is not None else (old.height, old.width)
-                if frame is None and size is not None:
-                    w, h = size
-                new = CameraStatus.model_validate(
-                    {
-                        "state": state,
-                        "fps": round(self.stats.fps, 2) if state == "ok" and self.stats.fps > 0 else None,
-                        "width": w,
-                        "height": h,
-                        "last_frame_at": iso(frame.ts) if frame is not None else old.last_frame_at,
-                        "error": error or self._note,
-                        "ptz": self._ptz,
-                    }
-                )
-                changed = (new.state, new.error, new.width, new.height, new.ptz) != (
-                    old.state,
-                    old.error,
-                    old.width,
-                    old.height,
-                    old.ptz,
-                )
-                self._status = new
-            if changed:
+            new = self._next_status(frame, size)
+            if new is not None:
                 self._emit_status(new)
+
+    def _next_status(self, frame: Frame | None, size: tuple[int, int] | None) -> CameraStatus | None:
+        """Make the status from the streams' health and the notes; None when what is published
+        did not change (or the camera is disabled)."""
+        with self._status_lock:
+            state, error = self._combined_health()
+            old = self._status
+            if old.state == "disabled":
+                return None
+            h, w = (frame.image.shape[:2]) if frame is not None else (old.height, old.width)
+            if frame is None and size is not None:
+                w, h = size
+            new = CameraStatus.model_validate(
+                {
+                    "state": state,
+                    "fps": round(self.stats.fps, 2) if state == "ok" and self.stats.fps > 0 else None,
+                    "width": w,
+                    "height": h,
+                    "last_frame_at": iso(frame.ts) if frame is not None else old.last_frame_at,
+                    "error": error or self._note,
+                    "ptz": self._ptz,
+                }
+            )
+            self._status = new
+        changed = (new.state, new.error, new.width, new.height, new.ptz) != (
+            old.state,
+            old.error,
+            old.width,
+            old.height,
+            old.ptz,
+        )
+        return new if changed else None
 
     def _combined_health(self) -> tuple[str, str | None]:
         for wanted in ("failed", "connecting"):

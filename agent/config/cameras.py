@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from agent.config.base import Ident, Polygon, Strict
+from agent.config.base import Ident, Polygon, Strict, read_small
 from agent.config.redact import redact
 from agent.config.urls import url_problem
 from agent.errors import ConfigError
@@ -72,7 +72,7 @@ class DetectionSettings(Strict):
     whole frame every `full_frame_s`."""
 
     enabled: bool = Field(default=False, description="Detect objects in this camera's motion regions")
-    labels: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+    labels: list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]] = Field(
         default_factory=lambda: list(DEFAULT_OBJECT_LABELS),
         min_length=1,
         description="Object labels that raise events; names from the model's label map",
@@ -208,10 +208,11 @@ class OnvifConfig(Strict):
     (first line), like the MQTT password, so it is never in the config, a log or a reply."""
 
     url: str = Field(
+        max_length=2048,
         description=(
             "Device service: http://host[:port]/onvif/device_service (the path ONVIF defines; the"
             " client takes the other services' addresses from the device)"
-        )
+        ),
     )
     username: str | None = Field(default=None, min_length=1, max_length=64, description="ONVIF user")
     password_file: Path | None = Field(
@@ -266,7 +267,7 @@ class OnvifConfig(Strict):
         if self.password_file is None:
             return None
         try:
-            lines = self.password_file.read_text(encoding="utf-8").splitlines()
+            lines = read_small(self.password_file).decode("utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
             raise ConfigError("onvif.password_file", [f"cannot read {self.password_file}: {why}"]) from None

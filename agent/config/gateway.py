@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from agent.config.base import Ident, Strict
+from agent.config.base import Ident, Strict, read_small
 from agent.errors import ConfigError
 
 
@@ -23,6 +23,7 @@ class GatewayConfig(Strict):
     )
     topic_prefix: str = Field(
         default="cctv/v1",
+        max_length=128,
         pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
         description="Topic prefix before {district}/{gateway}",
     )
@@ -118,11 +119,15 @@ def _cert_key_problems(cert: Path, key: Path, prefix: str) -> list[str]:
 
     problems = []
     try:
-        x509.load_pem_x509_certificates(cert.read_bytes())
+        x509.load_pem_x509_certificates(read_small(cert))
+    except OSError as exc:
+        problems.append(f"{prefix}.cert_file: cannot read {cert}: {exc.strerror or exc}")
     except ValueError:
         problems.append(f"{prefix}.cert_file: {cert} holds no PEM certificate")
     try:
-        serialization.load_pem_private_key(key.read_bytes(), password=None)
+        serialization.load_pem_private_key(read_small(key), password=None)
+    except OSError as exc:
+        problems.append(f"{prefix}.key_file: cannot read {key}: {exc.strerror or exc}")
     except TypeError:
         problems.append(f"{prefix}.key_file: {key} is encrypted; the agent needs an unencrypted key")
     except (ValueError, UnsupportedAlgorithm):
@@ -136,8 +141,17 @@ def _cert_key_problems(cert: Path, key: Path, prefix: str) -> list[str]:
     return problems
 
 
+PASSWORD_MAX = 4096
+
+
 class MqttConfig(Strict):
-    host: str = Field(default="127.0.0.1", min_length=1, description="Broker host name or address")
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9._:\[\]-]+$",  # a DNS name (an IDN in its xn-- form), IPv4 or IPv6
+        description="Broker host name or address",
+    )
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port")
     protocol: Literal["auto", "5", "3.1.1"] = Field(
         default="auto",
@@ -149,8 +163,8 @@ class MqttConfig(Strict):
     client_id: str | None = Field(
         default=None, max_length=128, description="Client id; default edge-{district}-{gateway}"
     )
-    username: str | None = Field(default=None, description="Username for the broker")
-    password: str | None = Field(default=None, description="Password (prefer password_file)")
+    username: str | None = Field(default=None, max_length=1024, description="Username for the broker")
+    password: str | None = Field(default=None, max_length=4096, description="Password (prefer password_file)")
     password_file: Path | None = Field(default=None, description="File whose first line is the password")
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds")
     reconnect_min_s: float = Field(
@@ -199,7 +213,7 @@ class MqttConfig(Strict):
     def resolved_password(self) -> str | None:
         if self.password_file is not None:
             try:
-                lines = self.password_file.read_text(encoding="utf-8").splitlines()
+                lines = read_small(self.password_file).decode("utf-8").splitlines()
             except (OSError, UnicodeDecodeError) as exc:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
                 raise ConfigError(
@@ -208,6 +222,11 @@ class MqttConfig(Strict):
             if not lines:
                 raise ConfigError(
                     "mqtt.password_file", [f"{self.password_file} is empty (its first line is the password)"]
+                )
+            if len(lines[0]) > PASSWORD_MAX:  # MQTT carries at most 65535 bytes
+                raise ConfigError(
+                    "mqtt.password_file",
+                    [f"{self.password_file}: its first line is over {PASSWORD_MAX} characters"],
                 )
             return lines[0]
         return self.password

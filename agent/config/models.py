@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from agent.config.base import ID_PATTERN, Polygon, Strict
+from agent.config.base import ID_PATTERN, Polygon, Strict, lax_problems, read_small
 from agent.config.cameras import (
     DEFAULT_OBJECT_LABELS,
     BufferSettings,
@@ -119,22 +119,29 @@ def format_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
+CONFIG_BYTES = 16 << 20  # a config of 1000 cameras is under 1 MB
+
+
 def parse_config(data: dict[str, Any], source: str = "<config>") -> AgentConfig:
+    problems = lax_problems(AgentConfig, data)
     try:
-        return AgentConfig.model_validate(data)
+        cfg = AgentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, format_errors(exc)) from None
+        raise ConfigError(source, problems + format_errors(exc)) from None
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
 
 
 def load_config(path: str | Path) -> AgentConfig:
     """Read and validate a TOML config file; raise ConfigError naming every problem."""
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        raw = read_small(p, CONFIG_BYTES)
     except OSError as exc:
         raise ConfigError(str(p), [f"cannot read file: {exc.strerror or exc}"]) from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        data = tomllib.loads(raw.decode("utf-8").removeprefix("\ufeff"))  # a BOM some editors write
     except UnicodeDecodeError as exc:
         raise ConfigError(str(p), [f"not UTF-8 text: {exc}"]) from None
     except tomllib.TOMLDecodeError as exc:

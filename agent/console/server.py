@@ -18,6 +18,7 @@ from typing import Any
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from agent.config import ConsoleConfig
+from agent.config.base import read_small
 from agent.console.app import ConsoleApp
 from agent.console.commissioning import MaskService
 from agent.console.gateway import ConsoleGateway
@@ -60,6 +61,26 @@ class _BoundedServer(ThreadedWSGIServer):
             self._slots.release()
 
 
+def _tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The console's TLS context; AgentError naming the key when a file is not what it should be
+    (`check-config` says the same before a start)."""
+    for name, path in (("tls_cert_file", cert), ("tls_key_file", key)):
+        try:
+            read_small(path)  # a folder or a device: a clear error, never an endless read
+        except OSError as exc:
+            raise AgentError(f"console.{name}: cannot read {path}: {exc.strerror or exc}") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as exc:
+        why = exc.reason or exc
+        raise AgentError(
+            f"console.tls_key_file: {key} and {cert} are not a certificate and its key ({why})"
+        ) from None
+    return context
+
+
 class ConsoleServer:
     """Owns the listening socket and the thread that serves it."""
 
@@ -69,9 +90,7 @@ class ConsoleServer:
         self.app = ConsoleApp(cfg, gateway, MaskService(gateway, config_path), self._stopping)
         context = None
         if cfg.tls_cert_file is not None and cfg.tls_key_file is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(str(cfg.tls_cert_file), str(cfg.tls_key_file))
+            context = _tls_context(cfg.tls_cert_file, cfg.tls_key_file)
         # The socket is ours to open: Werkzeug, binding it itself, prints and exits the process
         # when the port is taken; the agent must refuse to start with its own error instead.
         try:

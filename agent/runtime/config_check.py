@@ -19,6 +19,9 @@ def config_problems(cfg: AgentConfig, *, files: bool = True) -> list[str]:
     they are in place, as the firmware does with a seed) but not the detector."""
     problems = []
     if files:
+        data_dir = cfg.gateway.data_dir
+        if data_dir.exists() and not data_dir.is_dir():  # absent is fine: `run` creates it
+            problems.append(f"gateway.data_dir: {data_dir} is not a folder")
         problems += cfg.mqtt.file_problems() + key_problems(cfg) + onvif_problems(cfg)
         problems += cfg.console.file_problems()
     return problems + detector_problems(cfg)

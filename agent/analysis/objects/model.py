@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from agent.analysis.objects.interpreter import BACKENDS, Interpreter, TensorDetails, make_interpreter
 from agent.capture.source import Image
+from agent.config.base import read_small
 from agent.errors import ModelError
 
 MODELS_DIR = Path(__file__).resolve().parent / "vendored"
@@ -61,7 +62,7 @@ class Quant:
 def load_labels(path: Path) -> list[str | None]:
     """Read a label map: line N names class id N, or lines of `id name`. `???` marks a gap."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_small(path).decode("utf-8")
     except OSError as exc:
         raise ModelError(str(path), f"cannot read labels: {exc.strerror or exc}") from None
     except UnicodeDecodeError:

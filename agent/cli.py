@@ -162,7 +162,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if whole and cut_short(stats):
         print(
             f"edge-agent: warning: {video} ended after {stats.video_s:.1f} s of the {stats.header_s:.1f} s"
-            " its header gives; the file may be cut short, and events after the cut are missing",
+            " its header gives; the file may be cut short (or damaged beyond what can be skipped),"
+            " and events after that are missing",
+            file=sys.stderr,
+        )
+    if stats.skipped:
+        print(
+            f"edge-agent: warning: {video}: {stats.skipped} frame(s) in damaged stretches would not"
+            " decode and were skipped; events there may be missing or split",
             file=sys.stderr,
         )
     if args.stats:
@@ -171,6 +178,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "frames": stats.frames,
             "analysed": stats.analysed,
             "inferences": stats.inferences,
+            "skipped": stats.skipped,
         }
         print(json.dumps(summary, separators=(",", ":")), file=sys.stderr)
     return EXIT_OK

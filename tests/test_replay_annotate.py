@@ -164,7 +164,13 @@ def test_stats_count_frames_and_inferences(street: Path) -> None:
     done = run(street, "--stats")
     assert done.returncode == 0
     stats = json.loads(done.stderr.strip().splitlines()[-1])
-    assert stats == {"video_s": 6.0, "frames": 60, "analysed": 60, "inferences": 0}  # motion only
+    assert stats == {
+        "video_s": 6.0,
+        "frames": 60,
+        "analysed": 60,
+        "inferences": 0,
+        "skipped": 0,
+    }  # motion only
 
 
 @pytest.mark.parametrize(

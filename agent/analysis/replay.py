@@ -20,6 +20,7 @@ import numpy as np
 
 from agent.analysis.events import EventPhase
 from agent.analysis.pipeline import CameraPipeline
+from agent.capture.opencv import skip_damage
 from agent.capture.source import Frame, Image
 from agent.config import CameraConfig, DetectorConfig
 from agent.errors import SourceError
@@ -69,6 +70,7 @@ class ReplayStats:
     inferences: int = 0
     video_s: float = 0.0
     header_s: float | None = None  # the length the file's header gives, when it gives one
+    skipped: int = 0  # frames of a damaged stretch that would not decode, skipped to read on
 
 
 def cut_short(stats: ReplayStats) -> bool:
@@ -172,7 +174,7 @@ def replay(
     info = VideoInfo(fps, int(first.shape[1]), int(first.shape[0]), duration)
     stats = stats or ReplayStats()
     stats.header_s = duration
-    return _run(cap, info, first, pipeline, list(observers), progress, stats)
+    return _run(cap, info, first, pipeline, list(observers), progress, stats, count)
 
 
 def _run(
@@ -183,6 +185,7 @@ def _run(
     observers: list[ReplayObserver],
     progress: Progress | None,
     stats: ReplayStats,
+    count: float,
 ) -> Iterator[dict[str, Any]]:
     closing: list[EventPhase] = []
     begun: list[ReplayObserver] = []
@@ -200,7 +203,14 @@ def _run(
                 if image is None:
                     ok, decoded = cap.read()
                     if not ok or decoded is None:
-                        break
+                        skipped = skip_damage(cap, index, count)  # the next frame is grabbed
+                        if not skipped:
+                            break
+                        index, stats.skipped = index + skipped, stats.skipped + skipped
+                        pts = index / info.fps
+                        ok, decoded = cap.retrieve()
+                        if not ok or decoded is None:
+                            break
                     image = np.asarray(decoded, np.uint8)  # no copy: already uint8
                 frame = Frame(image=image, ts=EPOCH + pts, pts=pts, seq=index)
                 image = None
@@ -211,7 +221,11 @@ def _run(
                 for phase in phases:
                     yield _row(phase)
             elif not cap.grab():
-                break
+                skipped = skip_damage(cap, index, count)
+                if not skipped:
+                    break
+                index, stats.skipped = index + skipped, stats.skipped + skipped
+                pts = index / info.fps
             if progress is not None:
                 progress(pts, info.duration_s)
             last_pts = pts

@@ -99,6 +99,22 @@ def parse_uri(uri: str) -> tuple[Kind, str | int]:
     )
 
 
+SKIP_STEPS = (1, 2, 4, 8, 16, 32, 64)  # frames tried past one that will not decode, in turn
+
+
+def skip_damage(cap: cv2.VideoCapture, index: int, count: float) -> int:
+    """After `grab()` failed at frame `index` of a file whose header gives `count` frames: seek
+    past the frames that will not decode (a damaged stretch in the middle of a recording) and
+    grab the first that does; how many frames were skipped, 0 when none further on decodes (then
+    the file really ends here). FFmpeg stops at such damage, and all after it would be lost."""
+    for step in SKIP_STEPS:
+        if not index + step < count:
+            break
+        if cap.set(cv2.CAP_PROP_POS_FRAMES, index + step) and cap.grab():
+            return step
+    return 0
+
+
 def _why_unreachable(url: str, timeout_s: float) -> str:
     """A readable reason a stream failed to open, found by trying a plain TCP connection."""
     parts = urlsplit(url)
@@ -341,7 +357,7 @@ class OpenCVSource:
 
     def _grab_file(self, *, decode: bool) -> tuple[Image | None, float]:
         assert self._cap is not None
-        if not self._cap.grab():
+        if not self._cap.grab() and not self._past_damage():
             if self._pass_frames == 0:
                 raise SourceError(f"{self._label}: the file has no decodable video frames")
             if not self._loop:
@@ -362,6 +378,20 @@ class OpenCVSource:
         self._pass_pts = position
         self._pass_frames += 1
         return image, self._loop_offset + position
+
+    def _past_damage(self) -> bool:
+        """Skip a damaged stretch in the middle of the file (see `skip_damage`), with a warning;
+        whether a frame after it was grabbed."""
+        assert self._cap is not None
+        if self._pass_frames == 0:
+            return False
+        skipped = skip_damage(
+            self._cap, self._pass_frames, float(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        )
+        if skipped:
+            self._pass_frames += skipped
+            log.warning("%s: skipped %d frame(s) that would not decode (damaged file)", self._label, skipped)
+        return skipped > 0
 
     def _retrieve(self) -> Image:
         assert self._cap is not None

@@ -34,6 +34,7 @@ from agent.capture.source import EndOfStream
 from agent.capture.synthetic import Scene, SceneOptions, write_scene_video
 from tests.conftest import Broker
 from tests.harness import GatewayRun, Subscriber
+from tests.test_run_e2e import camera_block
 
 pytestmark = pytest.mark.slow
 
@@ -398,10 +399,6 @@ def test_a_file_camera_reads_past_damage_in_the_middle(damaged: dict[str, Path],
         source.close()
     expected = ffmpeg_frames(video)
     assert frames >= 0.95 * expected - 2, f"{video.name}: {frames} frames read; FFmpeg decodes {expected}"
-
-
-def camera_block(cam_id: str, source: str) -> str:
-    return f'[[cameras]]\nid = "{cam_id}"\nsource = "{source}"\nallowed_agencies = ["police"]\n'
 
 
 @pytest.fixture

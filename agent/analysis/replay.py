@@ -197,20 +197,17 @@ def _run(
         last_pts = 0.0
         image: Image | None = first
         while True:
+            if image is None and not cap.grab():  # each frame after the first; decoded if wanted
+                skipped = skip_damage(cap, index, count)  # grabs the first frame past the damage
+                if not skipped:
+                    break
+                index, stats.skipped = index + skipped, stats.skipped + skipped
             pts = index / info.fps
-            wanted = pipeline.wants(pts)
-            if image is not None or wanted or observers:
+            if image is not None or pipeline.wants(pts) or observers:
                 if image is None:
-                    ok, decoded = cap.read()
+                    ok, decoded = cap.retrieve()
                     if not ok or decoded is None:
-                        skipped = skip_damage(cap, index, count)  # the next frame is grabbed
-                        if not skipped:
-                            break
-                        index, stats.skipped = index + skipped, stats.skipped + skipped
-                        pts = index / info.fps
-                        ok, decoded = cap.retrieve()
-                        if not ok or decoded is None:
-                            break
+                        break
                     image = np.asarray(decoded, np.uint8)  # no copy: already uint8
                 frame = Frame(image=image, ts=EPOCH + pts, pts=pts, seq=index)
                 image = None
@@ -220,12 +217,6 @@ def _run(
                     observer.frame(frame, pipeline.analysed > before, pipeline, phases)
                 for phase in phases:
                     yield _row(phase)
-            elif not cap.grab():
-                skipped = skip_damage(cap, index, count)
-                if not skipped:
-                    break
-                index, stats.skipped = index + skipped, stats.skipped + skipped
-                pts = index / info.fps
             if progress is not None:
                 progress(pts, info.duration_s)
             last_pts = pts

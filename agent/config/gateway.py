@@ -164,7 +164,9 @@ class MqttConfig(Strict):
         default=None, max_length=128, description="Client id; default edge-{district}-{gateway}"
     )
     username: str | None = Field(default=None, max_length=1024, description="Username for the broker")
-    password: str | None = Field(default=None, max_length=4096, description="Password (prefer password_file)")
+    password: str | None = Field(
+        default=None, max_length=PASSWORD_MAX, description="Password (prefer password_file)"
+    )
     password_file: Path | None = Field(default=None, description="File whose first line is the password")
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds")
     reconnect_min_s: float = Field(

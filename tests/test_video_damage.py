@@ -16,7 +16,9 @@ Each case's bytes follow from its name and SEED alone, so a failing case id repr
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -293,10 +295,15 @@ def damaged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def replay(video: Path) -> subprocess.CompletedProcess[str]:
+def replay(video: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`edge-agent replay --stats`; the environment is this process's without the FFmpeg log
+    level (importing the agent here set it, and the child must be seen to set it itself)."""
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
     try:
         return subprocess.run(
             [sys.executable, "-m", "agent", "replay", str(video), "--stats"],
+            env=env,
             capture_output=True,
             text=True,
             errors="replace",
@@ -339,6 +346,26 @@ def test_replay_of_a_damaged_video_ends_cleanly(damaged: dict[str, Path], case: 
         assert all(line.startswith("edge-agent: warning: ") for line in own), own
         stats = json.loads(done.stderr.strip().splitlines()[-1])
         assert set(stats) == {"video_s", "frames", "analysed", "inferences", "skipped"}
+
+
+FFMPEG_LINE = re.compile(r"^\[\w+ @ 0x[0-9a-f]+\]", re.MULTILINE)  # "[h264 @ 0x55d0...] error while..."
+
+
+@pytest.mark.parametrize("case", MID_FILE, ids=lambda c: f"{c.name}-seed{c.seed}")
+def test_decoder_complaints_stay_out_of_the_output(damaged: dict[str, Path], case: Case) -> None:
+    """FFmpeg's line per damaged macroblock would flood a journal (a damaged file camera) and a
+    replay's terminal; the agent reports damage itself."""
+    done = replay(damaged[case.name])
+    assert not FFMPEG_LINE.search(done.stderr), done.stderr[-2000:]
+    assert not FFMPEG_LINE.search(done.stdout), done.stdout[-2000:]
+
+
+def test_an_operator_can_ask_for_the_decoder_log(damaged: dict[str, Path]) -> None:
+    """OPENCV_FFMPEG_LOGLEVEL set by the operator wins (OpenCV then prints FFmpeg's lines on
+    stdout); this also shows that the damaged file does make the decoder complain."""
+    done = replay(damaged["bikes-byteruns"], env={**os.environ, "OPENCV_FFMPEG_LOGLEVEL": "16"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "error while decoding" in done.stdout + done.stderr
 
 
 def ffmpeg_frames(video: Path) -> int:

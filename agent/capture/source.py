@@ -12,10 +12,13 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from agent.capture import ffmpeg_log
 from agent.config.redact import redact
 from agent.errors import SourceError
 
 Image = npt.NDArray[np.uint8]
+
+ffmpeg_log.silence()  # every OpenCV reader and writer imports this module before its first open
 
 
 @dataclass(frozen=True, slots=True)

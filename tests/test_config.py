@@ -296,12 +296,10 @@ def test_unreadable_files_are_named(tmp_path: Path) -> None:
 def test_password_file_gives_its_first_line_and_a_missing_one_is_named(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text("s3cret\nignored\n", encoding="utf-8")
-    cfg = load_config(write(tmp_path, MINIMAL + f'[mqtt]\npassword_file = "{secret}"\n'))
+    cfg = load_config(write(tmp_path, MINIMAL + f'[mqtt]\nusername = "gw"\npassword_file = "{secret}"\n'))
     assert cfg.mqtt.resolved_password() == "s3cret"
-    assert (
-        load_config(write(tmp_path, MINIMAL + '[mqtt]\npassword = "inline"\n')).mqtt.resolved_password()
-        == "inline"
-    )
+    inline = load_config(write(tmp_path, MINIMAL + '[mqtt]\nusername = "gw"\npassword = "inline"\n'))
+    assert inline.mqtt.resolved_password() == "inline"
     secret.unlink()
     with pytest.raises(ConfigError) as info:
         cfg.mqtt.resolved_password()
@@ -309,6 +307,15 @@ def test_password_file_gives_its_first_line_and_a_missing_one_is_named(tmp_path:
     [problem] = info.value.problems
     assert problem.startswith(f"cannot read {secret}: ")
     assert "No such file or directory" in problem
+
+
+@pytest.mark.parametrize("password", ['password = "s3cret-pw"', 'password_file = "/etc/edge-agent/mqtt.pw"'])
+def test_a_password_without_a_username_is_refused(tmp_path: Path, password: str) -> None:
+    """MQTT 3.1.1 sends no password without a username (paho drops it): refused, not ignored."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, MINIMAL + f"[mqtt]\n{password}\n"))
+    assert info.value.problems == ["mqtt: a password (password or password_file) needs a username"]
+    assert "s3cret-pw" not in str(info.value)
 
 
 def test_check_config_no_files_checks_a_config_staged_before_its_files(tmp_path: Path) -> None:

@@ -208,6 +208,9 @@ class MqttConfig(Strict):
     def _checks(self) -> MqttConfig:
         if self.password is not None and self.password_file is not None:
             raise ValueError("give password or password_file, not both")
+        if self.username is None and (self.password is not None or self.password_file is not None):
+            # MQTT 3.1.1 forbids a password without a username, and paho would drop it unsent
+            raise ValueError("a password (password or password_file) needs a username")
         if self.reconnect_min_s > self.reconnect_max_s:
             raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
         return self

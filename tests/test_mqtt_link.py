@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig
 from agent.mqtt import MqttLink, Outbox, OutboxError
-from tests.conftest import Broker, free_port
+from tests.conftest import Broker, free_port, start_mosquitto, stop_mosquitto
 from tests.harness import Received, Subscriber
 
 pytestmark = pytest.mark.broker
@@ -240,3 +242,50 @@ def test_an_online_status_changed_while_the_connect_hooks_run_is_the_one_retaine
         release.set()
         link.stop()
         outbox.close()
+
+
+def test_a_status_in_flight_when_the_broker_died_does_not_outlive_a_newer_one(
+    unique_gateway: str, tmp_path: Path
+) -> None:
+    """The clock changes twice in one outage: one change was in flight (never acknowledged) when
+    the broker died, the next came while the link was down. paho resends the older after the
+    reconnect's copy of the newer; the broker must be left holding the newer."""
+    root, port = unique_gateway, free_port()
+    topic = f"{root}/status"
+    first, second, third = (b'{"state":"online","clock_synced":%s}' % v for v in (b"true", b"false", b"null"))
+    cfg = MqttConfig.model_validate(
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "reconnect_min_s": 0.1,
+            "reconnect_spread_s": 0,
+            "reconnect_max_s": 0.5,
+        }
+    )
+    outbox = Outbox(tmp_path / "outbox.db")
+    link = MqttLink(cfg, root, outbox, topic, WILL)
+    frozen = start_mosquitto(tmp_path / "first", port)
+    link.set_online_message(topic, first)
+    link.start()
+    revived: Broker | None = None
+    try:
+        assert link.wait_connected(10)
+        assert retained_status(frozen, topic) == first
+        os.kill(frozen.process.pid, signal.SIGSTOP)  # it reads nothing more, acknowledges nothing
+        link.set_online_message(topic, second)  # handed to paho, in flight
+        frozen.process.kill()
+        frozen.process.wait(5)
+        deadline = time.monotonic() + 10
+        while link.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not link.connected
+        link.set_online_message(topic, third)  # while the link is down
+        revived = start_mosquitto(tmp_path / "second", port)
+        assert link.wait_connected(10)
+        time.sleep(1.0)  # paho's resend of the older message, and its acknowledgement
+        assert retained_status(revived, topic) == third
+    finally:
+        link.stop()
+        outbox.close()
+        if revived is not None:
+            stop_mosquitto(revived)

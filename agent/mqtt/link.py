@@ -133,6 +133,10 @@ class MqttLink:
         self._online_lock = threading.Lock()
         self._online: tuple[str, bytes] | None = None
         self._online_live = False
+        # paho mid -> the online payload it carries, under _online_lock. paho resends an older
+        # status that was in flight when a connection dropped after the reconnect's current one:
+        # when the pump sees an older one acknowledged, it sends the current one again.
+        self._online_sent: dict[int, bytes] = {}
         self._stopping = False
         self._connect_hooks: list[Callable[[], None]] = []
         self._message_handlers: dict[str, Callable[[mqtt.MQTTMessage], None]] = {}
@@ -204,7 +208,30 @@ class MqttLink:
         with self._online_lock:
             self._online = (topic, payload)
             if self._online_live and not self._stopping:
-                self.client.publish(topic, payload, qos=1, retain=self._retain)
+                self._send_online(self.client)
+
+    ONLINE_MIDS_KEPT = 32  # online statuses awaiting PUBACK that are remembered (older: forgotten)
+
+    def _send_online(self, client: mqtt.Client) -> None:
+        """Publish the online status (under _online_lock) and remember its mid."""
+        assert self._online is not None
+        topic, payload = self._online
+        info = client.publish(topic, payload, qos=1, retain=self._retain)
+        if len(self._online_sent) >= self.ONLINE_MIDS_KEPT:  # acks lost with a connection
+            self._online_sent.pop(next(iter(self._online_sent)))
+        self._online_sent[info.mid] = payload
+
+    def _online_acked(self, mids: list[int]) -> None:
+        """Acknowledged mids that were no outbox message's (on the pump's thread): if one carried
+        an older online status, the broker now keeps that one, so send the current one again."""
+        with self._online_lock:
+            acked = [p for p in (self._online_sent.pop(mid, None) for mid in mids) if p is not None]
+            current = self._online
+            if current is None or all(payload == current[1] for payload in acked):
+                return
+            if self._online_live and not self._stopping:
+                log.debug("an older gateway status was acknowledged last: sending the current one again")
+                self._send_online(self.client)
 
     def on_connect(self, hook: Callable[[], None]) -> None:
         """Run `hook` (from paho's thread) after each successful CONNACK."""
@@ -374,11 +401,17 @@ class MqttLink:
                 time.sleep(0.5)
 
     def _pump_once(self) -> None:
+        others = []  # acknowledged mids of messages sent straight to paho (online statuses)
         with self._mids_lock:
             while self._acked:
-                sent = self._mids.pop(self._acked.popleft(), None)
+                mid = self._acked.popleft()
+                sent = self._mids.pop(mid, None)
                 if sent is not None:
                     self.outbox.ack(sent.id)
+                else:
+                    others.append(mid)
+        if others:
+            self._online_acked(others)
         while True:
             with self._lock:
                 msg = self._qos0.popleft() if self._qos0 else None
@@ -456,6 +489,8 @@ class MqttLink:
             self.client._reset_sockets()
             self.client = self._new_client()
             self._client_kind = (self._protocol.current, self._retain)
+        with self._online_lock:
+            self._online_sent.clear()  # the new client resends nothing of the old one's
 
     def _connection_ended(self) -> None:
         """After paho's thread ended a connection the broker (or the network) took: was it a
@@ -624,7 +659,7 @@ class MqttLink:
             if self._stopping:
                 return  # stop() has published the final status (or will disconnect at once)
             if self._online is not None:
-                client.publish(self._online[0], self._online[1], qos=1, retain=self._retain)
+                self._send_online(client)
             self._online_live = True
         for topic in self._message_handlers:
             self._subscribe(client, topic)

@@ -220,3 +220,17 @@ def test_outbox_refuses_links_and_is_private(tmp_path: Path) -> None:
         if f.exists():
             assert stat.S_IMODE(f.stat().st_mode) == 0o600, name
     box.close()
+
+
+def test_settings_damaged_twice_in_one_second_keep_both_copies(tmp_path: Path) -> None:
+    """An agent restarting in a loop over a bad settings file sets it aside each time; no copy an
+    operator might need replaces an earlier one."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for damage in (b"{not json", b"[1, 2, 3]"):
+        (data / "settings.json").write_bytes(damage)
+        settings = SettingsStore(parse_config(base_config(data)), data / "settings.json")
+        assert settings.as_dict()["cameras"]["cam-1"]["motion"]["threshold"] > 0  # the config's values
+    aside = sorted(data.glob("settings.json.corrupt-*"))
+    assert sorted(p.read_bytes() for p in aside) == [b"[1, 2, 3]", b"{not json"]
+    assert not (data / "settings.json").exists()

@@ -12,13 +12,11 @@ refused and moved aside), created 0600 whatever the umask.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import errno
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from agent.config import (
     format_errors,
 )
 from agent.errors import ConfigError
-from agent.files import read_bytes, write_atomic
+from agent.files import read_bytes, set_aside, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +117,18 @@ class SettingsStore:
 
     def _set_aside(self, reason: str) -> None:
         """Move the file (a link itself, never its target) aside; the config file's values rule."""
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        try:
+            aside = set_aside(self.path)
+        except OSError as exc:
+            log.error(
+                "persisted settings %s are unusable (%s) and cannot be moved aside (%s); using the"
+                " config file's",
+                self.path,
+                reason,
+                exc.strerror or exc,
+            )
+            return
         log.error("persisted settings %s are unusable (%s); moved to %s", self.path, reason, aside.name)
-        with contextlib.suppress(OSError):
-            self.path.replace(aside)
 
     def _validate(self, partial: dict[str, Any], base: RuntimeSettings) -> RuntimeSettings:
         merged = _merge(base.model_dump(mode="json"), partial)

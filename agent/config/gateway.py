@@ -165,9 +165,11 @@ class MqttConfig(Strict):
     )
     username: str | None = Field(default=None, max_length=1024, description="Username for the broker")
     password: str | None = Field(
-        default=None, max_length=PASSWORD_MAX, description="Password (prefer password_file)"
+        default=None, max_length=PASSWORD_MAX, description="Password (prefer password_file); needs username"
     )
-    password_file: Path | None = Field(default=None, description="File whose first line is the password")
+    password_file: Path | None = Field(
+        default=None, description="File whose first line is the password; needs username"
+    )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds")
     reconnect_min_s: float = Field(
         default=0.5,

@@ -244,8 +244,9 @@ def test_an_online_status_changed_while_the_connect_hooks_run_is_the_one_retaine
         outbox.close()
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_a_status_in_flight_when_the_broker_died_does_not_outlive_a_newer_one(
-    unique_gateway: str, tmp_path: Path
+    unique_gateway: str, tmp_path: Path, protocol: str
 ) -> None:
     """The clock changes twice in one outage: one change was in flight (never acknowledged) when
     the broker died, the next came while the link was down. paho resends the older after the
@@ -257,6 +258,7 @@ def test_a_status_in_flight_when_the_broker_died_does_not_outlive_a_newer_one(
         {
             "host": "127.0.0.1",
             "port": port,
+            "protocol": protocol,
             "reconnect_min_s": 0.1,
             "reconnect_spread_s": 0,
             "reconnect_max_s": 0.5,

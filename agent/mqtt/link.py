@@ -14,7 +14,9 @@ as agent.mqtt.reconnect decides (a quick jittered first attempt, then one attemp
 of `reconnect_spread_s`, doubling up to `reconnect_max_s`, so a fleet returns spread out);
 paho never reconnects by itself. Every
 successful CONNACK republishes the retained `online` status, then whatever the `on_connect` hooks
-add (camera statuses, settings), then resumes the outbox.
+add (camera statuses, settings), then resumes the outbox. paho resends an older status that was
+in flight when the connection dropped after that copy; its acknowledgement has the current one
+sent again, so the broker keeps the newest.
 
 `mqtt.protocol = "auto"` tries MQTT 5 and falls back to 3.1.1 when the broker refuses it
 (reconnect.ProtocolChoice). Another client with this client id taking the session is logged at
@@ -108,6 +110,7 @@ class MqttLink:
     IDLE_WAKE_S = 1.0  # the pump and mqtt.net look again at least this often, woken or not
     POISON_S = 10.0  # a drop this soon after a message was sent (or resent) may be its fault
     POISON_STRIKES = 3  # drops in a row with the same message in flight set it aside
+    ONLINE_MIDS_KEPT = 32  # online statuses awaiting PUBACK that are remembered (older: forgotten)
 
     def __init__(
         self,
@@ -209,8 +212,6 @@ class MqttLink:
             self._online = (topic, payload)
             if self._online_live and not self._stopping:
                 self._send_online(self.client)
-
-    ONLINE_MIDS_KEPT = 32  # online statuses awaiting PUBACK that are remembered (older: forgotten)
 
     def _send_online(self, client: mqtt.Client) -> None:
         """Publish the online status (under _online_lock) and remember its mid."""

@@ -22,6 +22,7 @@ from agent.analysis.events import EventPhase
 from agent.analysis.pipeline import CameraPipeline
 from agent.capture.opencv import skip_damage
 from agent.capture.source import Frame, Image
+from agent.capture.video_file import VideoFile, open_video_file
 from agent.config import CameraConfig, DetectorConfig
 from agent.errors import SourceError
 
@@ -114,13 +115,13 @@ class TerminalProgress:
             self._width = 0
 
 
-def _open(video: Path) -> tuple[cv2.VideoCapture, float, Image]:
+def _open(video: Path) -> tuple[VideoFile, float, Image]:
     """Open `video` and decode its first frame, so that any kind of bad file fails here."""
     if not video.exists():
         raise SourceError(f"video {video} does not exist")
     if not video.is_file():
         raise SourceError(f"video {video} is not a file")
-    cap = cv2.VideoCapture(str(video))
+    cap = open_video_file(str(video))
     if not cap.isOpened():
         cap.release()
         raise SourceError(f"cannot open {video}: not a video OpenCV can decode")
@@ -178,7 +179,7 @@ def replay(
 
 
 def _run(
-    cap: cv2.VideoCapture,
+    cap: VideoFile,
     info: VideoInfo,
     first: Image,
     pipeline: CameraPipeline,

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from agent.capture.source import EndOfStream, Frame, Image
+from agent.capture.video_file import VideoFile, open_video_file
 from agent.config.redact import redact as redact  # noqa: PLC0414 - re-exported (PEP 484)
 from agent.config.urls import file_path, url_problem
 from agent.errors import SourceError
@@ -102,7 +103,7 @@ def parse_uri(uri: str) -> tuple[Kind, str | int]:
 SKIP_STEPS = (1, 2, 4, 8, 16, 32, 64)  # frames tried past one that will not decode, in turn
 
 
-def skip_damage(cap: cv2.VideoCapture, index: int, count: float) -> int:
+def skip_damage(cap: VideoFile, index: int, count: float) -> int:
     """After `grab()` failed at frame `index` of a file whose header gives `count` frames: seek
     past the frames that will not decode (a damaged stretch in the middle of a recording) and
     grab the first that does; how many frames were skipped, 0 when none further on decodes (then
@@ -201,7 +202,7 @@ class OpenCVSource:
         # the reader while it grabs a frame and by open()/close(), never across a pacing wait.
         self._lock = threading.Lock()
         self._closed = threading.Event()  # set by close(): wakes a read waiting for a frame's due time
-        self._cap: cv2.VideoCapture | None = None
+        self._cap: VideoFile | None = None
         self._fps = FALLBACK_FPS
         self._size = (0, 0)
         self._reset_position()
@@ -292,7 +293,7 @@ class OpenCVSource:
         if delay > 0 and self._closed.wait(delay):
             raise SourceError(f"{self._label}: closed while waiting for the next frame")
 
-    def _connect(self) -> cv2.VideoCapture:
+    def _connect(self) -> VideoFile:
         if self._kind == "file":
             return self._open_file()
         if self._kind == "usb":
@@ -317,7 +318,7 @@ class OpenCVSource:
             raise SourceError(f"{self._label}: cannot open stream after {waited:.1f} s: {why}")
         return cap
 
-    def _open_file(self) -> cv2.VideoCapture:
+    def _open_file(self) -> VideoFile:
         path = Path(cast(str, self._target))
         if not path.exists():
             raise SourceError(f"{self._label}: file not found: {path}")
@@ -325,7 +326,7 @@ class OpenCVSource:
             raise SourceError(f"{self._label}: not a regular file: {path}")
         if not os.access(path, os.R_OK):
             raise SourceError(f"{self._label}: file not readable (permissions): {path}")
-        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        cap = open_video_file(str(path))
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"{self._label}: not a video file FFmpeg can read: {path}")

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from agent.capture.source import Image
+from agent.capture.video_file import VideoFile, open_video_file
 from agent.clock import iso
 from agent.files import FILE_MODE, is_regular, open_read
 from agent.footage.clips import RECORDED, ClipError, ClipInfo, JpegFrame
@@ -67,7 +68,7 @@ class SequentialReader:
     def __init__(self, path: Path, last: int) -> None:
         self.path = path
         self.last = last
-        self._cap: cv2.VideoCapture | None = None
+        self._cap: VideoFile | None = None
         self._pos = -1
         self._last: Image | None = None
 
@@ -75,7 +76,7 @@ class SequentialReader:
         if self._cap is None and self._pos < index:
             if not is_regular(self.path):  # replaced by a link since the store indexed it
                 raise ClipError("internal", f"recorded clip {self.path.name} is no longer a regular file")
-            self._cap = cv2.VideoCapture(str(self.path))
+            self._cap = open_video_file(str(self.path))
         while self._cap is not None and self._pos < index:
             ok, img = self._cap.read()
             if not ok:

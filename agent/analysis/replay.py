@@ -28,6 +28,7 @@ from agent.errors import SourceError
 
 EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: wall clock of a replayed video's first frame
 _DEFAULT_FPS = 10.0
+MAX_GAP_S = 3600.0  # a jump in a file's timestamps longer than this is a broken clock, not time
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,34 @@ class TerminalProgress:
             self._width = 0
 
 
+class _Timeline:
+    """Each frame's position in the video, from the file's own timestamps: a variable-rate export
+    (an NVR recording fewer frames while nothing moves, gaps between recordings) replays at its
+    true times, which motion, tracks and event offsets depend on. One frame interval on where a
+    file has none (raw H.264), where they go backwards (files joined end to end) or jump by more
+    than MAX_GAP_S; the file's clock is followed again from there."""
+
+    def __init__(self, fps: float) -> None:
+        self.step = 1.0 / fps
+        self._origin: float | None = None  # the file's timestamp at position 0
+        self.last = -self.step
+
+    def next(self, stamp_ms: float) -> float:
+        """The position of the frame whose timestamp (as the reader gives it) is `stamp_ms`."""
+        stamp, guess = stamp_ms / 1000.0, self.last + self.step
+        if not math.isfinite(stamp):
+            at = guess
+        elif self._origin is None:
+            self._origin, at = stamp, max(guess, 0.0)
+        else:
+            at = stamp - self._origin
+            if not self.last < at <= self.last + MAX_GAP_S:
+                at = guess
+                self._origin = stamp - at
+        self.last = at
+        return at
+
+
 def _open(video: Path) -> tuple[VideoFile, float, Image]:
     """Open `video` and decode its first frame, so that any kind of bad file fails here."""
     if not video.exists():
@@ -196,6 +225,7 @@ def _run(
             begun.append(observer)
         index = 0
         last_pts = 0.0
+        timeline = _Timeline(info.fps)
         image: Image | None = first
         while True:
             if image is None and not cap.grab():  # each frame after the first; decoded if wanted
@@ -203,7 +233,7 @@ def _run(
                 if not skipped:
                     break
                 index, stats.skipped = index + skipped, stats.skipped + skipped
-            pts = index / info.fps
+            pts = timeline.next(cap.get(cv2.CAP_PROP_POS_MSEC))
             if image is not None or pipeline.wants(pts) or observers:
                 if image is None:
                     ok, decoded = cap.retrieve()
@@ -222,7 +252,7 @@ def _run(
                 progress(pts, info.duration_s)
             last_pts = pts
             index += 1
-            stats.frames, stats.video_s = index, index / info.fps
+            stats.frames, stats.video_s = index, pts + timeline.step
             stats.analysed, stats.inferences = pipeline.analysed, pipeline.inferences
         closing = pipeline.close(EPOCH + last_pts, last_pts)
         for phase in closing:

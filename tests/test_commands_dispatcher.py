@@ -309,7 +309,7 @@ def test_busy_when_stream_sessions_run_out(tmp_path: Path) -> None:
 
 
 class BrokenGateway(FakeGateway):
-    def latest_frame(self, camera: str) -> Frame | None:
+    def latest_frame(self, camera: str, fps: float | None = None) -> Frame | None:
         raise RuntimeError("frame buffer exploded")
 
 

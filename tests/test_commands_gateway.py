@@ -161,7 +161,7 @@ class FakeGateway:
         h, w = frames[-1].image.shape[:2]
         return CameraStatus(state="ok", fps=25.0, width=w, height=h, last_frame_at=iso(frames[-1].ts))
 
-    def latest_frame(self, camera: str) -> Frame | None:
+    def latest_frame(self, camera: str, fps: float | None = None) -> Frame | None:
         """The newest buffered frame; with `live` set, a new frame on every call (a busy camera)."""
         with self._lock:
             self.latest_calls += 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,16 +37,22 @@ DISTRICT = "scaling"
 
 
 def run_demand(
-    demand: FrameDemand, fps: float, count: int, refuse: frozenset[int] = frozenset()
+    demand: FrameDemand,
+    fps: float,
+    count: int,
+    refuse: frozenset[int] = frozenset(),
+    view: Callable[[int], float] = lambda i: 0.0,
 ) -> list[int]:
     """Feed `count` frames at `fps` through `demand` as a capture loop would; the indices read.
 
-    The sink keeps every frame it is given except those in `refuse`.
+    The sink keeps every frame it is given except those in `refuse`; `view(i)` is the rate a
+    live view asks for before frame i (0: none).
     """
     read = []
     for i in range(count):
         pts = i / fps
-        if demand.needs_next():
+        viewed = demand.view_due(view(i))  # first: a view's grid starts with the frame it first sees
+        if demand.needs_next() or viewed:
             read.append(i)
             demand.decoded(pts)
             demand.kept(pts, i not in refuse)
@@ -81,6 +87,18 @@ def test_demand_gives_analysis_the_frames_the_pipeline_analyses() -> None:
             expected.append(i)
     assert run_demand(FrameDemand(10.0, 0.0, 25.0), 25.0, 100) == expected  # no sink: analysis decides
     assert len(expected) == 40  # 25 fps in, exactly 10 fps analysed
+
+
+def test_a_live_view_gets_the_rate_it_asks_for_and_only_while_it_asks() -> None:
+    """Analysis and buffer at 5 a second of a 25 fps camera; a stream asks for 20 a second
+    during the second second only."""
+    read = run_demand(FrameDemand(5.0, 5.0, 25.0), 25.0, 75, view=lambda i: 20.0 if 25 <= i < 50 else 0.0)
+    per_second = [sum(1 for i in read if lo <= i < lo + 25) for lo in (0, 25, 50)]
+    assert per_second[0] == per_second[2] == 5
+    assert per_second[1] >= 20  # in doubt it reads: jitter never costs a frame the view wanted
+    read = run_demand(FrameDemand(None, 0.0, 30.0), 30.0, 60, view=lambda i: 10.0)
+    assert read == list(range(0, 60, 3))  # a view alone: 10 a second of 30, on its own grid
+    assert run_demand(FrameDemand(5.0, 5.0, 25.0), 25.0, 25, view=lambda i: 60.0) == list(range(25))
 
 
 def test_cadence_rejects_a_rate_that_is_not_positive() -> None:

@@ -13,6 +13,9 @@ is wanted by either consumer: in doubt it reads, so jitter never costs an analys
 - The keeping consumer (the frame sink that feeds the pre-event buffer) mirrors the buffer's own
   rule: a frame at least 0.9 / fps after the last one kept. The buffer judges by capture time,
   which jitters; when it turns a frame down (`kept(pts, False)`), the next frame is read for it.
+- A live view (a stream session) asks for a rate for as long as it runs (`view_due`) and gets
+  frames on a grid of its own, so that a stream gets the rate it asked for, not only
+  `detect_fps` and the buffer's.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class FrameDemand:
         self._frame_s = 1.0 / source_fps if math.isfinite(source_fps) and source_fps > 0 else 0.0
         self._last_pts: float | None = None
         self._last_kept: float | None = None
+        self._view: Cadence | None = None  # a live view's grid, while one asks
 
     def needs_next(self) -> bool:
         """Whether the next frame should be read as pixels (False: skip() it)."""
@@ -88,9 +92,22 @@ class FrameDemand:
         """A frame was skipped at `pts` (None: the source did not say; the prediction stands)."""
         self._last_pts = pts if pts is not None else (self._last_pts or 0.0) + self._frame_s
 
+    def view_due(self, fps: float) -> bool:
+        """Whether the next frame is due for a live view at `fps` (0: none), on its own grid."""
+        if not (math.isfinite(fps) and fps > 0):
+            self._view = None
+            return False
+        if self._view is None or self._view.step != 1.0 / fps:
+            self._view = Cadence(fps)
+        if self._last_pts is None or self._frame_s == 0.0:
+            return True
+        return self._view.wants(self._last_pts + (1.0 + _LOOKAHEAD) * self._frame_s)
+
     def decoded(self, pts: float) -> bool:
         """A frame was read at `pts`; return whether it is one for analysis."""
         self._last_pts = pts
+        if self._view is not None:
+            self._view.take(pts)
         return self.cadence is not None and self.cadence.take(pts)
 
     def kept(self, pts: float, taken: bool = True) -> None:

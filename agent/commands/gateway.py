@@ -90,8 +90,10 @@ class Gateway(Protocol):
     def camera_state(self, camera: str) -> CameraStatus | None:
         """Current state, fps and frame size of a camera; None for an unknown camera."""
 
-    def latest_frame(self, camera: str) -> Frame | None:
-        """The newest captured frame, or None when the camera has produced none yet."""
+    def latest_frame(self, camera: str, fps: float | None = None) -> Frame | None:
+        """The newest captured frame, or None when the camera has produced none yet. `fps`: a
+        live view asking on each of its ticks wants a new one this often (frames are then
+        decoded at that rate, not only at detect_fps and the buffer's)."""
 
     def packets(self, camera: str) -> PacketRing | None:
         """The camera's kept packets (a packet-path camera: rtsp://, no privacy masks), which a

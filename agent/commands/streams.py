@@ -395,7 +395,7 @@ class StreamManager:
                 jpeg, frame = s.first
                 s.first = None
             else:
-                got = self._gw.latest_frame(s.camera)
+                got = self._gw.latest_frame(s.camera, s.fps)
                 if got is None or (got.ts, got.seq) == s.last_frame:
                     return  # nothing new from the camera yet
                 frame = got
@@ -429,7 +429,7 @@ class StreamManager:
                 cam = self._gw.config.camera(s.camera)
                 if cam is None:
                     return
-                segments = feed.poll(self._gw.latest_frame(s.camera), cam.privacy_masks)
+                segments = feed.poll(self._gw.latest_frame(s.camera, s.fps), cam.privacy_masks)
         except Exception:
             s.failures += 1
             if s.failures in (1, 10, 100) or s.failures % 1000 == 0:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import queue
 import threading
 import time
@@ -69,6 +70,7 @@ FrameSink = Callable[[str, Frame], bool | None]
 HEALTHY_SESSION_S = 30.0  # a session that delivered frames this long resets the backoff
 RESOLVE_AFTER_FAILURES = 3  # failed sessions in a row of a resolved stream before asking again
 NO_SUBSTREAM_WAIT_S = 1.0  # the idle detect thread of a camera without substream looks this often
+VIEW_HOLD_S = 1.0  # a live view's wish for pictures (latest_frame's fps) lasts this long
 
 # What one capture thread reads: "both" a camera's only stream, else its main or detect stream.
 Role = Literal["both", "main", "detect"]
@@ -154,7 +156,8 @@ class CameraWorker:
         self._threads: list[threading.Thread] = []
         self._arrivals: deque[float] = deque(maxlen=64)
         # _status_lock guards _status, _health and _latest: written by the capture threads, read
-        # by others.
+        # by others; and _view, written by live views (latest_frame), read whole (one tuple) by
+        # the capture thread that keeps _latest.
         self._status_lock = threading.Lock()
         # _emit_lock orders the published statuses as they were made: the capture threads (main
         # and substream) and the PTZ and disk notes change the status at once, and the last one
@@ -162,6 +165,7 @@ class CameraWorker:
         self._emit_lock = threading.Lock()
         self._status = CameraStatus(state="disabled" if not cfg.enabled else "connecting")
         self._latest: Frame | None = None
+        self._view: tuple[float, float] = (0.0, -math.inf)  # (fps, when asked) of the fastest live view
         self._keep_overlay = keep_overlay
         self._overlay: Overlay | None = None
         self._note: str | None = None
@@ -222,9 +226,22 @@ class CameraWorker:
         with self._status_lock:
             return self._status
 
-    def latest_frame(self) -> Frame | None:
+    def latest_frame(self, fps: float | None = None) -> Frame | None:
+        """The newest picture. `fps`: a live view (a stream session, asking on each tick) wants a
+        new one this often: for VIEW_HOLD_S after each ask, frames are decoded at that rate too,
+        not only at detect_fps and the buffer's. The fastest view asking wins."""
         with self._status_lock:
+            if fps is not None and fps > 0:
+                now = time.monotonic()
+                fastest, asked = self._view
+                if fps >= fastest or now - asked > VIEW_HOLD_S:
+                    self._view = (fps, now)
             return self._latest
+
+    def _view_fps(self) -> float:
+        """The rate a live view asked for within VIEW_HOLD_S; 0.0 when none did."""
+        fps, asked = self._view
+        return fps if time.monotonic() - asked <= VIEW_HOLD_S else 0.0
 
     def overlay(self) -> Overlay | None:
         """Motion regions and object tracks of the last analysed frame (None before the first)."""
@@ -398,7 +415,10 @@ class CameraWorker:
             )
             first = True
             while not self._stop.is_set():
-                if skip is not None and (packets_only or not demand.needs_next()):
+                keeps_latest = feeds_sink or (role == "detect" and self._main_packets_only)
+                viewed = demand.view_due(self._view_fps() if keeps_latest else 0.0)  # its grid goes on
+                wanted = demand.needs_next() or viewed
+                if skip is not None and (packets_only or not wanted):
                     demand.skipped(skip())
                     if feeds_sink:
                         self._count_arrival()
@@ -414,7 +434,7 @@ class CameraWorker:
                     self._set_status("ok", None, frame if feeds_sink else None, role)
                     self._failures[role] = 0
                     first = False
-                if feeds_sink or (role == "detect" and self._main_packets_only):
+                if keeps_latest:
                     with self._status_lock:
                         self._latest = frame
                 if feeds_sink:

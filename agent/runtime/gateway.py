@@ -90,9 +90,9 @@ class GatewayFacade:
             status = status.model_copy(update={"fps": round(worker.stats.fps, 2)})
         return status
 
-    def latest_frame(self, camera: str) -> Frame | None:
+    def latest_frame(self, camera: str, fps: float | None = None) -> Frame | None:
         worker = self._cameras.get(camera)
-        return worker.latest_frame() if worker else None
+        return worker.latest_frame(fps) if worker else None
 
     def packets(self, camera: str) -> PacketRing | None:
         return self._rings.get(camera)

@@ -448,3 +448,38 @@ def test_a_privacy_mask_saved_in_the_console_moves_a_packet_camera_to_masked_pix
         assert sidecar["codec"] != "copy"
     finally:
         run.close()
+
+
+@pytest.mark.slow
+def test_an_h265_camera_gives_clips_and_a_live_stream_of_its_own_h265(
+    tmp_path: Path, broker: Broker, unique_gateway: str, platform: PlatformClient
+) -> None:
+    """Many cameras sold now stream H.265 on their main stream: the clip is its own packets,
+    playable, at its full rate; the fMP4 live stream is H.264 encoded from its pictures (what
+    browsers' MSE plays, docs/protocol.md); the analysis runs on the H.264 substream."""
+    cam = RtspCamera.start(tmp_path / "camera", gop_s=GOP_S, motion=False, main_codec="h265")
+    run = GatewayRun(tmp_path, broker.host, broker.port, DISTRICT, unique_gateway, camera_toml(cam))
+    try:
+        wait_answering(platform)
+        wait_ok(run)
+        time.sleep(PRE_S + GOP_S)
+        event = make_event(run, cam, 3.0)
+        clip = fetch(platform, event["clip_id"], tmp_path / "clip.mp4")
+        meta = probe(clip)
+        assert (meta["codec_name"], meta["width"], meta["height"]) == ("hevc", 1280, 720)
+        assert abs(int(meta["nb_read_frames"]) - meta["duration"] * FPS) <= 0.02 * meta["duration"] * FPS
+        frames = decode_frames(clip)
+        assert frames and float(np.std(frames[0])) > 5.0
+        data, parts = stream_bytes(platform, 3.0, max_width=None)
+        live = tmp_path / "live.mp4"
+        live.write_bytes(data)
+        streamed = probe(live)
+        assert parts[0] == "init" and (streamed["codec_name"], streamed["width"]) == ("h264", 640)
+        pictures = decode_frames(data)
+        # 10 a second asked: the substream's full rate (analysed at 5), not only the analysed frames
+        assert len(pictures) >= 25 and float(np.std(pictures[-1])) > 5.0
+        code, _took = run.agent.terminate()
+        assert code == 0, log_tail(run)
+    finally:
+        run.close()
+        cam.stop()

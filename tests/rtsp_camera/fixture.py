@@ -91,6 +91,7 @@ class RtspCamera:
         main_kbps: int = 2048,
         sub_kbps: int = 512,
         max_seconds: float = 600.0,
+        main_codec: str = "h264",
     ) -> RtspCamera:
         """Start a camera on a free loopback port; its log (stderr) goes to `workdir`.
 
@@ -115,6 +116,7 @@ class RtspCamera:
             f"--sub-kbps={sub_kbps}",
             f"--motion={'on' if motion else 'off'}",
             f"--max-seconds={max_seconds}",
+            f"--main-codec={main_codec}",
         ]
         if scene is not None:
             argv.append(f"--scene={scene}")

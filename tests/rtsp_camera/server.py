@@ -5,8 +5,8 @@ fixture in `tests/rtsp_camera/fixture.py` drives it; `scripts/bootstrap` install
 packages (`--check-packages` prints the ones missing).
 
 Two mounts show the same scene at the same wall time, each encoded by its own x264enc the way a
-camera's two encoders work: `/main` (1280x720 at 25 fps, an IDR every 2 s) and `/sub` (640x360 at
-10 fps). The scene is a pure function of the "scene clock" (seconds of motion so far): a textured
+camera's two encoders work: `/main` (1280x720 at 25 fps, an IDR every 2 s; H.265 by x265enc with
+`--main-codec h265`) and `/sub` (640x360 at 10 fps). The scene is a pure function of the "scene clock" (seconds of motion so far): a textured
 street (buildings, windows, a road: not flat, so encoders and motion detectors have texture to
 work with) and a car driving across it, or frames of a video file (`--scene`) looped. `motion off`
 stops the scene clock: the car (or the video) freezes and the picture stays still until `motion
@@ -62,6 +62,11 @@ SCENE_ELEMENTS = {
     "qtdemux": "gstreamer1.0-plugins-good",
     "avdec_h264": "gstreamer1.0-libav",
 }
+# Only for `--main-codec h265`: many cameras sold now stream H.265 on their main stream.
+H265_ELEMENTS = {
+    "x265enc": "gstreamer1.0-plugins-bad",
+    "rtph265pay": "gstreamer1.0-plugins-good",
+}
 GI_PACKAGES = ["python3-gi", "gir1.2-gst-rtsp-server-1.0"]
 EXIT_MISSING = 3
 
@@ -71,10 +76,11 @@ GstRtsp: Any = None
 GstRtspServer: Any = None
 
 
-def missing_packages(with_scene: bool = True) -> list[str]:
+def missing_packages(with_scene: bool = True, with_h265: bool = True) -> list[str]:
     """Debian packages that must be installed before the camera can run (empty when none)."""
     global Gst, GLib, GstRtsp, GstRtspServer  # set once, for the whole script
-    plugins = set(ELEMENTS.values()) | (set(SCENE_ELEMENTS.values()) if with_scene else set())
+    extra = {**(SCENE_ELEMENTS if with_scene else {}), **(H265_ELEMENTS if with_h265 else {})}
+    plugins = set(ELEMENTS.values()) | set(extra.values())
     try:
         import gi  # type: ignore[import-not-found]
     except ImportError:
@@ -87,7 +93,7 @@ def missing_packages(with_scene: bool = True) -> list[str]:
         return ["gir1.2-gst-rtsp-server-1.0", *sorted(plugins)]
     Gst, GLib = _Gst, _GLib
     Gst.init(None)
-    wanted = {**ELEMENTS, **(SCENE_ELEMENTS if with_scene else {})}
+    wanted = {**ELEMENTS, **extra}
     missing = {pkg for element, pkg in wanted.items() if Gst.ElementFactory.find(element) is None}
     try:
         gi.require_version("GstRtsp", "1.0")
@@ -475,9 +481,19 @@ class Camera:
             "max-buffers=25 "
             f"caps=video/x-raw,format=I420,width={width},height={height},framerate={fps}/1,"
             "pixel-aspect-ratio=1/1 "
-            f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} "
-            f"bitrate={self._kbps[mount]} threads={self.args.encoder_threads} "
-            "! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+            f"! {self._encoder(mount, gop)} )"
+        )
+
+    def _encoder(self, mount: str, gop: int) -> str:
+        kbps = self._kbps[mount]
+        if mount == "/main" and self.args.main_codec == "h265":
+            return (
+                f"x265enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} bitrate={kbps} "
+                "! rtph265pay name=pay0 pt=96 config-interval=-1"
+            )
+        return (
+            f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} bitrate={kbps} "
+            f"threads={self.args.encoder_threads} ! rtph264pay name=pay0 pt=96 config-interval=-1"
         )
 
     def _configure(self, _factory: Any, media: Any, mount: str) -> None:
@@ -619,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sub-kbps", type=int, default=512)
     parser.add_argument("--encoder-threads", type=int, default=1, help="x264 threads per stream (0: auto)")
     parser.add_argument("--scene", help="a video file to loop instead of the synthetic street")
+    parser.add_argument("--main-codec", choices=("h264", "h265"), default="h264", help="of /main")
     parser.add_argument("--motion", choices=("on", "off"), default="on", help="at start")
     parser.add_argument("--user")
     parser.add_argument("--password")
@@ -629,7 +646,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    missing = missing_packages(with_scene=args.check_packages or bool(args.scene))
+    missing = missing_packages(
+        with_scene=args.check_packages or bool(args.scene),
+        with_h265=args.check_packages or args.main_codec == "h265",
+    )
     if args.check_packages:
         if missing:
             print(" ".join(missing))

@@ -451,13 +451,14 @@ def test_a_privacy_mask_saved_in_the_console_moves_a_packet_camera_to_masked_pix
 
 
 @pytest.mark.slow
-def test_an_h265_camera_gives_clips_and_a_live_stream_of_its_own_h265(
+def test_an_h265_camera_with_a_microphone_gives_clips_of_its_own_h265_and_a_live_stream(
     tmp_path: Path, broker: Broker, unique_gateway: str, platform: PlatformClient
 ) -> None:
-    """Many cameras sold now stream H.265 on their main stream: the clip is its own packets,
-    playable, at its full rate; the fMP4 live stream is H.264 encoded from its pictures (what
+    """Many cameras sold now stream H.265 on their main stream, and G.711 audio from a microphone
+    (listed first in the SDP here): the clip is the video's own packets, playable, at its full
+    rate, without the audio; the fMP4 live stream is H.264 encoded from its pictures (what
     browsers' MSE plays, docs/protocol.md); the analysis runs on the H.264 substream."""
-    cam = RtspCamera.start(tmp_path / "camera", gop_s=GOP_S, motion=False, main_codec="h265")
+    cam = RtspCamera.start(tmp_path / "camera", gop_s=GOP_S, motion=False, main_codec="h265", audio=True)
     run = GatewayRun(tmp_path, broker.host, broker.port, DISTRICT, unique_gateway, camera_toml(cam))
     try:
         wait_answering(platform)
@@ -467,6 +468,8 @@ def test_an_h265_camera_gives_clips_and_a_live_stream_of_its_own_h265(
         clip = fetch(platform, event["clip_id"], tmp_path / "clip.mp4")
         meta = probe(clip)
         assert (meta["codec_name"], meta["width"], meta["height"]) == ("hevc", 1280, 720)
+        with av.open(str(clip)) as container:
+            assert [s.type for s in container.streams] == ["video"]
         assert abs(int(meta["nb_read_frames"]) - meta["duration"] * FPS) <= 0.02 * meta["duration"] * FPS
         frames = decode_frames(clip)
         assert frames and float(np.std(frames[0])) > 5.0

@@ -92,6 +92,7 @@ class RtspCamera:
         sub_kbps: int = 512,
         max_seconds: float = 600.0,
         main_codec: str = "h264",
+        audio: bool = False,
     ) -> RtspCamera:
         """Start a camera on a free loopback port; its log (stderr) goes to `workdir`.
 
@@ -117,6 +118,7 @@ class RtspCamera:
             f"--motion={'on' if motion else 'off'}",
             f"--max-seconds={max_seconds}",
             f"--main-codec={main_codec}",
+            *(["--audio"] if audio else []),
         ]
         if scene is not None:
             argv.append(f"--scene={scene}")

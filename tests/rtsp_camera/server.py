@@ -6,13 +6,14 @@ packages (`--check-packages` prints the ones missing).
 
 Two mounts show the same scene at the same wall time, each encoded by its own x264enc the way a
 camera's two encoders work: `/main` (1280x720 at 25 fps, an IDR every 2 s; H.265 by x265enc with
-`--main-codec h265`) and `/sub` (640x360 at 10 fps). The scene is a pure function of the "scene clock" (seconds of motion so far): a textured
-street (buildings, windows, a road: not flat, so encoders and motion detectors have texture to
-work with) and a car driving across it, or frames of a video file (`--scene`) looped. `motion off`
-stops the scene clock: the car (or the video) freezes and the picture stays still until `motion
-on`. Frames go into a live `appsrc` stamped with the pipeline's running time on a fixed grid of
-1/fps (as a camera's hardware clock stamps them): real time, without a thread's wake-up jitter,
-which would make FFmpeg guess 50 fps for a 25 fps stream.
+`--main-codec h265`; with `--audio`, a G.711 A-law track first, as many cameras send their
+microphone) and `/sub` (640x360 at 10 fps). The scene is a pure function of the "scene clock"
+(seconds of motion so far): a textured street (buildings, windows, a road: not flat, so encoders
+and motion detectors have texture to work with) and a car driving across it, or frames of a video
+file (`--scene`) looped. `motion off` stops the scene clock: the car (or the video) freezes and the
+picture stays still until `motion on`. Frames go into a live `appsrc` stamped with the pipeline's
+running time on a fixed grid of 1/fps (as a camera's hardware clock stamps them): real time,
+without a thread's wake-up jitter, which would make FFmpeg guess 50 fps for a 25 fps stream.
 
 Commands on stdin, one a line; each is answered on stdout with `ok <command>` once its effect
 has begun, or `error <command>: <why>`:
@@ -67,6 +68,14 @@ H265_ELEMENTS = {
     "x265enc": "gstreamer1.0-plugins-bad",
     "rtph265pay": "gstreamer1.0-plugins-good",
 }
+# Only for `--audio`: a tone as the camera's microphone, G.711 A-law.
+AUDIO_ELEMENTS = {
+    "audiotestsrc": "gstreamer1.0-plugins-base",
+    "audioconvert": "gstreamer1.0-plugins-base",
+    "audioresample": "gstreamer1.0-plugins-base",
+    "alawenc": "gstreamer1.0-plugins-good",
+    "rtppcmapay": "gstreamer1.0-plugins-good",
+}
 GI_PACKAGES = ["python3-gi", "gir1.2-gst-rtsp-server-1.0"]
 EXIT_MISSING = 3
 
@@ -79,7 +88,11 @@ GstRtspServer: Any = None
 def missing_packages(with_scene: bool = True, with_h265: bool = True) -> list[str]:
     """Debian packages that must be installed before the camera can run (empty when none)."""
     global Gst, GLib, GstRtsp, GstRtspServer  # set once, for the whole script
-    extra = {**(SCENE_ELEMENTS if with_scene else {}), **(H265_ELEMENTS if with_h265 else {})}
+    extra = {
+        **(SCENE_ELEMENTS if with_scene else {}),
+        **(H265_ELEMENTS if with_h265 else {}),
+        **AUDIO_ELEMENTS,
+    }
     plugins = set(ELEMENTS.values()) | set(extra.values())
     try:
         import gi  # type: ignore[import-not-found]
@@ -481,19 +494,29 @@ class Camera:
             "max-buffers=25 "
             f"caps=video/x-raw,format=I420,width={width},height={height},framerate={fps}/1,"
             "pixel-aspect-ratio=1/1 "
-            f"! {self._encoder(mount, gop)} )"
+            f"! {self._encoder(mount, gop)} {self._audio(mount)})"
+        )
+
+    def _audio(self, mount: str) -> str:
+        """The microphone's track on /main with --audio: pay0, so that the SDP lists it first."""
+        if mount != "/main" or not self.args.audio:
+            return ""
+        return (
+            "audiotestsrc is-live=true wave=sine ! audioconvert ! audioresample "
+            "! audio/x-raw,rate=8000,channels=1 ! alawenc ! rtppcmapay name=pay0 pt=8 "
         )
 
     def _encoder(self, mount: str, gop: int) -> str:
         kbps = self._kbps[mount]
+        pay = "pay1" if self._audio(mount) else "pay0"
         if mount == "/main" and self.args.main_codec == "h265":
             return (
                 f"x265enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} bitrate={kbps} "
-                "! rtph265pay name=pay0 pt=96 config-interval=-1"
+                f"! rtph265pay name={pay} pt=96 config-interval=-1"
             )
         return (
             f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} bitrate={kbps} "
-            f"threads={self.args.encoder_threads} ! rtph264pay name=pay0 pt=96 config-interval=-1"
+            f"threads={self.args.encoder_threads} ! rtph264pay name={pay} pt=96 config-interval=-1"
         )
 
     def _configure(self, _factory: Any, media: Any, mount: str) -> None:
@@ -636,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder-threads", type=int, default=1, help="x264 threads per stream (0: auto)")
     parser.add_argument("--scene", help="a video file to loop instead of the synthetic street")
     parser.add_argument("--main-codec", choices=("h264", "h265"), default="h264", help="of /main")
+    parser.add_argument("--audio", action="store_true", help="a G.711 audio track on /main")
     parser.add_argument("--motion", choices=("on", "off"), default="on", help="at start")
     parser.add_argument("--user")
     parser.add_argument("--password")

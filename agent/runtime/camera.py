@@ -11,9 +11,10 @@ mailbox; the detect thread applies the newest between two frames (and while idle
 pipeline, its motion detector and its object stage are only ever touched by that one thread and
 every frame is analysed with one complete set of settings.
 
-Decode less: a frame that neither the pipeline (at `detect_fps`) nor the frame sink (at
-`frame_fps`, the pre-event buffer's rate) will use is passed with the source's `skip()` where it
-has one (see agent.capture.cadence), and counted in `stats.skipped`. A camera with a
+Decode less: a frame that neither the pipeline (at `detect_fps`), the frame sink (at
+`frame_fps`, the pre-event buffer's rate) nor a live view (a stream session asking
+`latest_frame(fps)` on each tick) will use is passed with the source's `skip()` where it has one
+(see agent.capture.cadence), and counted in `stats.skipped`. A camera with a
 `detect_source` substream gets a third thread, `camera[id].capture.detect`, that reads the
 substream for the pipeline; the main stream then only feeds the sink, the latest frame
 (snapshots, streams) and the camera's size and fps. Event snapshots then show the substream's

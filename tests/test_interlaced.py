@@ -180,6 +180,37 @@ def test_a_damaged_interlaced_file_reads_on_past_the_damage(videos: dict[str, Pa
     assert " @ 0x" not in done.stderr, "FFmpeg's complaints stay out of stderr"
 
 
+def test_a_file_that_starts_progressive_and_turns_interlaced_shows_pictures_throughout(
+    videos: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two recordings joined end to end, the first progressive: every frame has its pixels."""
+    head = tmp_path / "head.ts"
+    subprocess.run(
+        [
+            *("ffmpeg", "-v", "error", "-y", "-i", str(videos["progressive.mp4"]), "-frames:v", "4"),
+            *("-c:v", "libx264", "-preset", "ultrafast", "-f", "mpegts", str(head)),
+        ],
+        check=True,
+        timeout=60,
+    )
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(head.read_bytes() + videos["h264.ts"].read_bytes())
+    source = OpenCVSource(joined.as_uri(), realtime=False, loop=False)
+    source.open()
+    darkest = 255.0
+    frames = 0
+    try:
+        while True:
+            darkest = min(darkest, float(source.read().image.mean()))
+            frames += 1
+    except EndOfStream:
+        pass
+    finally:
+        source.close()
+    assert frames == 4 + 25 * SECONDS
+    assert darkest > 40, "a black frame"
+
+
 def test_files_pyav_cannot_read_are_left_to_opencv(tmp_path: Path) -> None:
     """Not a video, or no file at all: no crash in the probe; the caller reports as before."""
     text = tmp_path / "notes.mp4"

@@ -1,13 +1,13 @@
 """Opening a video file for decoding: OpenCV's capture, or PyAV's for interlaced video.
 
-OpenCV's FFmpeg backend turns interlaced H.264 into black frames: libswscale refuses to convert
-an interlaced frame to a progressive BGR image, and `VideoCapture.retrieve()` still says True
-(measured with OpenCV 4.14 and its FFmpeg 8; reported with FFmpeg 4.4 too). Interlaced video is
-common in CCTV (analog cameras behind encoders, 1080i cameras, DVR exports), and black frames
-hold no motion and no object: a replay or a file camera would silently see nothing. So a file
-whose first frame is interlaced is decoded by PyAV (`InterlacedFile`), whose conversion weaves
-the two fields into one picture. Everything else stays with OpenCV. RTSP cameras go through
-PyAV anyway (agent.capture.pyav).
+OpenCV's FFmpeg backend turns interlaced H.264 and MPEG-2 into black frames: libswscale refuses to
+convert an interlaced frame to a progressive BGR image, and `VideoCapture.retrieve()` still says
+True (measured with OpenCV 4.14 and its FFmpeg 8; reported with FFmpeg 4.4 too). Interlaced video
+is common in CCTV (analog cameras behind encoders, 1080i cameras, DVR exports), and black frames
+hold no motion and no object: a replay or a file camera would silently see nothing. So a file whose
+first frame is interlaced is decoded by PyAV (`InterlacedFile`), whose conversion weaves the two
+fields into one picture. Everything else stays with OpenCV. RTSP cameras go through PyAV anyway
+(agent.capture.pyav).
 
 `InterlacedFile` offers the part of cv2.VideoCapture that the file readers use (replay, file
 cameras, clip export). It does not seek: a packet that will not decode is skipped as it comes,
@@ -116,7 +116,10 @@ VideoFile = cv2.VideoCapture | InterlacedFile
 
 
 def is_interlaced(path: str) -> bool:
-    """Whether the first frame of `path`'s video is interlaced; False when PyAV cannot tell."""
+    """Whether the first frame of `path`'s video is interlaced; False when PyAV cannot tell.
+
+    The first frame decides, as it decides OpenCV's conversion: a file that starts progressive
+    and turns interlaced (two recordings joined) decodes in colour with OpenCV throughout."""
     try:
         with av.open(path) as container:
             for frame in container.decode(video=0):

@@ -479,8 +479,8 @@ def test_an_h265_camera_with_a_microphone_gives_clips_of_its_own_h265_and_a_live
         streamed = probe(live)
         assert parts[0] == "init" and (streamed["codec_name"], streamed["width"]) == ("h264", 640)
         pictures = decode_frames(data)
-        # 10 a second asked: the substream's full rate (analysed at 5), not only the analysed frames
-        assert len(pictures) >= 25 and float(np.std(pictures[-1])) > 5.0
+        # 10 a second asked: the substream's full rate, not only the frames analysed (5 a second)
+        assert len(pictures) >= 20 and float(np.std(pictures[-1])) > 5.0
         code, _took = run.agent.terminate()
         assert code == 0, log_tail(run)
     finally:

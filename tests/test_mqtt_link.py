@@ -284,7 +284,10 @@ def test_a_status_in_flight_when_the_broker_died_does_not_outlive_a_newer_one(
         link.set_online_message(topic, third)  # while the link is down
         revived = start_mosquitto(tmp_path / "second", port)
         assert link.wait_connected(10)
-        time.sleep(1.0)  # paho's resend of the older message, and its acknowledgement
+        time.sleep(1.0)  # past paho's resend of the older message (milliseconds after the CONNACK)
+        deadline = time.monotonic() + 10  # the current one follows the older one's acknowledgement
+        while retained_status(revived, topic) != third and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert retained_status(revived, topic) == third
     finally:
         link.stop()

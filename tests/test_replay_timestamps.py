@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,8 +41,8 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     return out, enters
 
 
-def test_events_start_when_the_mover_enters_in_a_variable_rate_export(export: tuple[Path, float]) -> None:
-    video, enters = export
+def replay(video: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`edge-agent replay --stats`: its event rows and its stats."""
     done = subprocess.run(
         [sys.executable, "-m", "agent", "replay", str(video), "--stats"],
         capture_output=True,
@@ -50,11 +51,17 @@ def test_events_start_when_the_mover_enters_in_a_variable_rate_export(export: tu
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    stats = json.loads(done.stderr.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    return rows, json.loads(done.stderr.strip().splitlines()[-1])
+
+
+def test_events_start_when_the_mover_enters_in_a_variable_rate_export(export: tuple[Path, float]) -> None:
+    video, enters = export
+    rows, stats = replay(video)
     assert stats["video_s"] == pytest.approx(SECONDS, abs=0.2)
     assert stats["frames"] < 25 * SECONDS * 0.9, "the export is thinned before the mover"
-    starts = [json.loads(line)["offset_s"] for line in done.stdout.splitlines() if '"start"' in line]
-    assert starts, done.stdout[:500]
+    starts = [row["offset_s"] for row in rows if row["phase"] == "start"]
+    assert starts, rows[:3]
     assert enters - 0.5 <= starts[0] <= enters + 1.5, (
         f"motion starts at {starts[0]} s, the mover enters at {enters:.2f} s"
     )
@@ -84,17 +91,8 @@ def make_unstamped(kind: str, steady: Path, root: Path) -> Path:
 def test_files_without_usable_timestamps_replay_at_their_frame_rate(tmp_path: Path, kind: str) -> None:
     steady = tmp_path / "steady.mp4"
     write_scene_video(steady, "street", 8, fps=25, size=(320, 180), seed=1)
-    video = make_unstamped(kind, steady, tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "agent", "replay", str(video), "--stats"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    stats = json.loads(done.stderr.strip().splitlines()[-1])
+    rows, stats = replay(make_unstamped(kind, steady, tmp_path))
     assert stats["video_s"] == pytest.approx(stats["frames"] / 25, abs=0.1)
     assert stats["analysed"] == pytest.approx(stats["video_s"] * 10, abs=2)
-    offsets = [json.loads(line)["offset_s"] for line in done.stdout.splitlines()]
+    offsets = [row["offset_s"] for row in rows]
     assert offsets and offsets == sorted(offsets)

@@ -1,5 +1,6 @@
-"""A gateway pays for PyAV (~25 MB of RSS) only when it has packet cameras or streams fmp4: a
-Raspberry Pi with its own camera or USB cameras never loads it. Nor does any gateway load the
+"""A gateway pays for PyAV (~25 MB of RSS) only when it has packet cameras, streams fmp4 or
+opens a video file (a file camera, probed for interlacing): a Raspberry Pi with its own camera or
+USB cameras never loads it. Nor does any gateway load the
 commissioning console's web libraries (Werkzeug, tomlkit) unless `[console]` enables it."""
 
 from __future__ import annotations

@@ -19,14 +19,17 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import av
-import av.container
-import av.video
 import cv2
 import numpy as np
 
 from agent.capture.source import Image
+
+if TYPE_CHECKING:  # PyAV (~25 MB) is imported only when an interlaced file is met
+    import av
+    import av.container
+    import av.video
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,9 @@ class InterlacedFile:
     """A video file decoded by PyAV, read front to back by one thread (like a VideoCapture)."""
 
     def __init__(self, path: str) -> None:
+        import av  # lazily: see TYPE_CHECKING above
+
+        self._error = av.FFmpegError
         self._container: av.container.InputContainer | None = av.open(path)
         try:
             stream = self._container.streams.video[0]
@@ -64,12 +70,12 @@ class InterlacedFile:
                 packet = next(self._packets)
             except StopIteration:
                 return False
-            except av.FFmpegError as exc:
+            except self._error as exc:
                 log.debug("%s: cannot read on: %s", self._container.name, exc)
                 return False
             try:
                 self._decoded.extend(packet.decode())  # the last, empty packet flushes the decoder
-            except av.FFmpegError:
+            except self._error:
                 self.damaged_packets += 1  # its frame is lost; later ones may be damaged, not lost
         self._frame = self._decoded.popleft()
         self._grabbed += 1
@@ -121,6 +127,8 @@ def is_interlaced(path: str) -> bool:
     The first frame decides, as it decides OpenCV's conversion: a file that starts progressive
     and turns interlaced (two recordings joined) decodes in colour with OpenCV throughout."""
     try:
+        import av  # lazily: see TYPE_CHECKING above
+
         with av.open(path) as container:
             for frame in container.decode(video=0):
                 return bool(frame.interlaced_frame)
@@ -129,10 +137,13 @@ def is_interlaced(path: str) -> bool:
     return False
 
 
-def open_video_file(path: str) -> VideoFile:
+def open_video_file(path: str, *, probe: bool = True) -> VideoFile:
     """A capture for the video file at `path`: PyAV's when its video is interlaced, else
-    OpenCV's (whose `isOpened()` the caller checks, as before)."""
-    if is_interlaced(path):
+    OpenCV's (whose `isOpened()` the caller checks, as before). `probe=False` skips the check
+    (and PyAV) for a file known to be progressive."""
+    if probe and is_interlaced(path):
+        import av  # lazily: see TYPE_CHECKING above
+
         try:
             return InterlacedFile(path)
         except (IndexError, av.FFmpegError) as exc:

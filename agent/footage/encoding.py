@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -76,7 +77,9 @@ class SequentialReader:
         if self._cap is None and self._pos < index:
             if not is_regular(self.path):  # replaced by a link since the store indexed it
                 raise ClipError("internal", f"recorded clip {self.path.name} is no longer a regular file")
-            self._cap = open_video_file(str(self.path))
+            # A camera's own stream (maybe interlaced) is recorded only by a gateway with packet
+            # cameras, which has PyAV loaded; any other recording was encoded here, progressive.
+            self._cap = open_video_file(str(self.path), probe="av" in sys.modules)
         while self._cap is not None and self._pos < index:
             ok, img = self._cap.read()
             if not ok:

@@ -26,7 +26,7 @@ import numpy as np
 
 from agent.capture.source import Image
 
-if TYPE_CHECKING:  # PyAV (~25 MB) is imported only when an interlaced file is met
+if TYPE_CHECKING:  # PyAV (~25 MB) is imported only when a file is probed
     import av
     import av.container
     import av.video
@@ -56,7 +56,6 @@ class InterlacedFile:
         self._decoded: deque[av.VideoFrame] = deque()
         self._frame: av.VideoFrame | None = None
         self._grabbed = 0
-        self.damaged_packets = 0
 
     def isOpened(self) -> bool:  # noqa: N802 - cv2.VideoCapture's name
         return self._container is not None
@@ -76,7 +75,7 @@ class InterlacedFile:
             try:
                 self._decoded.extend(packet.decode())  # the last, empty packet flushes the decoder
             except self._error:
-                self.damaged_packets += 1  # its frame is lost; later ones may be damaged, not lost
+                continue  # its frame is lost; FFmpeg conceals most damage and decodes on
         self._frame = self._decoded.popleft()
         self._grabbed += 1
         return True

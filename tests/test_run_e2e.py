@@ -76,6 +76,9 @@ def test_online_camera_status_and_a_crossing_gives_one_event(
     assert online and online[0]["cameras"] == ["cam-1"]
     cam_status = [m.json() for m in run.sub.on("/cam/cam-1/status")]
     assert any(s["state"] == "ok" and s["width"] == 320 and s["height"] == 180 for s in cam_status)
+    # The ok status is published at the first frame and kept by the broker: its fps is the rate
+    # the file declares (10) until a change of state publishes a measured one, never null.
+    assert all(s["fps"] == 10.0 for s in cam_status if s["state"] == "ok"), cam_status
 
     events = run.events("cam-1")
     phases = complete_events(events)

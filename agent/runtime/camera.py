@@ -167,6 +167,7 @@ class CameraWorker:
         self._status = CameraStatus(state="disabled" if not cfg.enabled else "connecting")
         self._latest: Frame | None = None
         self._view: tuple[float, float] = (0.0, -math.inf)  # (fps, when asked) of the fastest live view
+        self._declared_fps = 0.0  # the rate the main source declares, until arrivals measure one
         self._keep_overlay = keep_overlay
         self._overlay: Overlay | None = None
         self._note: str | None = None
@@ -321,10 +322,11 @@ class CameraWorker:
             h, w = (frame.image.shape[:2]) if frame is not None else (old.height, old.width)
             if frame is None and size is not None:
                 w, h = size
+            fps = self.stats.fps if self.stats.fps > 0 else self._declared_fps
             new = CameraStatus.model_validate(
                 {
                     "state": state,
-                    "fps": round(self.stats.fps, 2) if state == "ok" and self.stats.fps > 0 else None,
+                    "fps": round(fps, 2) if state == "ok" and fps > 0 else None,
                     "width": w,
                     "height": h,
                     "last_frame_at": iso(frame.ts) if frame is not None else old.last_frame_at,
@@ -408,6 +410,9 @@ class CameraWorker:
         packets_only = self._take_packets(source, mode)
         try:
             source.open()
+            if feeds_sink:  # the retained ok status carries it: it is published at the first frame
+                with self._status_lock:
+                    self._declared_fps = source.fps
             skip: Callable[[], float | None] | None = getattr(source, "skip", None)
             demand = FrameDemand(
                 self.cfg.detect_fps if mode != "main" else None,

@@ -156,9 +156,9 @@ class CameraWorker:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._arrivals: deque[float] = deque(maxlen=64)
-        # _status_lock guards _status, _health and _latest: written by the capture threads, read
-        # by others; and _view, written by live views (latest_frame), read whole (one tuple) by
-        # the capture thread that keeps _latest.
+        # _status_lock guards _status, _health, _latest and _declared_fps: written by the capture
+        # threads, read by others; and _view, written by live views (latest_frame), read whole
+        # (one tuple) by the capture thread that keeps _latest.
         self._status_lock = threading.Lock()
         # _emit_lock orders the published statuses as they were made: the capture threads (main
         # and substream) and the PTZ and disk notes change the status at once, and the last one
